@@ -1,0 +1,248 @@
+"""A small grammar for YAML documents: each node parses a located value and describes itself
+as JSON Schema, so the loader and the shipped schema come from one table and cannot drift.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from builder.errors import InputError
+
+
+@dataclass(frozen=True)
+class Located:
+    """A YAML value with where it came from: the document path and line, for error messages."""
+
+    value: Any  # dict[str, Located] | list[Located] | str | int | float | bool | None
+    path: str
+    file: str
+    line: int
+
+    def error(self, message: str) -> InputError:
+        return InputError(f"{self.file}:{self.line}: {self.path}: {message}")
+
+    def child_path(self, key: str | int) -> str:
+        if isinstance(key, int):
+            return f"{self.path}[{key}]"
+        return f"{self.path}.{key}" if self.path else key
+
+
+def type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string"
+
+
+class Node:
+    description: str = ""
+
+    def parse(self, loc: Located) -> Any:
+        raise NotImplementedError
+
+    def json_schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass
+class Str(Node):
+    """A string restricted to a pattern (always anchored), optionally converted."""
+
+    pattern: str
+    description: str = ""
+    what: str = ""  # the kind of value, for the error message ("a MAC address")
+    convert: Callable[[str], Any] | None = None
+    max_length: int = 255
+
+    def parse(self, loc: Located) -> Any:
+        value = loc.value
+        if not isinstance(value, str):
+            raise loc.error(f"expected {self.what or 'a string'}, got {type_name(value)}")
+        if len(value) > self.max_length or not re.fullmatch(self.pattern, value):
+            raise loc.error(f"{value!r} is not {self.what or 'valid here'}")
+        if self.convert is None:
+            return value
+        try:
+            return self.convert(value)
+        except ValueError as exc:
+            raise loc.error(f"{value!r} is not {self.what}: {exc}") from None
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "pattern": f"^(?:{self.pattern})$",
+            "maxLength": self.max_length,
+            "description": self.description,
+        }
+
+
+@dataclass
+class Enum(Node):
+    choices: tuple[str, ...]
+    description: str = ""
+
+    def parse(self, loc: Located) -> Any:
+        if not isinstance(loc.value, str) or loc.value not in self.choices:
+            shown = loc.value if isinstance(loc.value, str) else type_name(loc.value)
+            raise loc.error(f"{shown!r} is not one of {', '.join(self.choices)}")
+        return loc.value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"enum": list(self.choices), "description": self.description}
+
+
+@dataclass
+class Bool(Node):
+    description: str = ""
+
+    def parse(self, loc: Located) -> Any:
+        if not isinstance(loc.value, bool):
+            raise loc.error(f"expected true or false, got {type_name(loc.value)}")
+        return loc.value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {"type": "boolean", "description": self.description}
+
+
+@dataclass
+class Int(Node):
+    minimum: int
+    maximum: int
+    description: str = ""
+
+    def parse(self, loc: Located) -> Any:
+        value = loc.value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise loc.error(f"expected a whole number, got {type_name(value)}")
+        if not self.minimum <= value <= self.maximum:
+            raise loc.error(f"{value} is not between {self.minimum} and {self.maximum}")
+        return value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "type": "integer",
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "description": self.description,
+        }
+
+
+@dataclass
+class List(Node):
+    item: Node
+    description: str = ""
+    min_items: int = 0
+    max_items: int = 1000
+
+    def parse(self, loc: Located) -> Any:
+        if not isinstance(loc.value, list):
+            raise loc.error(f"expected a list, got {type_name(loc.value)}")
+        if not self.min_items <= len(loc.value) <= self.max_items:
+            raise loc.error(
+                f"needs {self.min_items} to {self.max_items} items, has {len(loc.value)}"
+            )
+        return tuple(self.item.parse(item) for item in loc.value)
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "type": "array",
+            "items": self.item.json_schema(),
+            "minItems": self.min_items,
+            "maxItems": self.max_items,
+            "description": self.description,
+        }
+
+
+@dataclass
+class Field:
+    node: Node
+    default: Any = None
+    required: bool = False
+
+
+@dataclass
+class Map(Node):
+    """A mapping with known keys; unknown keys are errors (a typo must not pass silently)."""
+
+    fields: Mapping[str, Field]
+    description: str = ""
+    build: Callable[..., Any] | None = None  # called with the parsed fields as keywords
+    extra_required: tuple[str, ...] = field(default=())
+
+    def parse(self, loc: Located) -> Any:
+        if not isinstance(loc.value, dict):
+            raise loc.error(f"expected a mapping, got {type_name(loc.value)}")
+        for key, item in loc.value.items():
+            if key not in self.fields:
+                raise item.error(f"unknown key (known: {', '.join(sorted(self.fields))})")
+        parsed: dict[str, Any] = {}
+        for key, spec in self.fields.items():
+            if key in loc.value:
+                parsed[key] = spec.node.parse(loc.value[key])
+            elif spec.required:
+                raise loc.error(f"missing required key {key!r}")
+            else:
+                parsed[key] = spec.default
+        return self.build(**parsed) if self.build else parsed
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {key: spec.node.json_schema() for key, spec in self.fields.items()},
+            "description": self.description,
+        }
+        for key, spec in self.fields.items():
+            if spec.default is not None and not isinstance(spec.default, tuple):
+                schema["properties"][key]["default"] = spec.default
+        required = [key for key, spec in self.fields.items() if spec.required]
+        if required:
+            schema["required"] = required
+        return schema
+
+
+# Converters shared by the site grammar.
+
+
+def ipv4_interface(text: str) -> ipaddress.IPv4Interface:
+    iface = ipaddress.IPv4Interface(text)
+    if iface.network.prefixlen == 32 or iface.ip in (
+        iface.network.network_address,
+        iface.network.broadcast_address,
+    ) and iface.network.prefixlen < 31:
+        raise ValueError(f"{iface.ip} is the network or broadcast address of {iface.network}")
+    return iface
+
+
+def ipv4_address(text: str) -> ipaddress.IPv4Address:
+    address = ipaddress.IPv4Address(text)
+    if address.is_unspecified or address.is_multicast:
+        raise ValueError("not a host address")
+    return address
+
+
+def mac_address(text: str) -> str:
+    mac = text.lower().replace("-", ":")
+    if int(mac[:2], 16) & 1:
+        raise ValueError("a multicast MAC cannot belong to a NIC")
+    return mac
+
+
+def hostname(text: str) -> str:
+    if len(text) > 253:
+        raise ValueError("longer than 253 characters")
+    for label in text.split("."):
+        if not 1 <= len(label) <= 63:
+            raise ValueError(f"label {label!r} must have 1 to 63 characters")
+    return text.lower()

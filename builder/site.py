@@ -1,0 +1,456 @@
+"""Load a site file: YAML -> located values -> the grammar -> a frozen, checked model.
+
+Everything is validated before anything is written: every error names the file, the line,
+the path into the document and what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from builder.errors import InputError
+from builder.schema import (
+    Bool,
+    Enum,
+    Field,
+    Int,
+    List,
+    Located,
+    Map,
+    Str,
+    hostname,
+    ipv4_address,
+    ipv4_interface,
+    mac_address,
+)
+
+# ---------------------------------------------------------------------------------------------
+# The model: what the rest of ksbuild reads. Frozen: nothing downstream changes the input.
+
+
+@dataclass(frozen=True)
+class Firewall:
+    enabled: bool
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Packages:
+    environment: str
+    groups: tuple[str, ...]
+    extra: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Bridge:
+    name: str
+    slaves: tuple[str, ...]
+    address: ipaddress.IPv4Interface | None  # None: DHCP
+    gateway: ipaddress.IPv4Address | None
+    dns: tuple[ipaddress.IPv4Address, ...]
+    stp: bool
+
+
+@dataclass(frozen=True)
+class Partition:
+    mount: str
+    size: int  # MiB
+    grow: bool
+    fstype: str
+
+
+@dataclass(frozen=True)
+class Storage:
+    drives: tuple[str, ...]
+    clear: bool
+    autopart: str
+    partitions: tuple[Partition, ...]
+
+
+@dataclass(frozen=True)
+class Host:
+    hostname: str
+    mac: str | None
+    lang: str
+    keyboard: str
+    timezone: str
+    ntp: tuple[str, ...]
+    selinux: str
+    firewall: Firewall
+    root_password_hash: str | None
+    root_password_env: str | None
+    root_ssh_keys: tuple[str, ...]
+    source: str  # "cdrom" or an http(s) URL of an install tree
+    packages: Packages
+    bridges: tuple[Bridge, ...]
+    storage: Storage
+    kernel_args: tuple[str, ...]
+
+    @property
+    def short_name(self) -> str:
+        return self.hostname.split(".")[0]
+
+
+@dataclass(frozen=True)
+class Site:
+    path: Path
+    hosts: tuple[Host, ...]
+    overlays: Path | None  # the overlay root folder, resolved against the site file
+
+    def host(self, name: str) -> Host:
+        for host in self.hosts:
+            if host.hostname == name.lower():
+                return host
+        raise InputError(f"{self.path}: no host named {name!r} in the site")
+
+
+# ---------------------------------------------------------------------------------------------
+# The grammar. Patterns are deliberately narrow: every string here ends up in a kickstart line
+# or a shell script, so nothing that could quote, expand or break a line gets through.
+
+NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
+IFACE = r"[A-Za-z][A-Za-z0-9_.-]{0,14}"
+IPV4 = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+HOSTNAME = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*"
+SHA512_CRYPT = r"\$6\$(?:rounds=[0-9]{4,9}\$)?[./A-Za-z0-9]{1,16}\$[./A-Za-z0-9]{86}"
+URL = r"https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+=,:@/-]*)?"
+SSH_KEY = (
+    r"(?:ssh-(?:rsa|ed25519|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-ssh-ed25519@openssh\.com)"
+    r" [A-Za-z0-9+/]+={0,3}(?: [A-Za-z0-9@._+:-]+)*"
+)
+
+FIREWALL = Map(
+    {
+        "enabled": Field(Bool("true keeps firewalld running; false masks it"), default=True),
+        "services": Field(
+            List(Str(r"[a-z0-9][a-z0-9_-]*", "a firewalld service", what="a service name")),
+            default=("ssh",),
+        ),
+    },
+    "firewalld on the installed host",
+)
+
+PACKAGES = Map(
+    {
+        "environment": Field(
+            Str(NAME, "the comps environment, installed as @^NAME", what="a group name"),
+            default="virtualization-host-environment",
+        ),
+        "groups": Field(List(Str(NAME, what="a group name"), "extra comps groups"), default=()),
+        "extra": Field(
+            List(
+                Str("-?" + NAME, "a package; a leading - excludes it", what="a package name"),
+                "extra packages",
+            ),
+            default=(),
+        ),
+    },
+    "%packages",
+    build=Packages,
+)
+
+BRIDGE = Map(
+    {
+        "name": Field(Str(IFACE, "bridge device", what="an interface name"), default="br0"),
+        "slaves": Field(
+            List(Str(IFACE, what="an interface name"), "NICs enslaved to the bridge", 1, 16),
+            required=True,
+        ),
+        "address": Field(
+            Str(IPV4 + r"/[0-9]{1,2}", "static address/prefix; omit for DHCP",
+                what="an IPv4 address/prefix", convert=ipv4_interface),
+        ),
+        "gateway": Field(
+            Str(IPV4, what="an IPv4 address", convert=ipv4_address), ),
+        "dns": Field(
+            List(Str(IPV4, what="an IPv4 address", convert=ipv4_address), "name servers",
+                 max_items=3),
+            default=(),
+        ),
+        "stp": Field(Bool("spanning tree on the bridge"), default=False),
+    },
+    "a Linux bridge with the host's address, so guests sit on the LAN",
+    build=Bridge,
+)
+
+PARTITION = Map(
+    {
+        "mount": Field(Str(r"/|(?:/[A-Za-z0-9._-]+)+|swap|biosboot", what="a mount point"),
+                       required=True),
+        "size": Field(Int(1, 64 * 1024 * 1024, "size in MiB (the minimum with grow)"),
+                      required=True),
+        "grow": Field(Bool("grow to fill the free space"), default=False),
+        "fstype": Field(Enum(("xfs", "ext4", "ext3", "ext2", "vfat", "efi", "swap", "biosboot")),
+                        default="xfs"),
+    },
+    build=Partition,
+)
+
+STORAGE = Map(
+    {
+        "drives": Field(List(Str(r"[a-z][a-z0-9]{1,15}", what="a disk name (sda, vda, nvme0n1)"),
+                             "the disks to use; all others are left alone"), default=()),
+        "clear": Field(Bool("erase the disks' partitions first"), default=True),
+        "autopart": Field(Enum(("lvm", "plain", "thinp"), "autopart --type, without partitions"),
+                          default="lvm"),
+        "partitions": Field(List(PARTITION, "an explicit layout instead of autopart"),
+                            default=()),
+    },
+    build=Storage,
+)
+
+STORAGE_DEFAULT = Storage(drives=(), clear=True, autopart="lvm", partitions=())
+
+# Every field a host has; `defaults` takes all of them but the ones that identify one host.
+HOST_FIELDS: dict[str, Field] = {
+    "hostname": Field(Str(HOSTNAME, "fully qualified host name (RFC 1123)",
+                          what="a host name (RFC 1123)", convert=hostname), required=True),
+    "mac": Field(Str(r"[0-9A-Fa-f]{2}(?:[:-][0-9A-Fa-f]{2}){5}", "the install NIC's MAC",
+                     what="a MAC address", convert=mac_address)),
+    "lang": Field(Str(r"[a-z]{2,3}(?:_[A-Z]{2})?(?:\.[A-Za-z0-9-]+)?(?:@[a-z]+)?",
+                      what="a locale (en_US.UTF-8)"), default="en_US.UTF-8"),
+    "keyboard": Field(Str(r"[a-z][a-z0-9_-]*", what="a console keymap (us, de-latin1)"),
+                      default="us"),
+    "timezone": Field(Str(r"[A-Za-z][A-Za-z0-9_+-]*(?:/[A-Za-z0-9_+-]+)*",
+                          what="a time zone (Asia/Shanghai)"), default="UTC"),
+    "ntp": Field(List(Str(HOSTNAME + "|" + IPV4, what="an NTP server name"), "NTP servers"),
+                 default=()),
+    "selinux": Field(Enum(("enforcing", "permissive", "disabled")), default="enforcing"),
+    "firewall": Field(FIREWALL),
+    "root_password_hash": Field(Str(SHA512_CRYPT, "SHA-512 crypt hash ($6$...)",
+                                    what="a SHA-512 crypt hash ($6$salt$hash)")),
+    "root_password_env": Field(Str(r"[A-Za-z_][A-Za-z0-9_]*",
+                                   "environment variable holding the plaintext root password, "
+                                   "hashed at build time", what="an environment variable name")),
+    "root_ssh_keys": Field(List(Str(SSH_KEY, what="an OpenSSH public key", max_length=16384),
+                                "authorized keys for root"), default=()),
+    "source": Field(Str(r"cdrom|" + URL, "install source: cdrom or an http(s) install tree",
+                        what="'cdrom' or an http(s) URL"),
+                    default="https://vault.centos.org/7.9.2009/os/x86_64/"),
+    "packages": Field(PACKAGES),
+    "bridge": Field(BRIDGE),
+    "bridges": Field(List(BRIDGE, "several bridges; `bridge` is the one-bridge shorthand",
+                          max_items=16)),
+    "storage": Field(STORAGE),
+    "kernel_args": Field(List(Str(r"[A-Za-z0-9_.-]+(?:=[A-Za-z0-9_.,:/-]+)?",
+                                  what="a kernel argument"), "extra kernel arguments"),
+                         default=()),
+}
+HOST = Map(HOST_FIELDS, "one KVM host")
+DEFAULTS = Map({k: v for k, v in HOST_FIELDS.items() if k not in ("hostname", "mac")},
+               "values every host gets unless it sets its own")
+
+SITE_FIELDS: dict[str, Field] = {
+    "defaults": Field(DEFAULTS),
+    "hosts": Field(List(HOST, "the hosts to install", min_items=1, max_items=100000),
+                   required=True),
+    "overlays": Field(Str(r"[A-Za-z0-9._/-]+", "overlay root folder, relative to the site file",
+                          what="a folder path")),
+}
+SITE = Map(SITE_FIELDS, "a ksbuild site file")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the site file, for editors; shipped as builder/site.schema.json."""
+    schema = SITE.json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ksbuild site file"
+    # `bridge` and `bridges` are two spellings of one thing: never both.
+    host_schema = schema["properties"]["hosts"]["items"]
+    host_schema["not"] = {"required": ["bridge", "bridges"]}
+    schema["properties"]["defaults"]["not"] = {"required": ["bridge", "bridges"]}
+    return schema
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML -> Located, with line numbers and without silently merged duplicate keys.
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _locate(node: yaml.Node, path: str, file: str, loader: _Loader) -> Located:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader.flatten_mapping(node)
+        items: dict[str, Located] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node)
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key, str):
+                raise InputError(f"{file}:{key_line}: {path or '(top)'}: key {key!r} is not text")
+            if key in items:
+                raise InputError(f"{file}:{key_line}: {path or '(top)'}: key {key!r} given twice")
+            child = f"{path}.{key}" if path else key
+            items[key] = _locate(value_node, child, file, loader)
+        return Located(items, path, file, line)
+    if isinstance(node, yaml.SequenceNode):
+        return Located(
+            [_locate(n, f"{path}[{i}]", file, loader) for i, n in enumerate(node.value)],
+            path, file, line,
+        )
+    return Located(loader.construct_object(node), path, file, line)
+
+
+def read_located(path: Path) -> Located:
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{name}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{name}: cannot read: {exc}") from None
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise InputError(f"{name}:1: the file is empty")
+        return _locate(node, "", name, loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else 1
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise InputError(f"{name}:{line}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"{name}: YAML syntax error: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def merge(base: Located, over: Located) -> Located:
+    """Deep-merge a host over the defaults: mappings merge, anything else is replaced."""
+    if isinstance(base.value, dict) and isinstance(over.value, dict):
+        merged = dict(base.value)
+        for key, value in over.value.items():
+            merged[key] = merge(merged[key], value) if key in merged else value
+        return Located(merged, over.path, over.file, over.line)
+    return over
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and the checks the grammar cannot express.
+
+
+def load(path: Path | str) -> Site:
+    path = Path(path)
+    doc = read_located(path)
+    if not isinstance(doc.value, dict):
+        raise doc.error("expected a mapping with `hosts:` at the top of the site file")
+    top = SITE.parse(doc)  # structure and types of the whole file, defaults included
+    defaults = doc.value.get("defaults", Located({}, "defaults", str(path), doc.line))
+    hosts = tuple(
+        _host(merge(defaults, raw), raw) for raw in doc.value["hosts"].value
+    )
+    _check_fleet(hosts, doc.value["hosts"].value)
+    return Site(path=path, hosts=hosts, overlays=_overlays(path, top["overlays"], doc))
+
+
+def _host(merged: Located, raw: Located) -> Host:
+    fields = HOST.parse(merged)
+    if fields["bridge"] is not None and fields["bridges"] is not None:
+        raise merged.error("give `bridge` or `bridges`, not both")
+    bridges: tuple[Bridge, ...] = fields.pop("bridges") or ()
+    if fields.pop("bridge") is not None:
+        bridges = (HOST_FIELDS["bridge"].node.parse(merged.value["bridge"]),)
+    fields["bridges"] = bridges
+    fields["firewall"] = _firewall(fields["firewall"], merged)
+    fields["packages"] = fields["packages"] or PACKAGES.build(  # type: ignore[misc]
+        environment="virtualization-host-environment", groups=(), extra=())
+    fields["storage"] = fields["storage"] or STORAGE_DEFAULT
+    host = Host(**fields)
+    _check_password(host, merged)
+    _check_bridges(host, merged)
+    _check_storage(host, merged)
+    return host
+
+
+def _firewall(parsed: dict[str, Any] | None, merged: Located) -> Firewall:
+    if parsed is None:
+        return Firewall(enabled=True, services=("ssh",))
+    if not parsed["enabled"] and "services" in merged.value["firewall"].value:
+        raise merged.value["firewall"].value["services"].error(
+            "services are opened only when the firewall is enabled")
+    services = parsed["services"] if parsed["enabled"] else ()
+    return Firewall(enabled=parsed["enabled"], services=services)
+
+
+def _check_password(host: Host, merged: Located) -> None:
+    given = [k for k in ("root_password_hash", "root_password_env") if getattr(host, k)]
+    if len(given) != 1:
+        raise merged.error(
+            "give exactly one of root_password_hash or root_password_env "
+            f"(found {len(given)}); a kickstart without one stops the install to ask")
+    var = host.root_password_env
+    if var is not None and not os.environ.get(var):
+        raise merged.value["root_password_env"].error(
+            f"environment variable {var} is not set or empty")
+
+
+def _check_bridges(host: Host, merged: Located) -> None:
+    key = "bridge" if "bridge" in merged.value else "bridges"
+    devices: set[str] = set()
+    gateways = 0
+    for index, bridge in enumerate(host.bridges):
+        where = merged.value[key]
+        if key == "bridges":
+            where = where.value[index]
+        for device in (bridge.name, *bridge.slaves):
+            if device in devices:
+                raise where.error(f"interface {device} is used twice on this host")
+            devices.add(device)
+        if bridge.gateway is not None:
+            gateways += 1
+            if bridge.address is None:
+                raise where.value["gateway"].error("a gateway needs a static address")
+            if bridge.gateway not in bridge.address.network:
+                raise where.value["gateway"].error(
+                    f"{bridge.gateway} is not inside {bridge.address.network}")
+            if bridge.gateway == bridge.address.ip:
+                raise where.value["gateway"].error(
+                    f"{bridge.gateway} is the host's own address")
+        if gateways > 1:
+            raise where.error("only one bridge may carry the default gateway")
+
+
+def _check_storage(host: Host, merged: Located) -> None:
+    mounts = [p.mount for p in host.storage.partitions]
+    if mounts and "/" not in mounts:
+        raise merged.value["storage"].error("an explicit layout needs a / partition")
+    for mount in mounts:
+        if mounts.count(mount) > 1 and mount != "swap":
+            raise merged.value["storage"].error(f"mount point {mount} given twice")
+
+
+def _check_fleet(hosts: tuple[Host, ...], raws: list[Located]) -> None:
+    """No two hosts may share a name, a MAC or an address."""
+    seen: dict[str, int] = {}
+    for index, (host, raw) in enumerate(zip(hosts, raws)):
+        keys = [("hostname", host.hostname)]
+        if host.mac:
+            keys.append(("mac", host.mac))
+        keys += [("address", str(b.address.ip)) for b in host.bridges if b.address]
+        for kind, value in keys:
+            other = seen.setdefault(f"{kind}={value}", index)
+            if other != index:
+                raise raw.error(f"{kind} {value} is already used by hosts[{other}]")
+
+
+def _overlays(site_path: Path, given: str | None, doc: Located) -> Path | None:
+    if given is None:
+        return None
+    root = (site_path.parent / given).resolve()
+    if not root.is_dir():
+        raise doc.value["overlays"].error(f"folder {root} does not exist")
+    return root
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
