@@ -99,10 +99,24 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Media:
+    """The base ISO a site builds from: exactly one of release (+ flavor), path or url."""
+
+    release: str | None
+    flavor: str | None
+    path: Path | None  # resolved against the site file
+    url: str | None
+    sha256: str | None  # the user's pin; wins over every other checksum
+    mirror: str | None
+    origin: str = ""  # where it was given ("site.yaml:12: media"), for messages
+
+
+@dataclass(frozen=True)
 class Site:
     path: Path
     hosts: tuple[Host, ...]
     overlays: Path | None  # the overlay root folder, resolved against the site file
+    media: Media | None = None  # None: the site names no base media
 
     def host(self, name: str) -> Host:
         for host in self.hosts:
@@ -247,12 +261,36 @@ HOST = Map(HOST_FIELDS, "one KVM host")
 DEFAULTS = Map({k: v for k, v in HOST_FIELDS.items() if k not in ("hostname", "mac")},
                "values every host gets unless it sets its own")
 
+# CentOS 7 releases whose ISOs follow CentOS-7-x86_64-<flavor>-<build>.iso on the vault.
+MEDIA_RELEASES = ("7.2.1511", "7.3.1611", "7.4.1708", "7.5.1804", "7.6.1810", "7.7.1908",
+                  "7.8.2003", "7.9.2009")
+MEDIA_FLAVORS = ("NetInstall", "Minimal", "DVD", "Everything")
+
+MEDIA = Map(
+    {
+        "release": Field(Enum(MEDIA_RELEASES, "a CentOS 7 release, fetched from the mirror")),
+        "flavor": Field(Enum(MEDIA_FLAVORS, "which ISO of the release (only with release); "
+                             "Minimal lacks the Virtualization Host packages"), default="DVD"),
+        "path": Field(Str(r"[A-Za-z0-9._+,@%=~ /-]+", "a local ISO, relative to the site file",
+                          what="a file path", max_length=4096)),
+        "url": Field(Str(URL, "an ISO to download (needs sha256)", what="an http(s) URL",
+                         max_length=2048)),
+        "sha256": Field(Str(r"[0-9A-Fa-f]{64}", "the ISO's sha256; wins over published sums",
+                            what="a sha256 (64 hex digits)", convert=str.lower)),
+        "mirror": Field(Str(URL, "mirror base URL (with release); --mirror and KSBUILD_MIRROR "
+                            "override it", what="an http(s) URL", max_length=2048),
+                        default="https://vault.centos.org/"),
+    },
+    "the base ISO: {release, flavor} from a mirror, a local {path}, or {url, sha256}",
+)
+
 SITE_FIELDS: dict[str, Field] = {
     "defaults": Field(DEFAULTS),
     "hosts": Field(List(HOST, "the hosts to install", min_items=1, max_items=100000),
                    required=True),
     "overlays": Field(Str(r"[A-Za-z0-9._/-]+", "overlay root folder, relative to the site file",
                           what="a folder path")),
+    "media": Field(MEDIA),
 }
 SITE = Map(SITE_FIELDS, "a ksbuild site file")
 
@@ -266,6 +304,15 @@ def json_schema() -> dict[str, Any]:
     host_schema = schema["properties"]["hosts"]["items"]
     host_schema["not"] = {"required": ["bridge", "bridges"]}
     schema["properties"]["defaults"]["not"] = {"required": ["bridge", "bridges"]}
+    schema["properties"]["media"]["oneOf"] = [
+        {"required": ["release"], "not": {"anyOf": [{"required": ["path"]},
+                                                    {"required": ["url"]}]}},
+        {"required": ["path"], "not": {"anyOf": [{"required": ["flavor"]},
+                                                 {"required": ["mirror"]},
+                                                 {"required": ["url"]}]}},
+        {"required": ["url", "sha256"], "not": {"anyOf": [{"required": ["flavor"]},
+                                                          {"required": ["mirror"]}]}},
+    ]
     return schema
 
 
@@ -350,7 +397,8 @@ def load(path: Path | str) -> Site:
         _host(merge(defaults, raw), raw) for raw in doc.value["hosts"].value
     )
     _check_fleet(hosts, doc.value["hosts"].value)
-    return Site(path=path, hosts=hosts, overlays=_overlays(path, top["overlays"], doc))
+    return Site(path=path, hosts=hosts, overlays=_overlays(path, top["overlays"], doc),
+                media=_media(path, top["media"], doc))
 
 
 def _host(merged: Located, raw: Located) -> Host:
@@ -450,6 +498,31 @@ def _overlays(site_path: Path, given: str | None, doc: Located) -> Path | None:
     if not root.is_dir():
         raise doc.value["overlays"].error(f"folder {root} does not exist")
     return root
+
+
+def _media(site_path: Path, parsed: dict[str, Any] | None, doc: Located) -> Media | None:
+    """The checks across media keys that the grammar cannot express."""
+    if parsed is None:
+        return None
+    where = doc.value["media"]
+    kinds = [key for key in ("release", "path", "url") if parsed[key] is not None]
+    if len(kinds) != 1:
+        raise where.error("give exactly one of release, path or url")
+    for key in ("flavor", "mirror"):
+        if key in where.value and parsed["release"] is None:
+            raise where.value[key].error(f"{key} goes with release")
+    if parsed["url"] is not None and parsed["sha256"] is None:
+        raise where.error("a url needs its sha256, so the download can be verified")
+    path = parsed["path"]
+    return Media(
+        release=parsed["release"],
+        flavor=parsed["flavor"] if parsed["release"] else None,
+        path=site_path.parent / Path(path).expanduser() if path else None,
+        url=parsed["url"],
+        sha256=parsed["sha256"],
+        mirror=parsed["mirror"] if "mirror" in where.value else None,
+        origin=f"{where.file}:{where.line}: media",
+    )
 
 
 def schema_text() -> str:
