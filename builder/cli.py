@@ -43,6 +43,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from builder import progress, site
+    from builder.errors import InputError
+    from builder.media import fetch
+
+    def write(text: str) -> None:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    shown = progress.TextProgress(write, tty=sys.stderr.isatty())
+    if args.site is not None:
+        if args.release or args.flavor or args.url or args.sha256:
+            raise InputError("give a site file or --release/--flavor/--url, not both")
+        media = site.load(args.site).media
+        if media is None:
+            raise InputError(f"{args.site}: no `media:` key to fetch "
+                             "(e.g. media: {release: 7.9.2009, flavor: DVD})")
+    else:
+        media = fetch.media_from_options(args.release, args.flavor, args.url, args.sha256)
+    if args.pxeboot:
+        if media.release is None:
+            raise InputError("--pxeboot needs a release (--release or media.release)")
+        tree = fetch.tree_url(fetch.choose_mirror(args.mirror, media), media.release)
+        files = fetch.fetch_pxeboot(tree, cache_dir=args.cache_dir, progress=shown)
+        print(f"{files.vmlinuz}\n{files.initrd}\n{files.treeinfo}")
+        return 0
+    iso = fetch.resolve_media(media, cache_dir=args.cache_dir, mirror=args.mirror,
+                              progress=shown)
+    print(iso)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from builder import site
 
@@ -92,6 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Prompt for a root password and print the "
                                          "root_password_hash value for a site file.")
     hash_pw.set_defaults(handler=cmd_hash_password)
+
+    fetch = sub.add_parser(
+        "fetch", help="download and verify the base ISO into the cache; print its path",
+        description="Fetch the base media a site file names (media:), or the one given by "
+                    "--release/--flavor or --url/--sha256, into the cache (verified by sha256, "
+                    "resumed after a break). Prints the local path. Mirror: --mirror, else "
+                    "$KSBUILD_MIRROR, else the site's media.mirror, else the CentOS vault.")
+    fetch.add_argument("site", type=Path, nargs="?", help="the site file (YAML)")
+    fetch.add_argument("--release", help="CentOS release (default 7.9.2009)")
+    fetch.add_argument("--flavor", help="NetInstall, Minimal, DVD (default) or Everything")
+    fetch.add_argument("--url", help="an ISO's URL instead of a release (needs --sha256)")
+    fetch.add_argument("--sha256", help="the expected sha256; wins over published sums")
+    fetch.add_argument("--mirror", help="mirror base URL (default https://vault.centos.org/)")
+    fetch.add_argument("--cache-dir", type=Path,
+                       help="cache folder (default $XDG_CACHE_HOME/ksbuild or ~/.cache/ksbuild)")
+    fetch.add_argument("--pxeboot", action="store_true",
+                       help="fetch the release's PXE kernel, initrd and .treeinfo instead")
+    fetch.set_defaults(handler=cmd_fetch)
     return parser
 
 
