@@ -53,6 +53,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     shown = progress.TextProgress(write, tty=sys.stderr.isatty())
+    options = fetch.FetchOptions(retries=args.retries)
     if args.site is not None:
         if args.release or args.flavor or args.url or args.sha256:
             raise InputError("give a site file or --release/--flavor/--url, not both")
@@ -66,11 +67,12 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         if media.release is None:
             raise InputError("--pxeboot needs a release (--release or media.release)")
         tree = fetch.tree_url(fetch.choose_mirror(args.mirror, media), media.release)
-        files = fetch.fetch_pxeboot(tree, cache_dir=args.cache_dir, progress=shown)
+        files = fetch.fetch_pxeboot(tree, cache_dir=args.cache_dir, progress=shown,
+                                    options=options)
         print(f"{files.vmlinuz}\n{files.initrd}\n{files.treeinfo}")
         return 0
     iso = fetch.resolve_media(media, cache_dir=args.cache_dir, mirror=args.mirror,
-                              progress=shown)
+                              progress=shown, options=options)
     print(iso)
     return 0
 
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--mirror", help="mirror base URL (default https://vault.centos.org/)")
     fetch.add_argument("--cache-dir", type=Path,
                        help="cache folder (default $XDG_CACHE_HOME/ksbuild or ~/.cache/ksbuild)")
+    fetch.add_argument("--retries", type=int, default=4, choices=range(0, 21), metavar="N",
+                       help="attempts after a failed one, with growing pauses (default 4)")
     fetch.add_argument("--pxeboot", action="store_true",
                        help="fetch the release's PXE kernel, initrd and .treeinfo instead")
     fetch.set_defaults(handler=cmd_fetch)

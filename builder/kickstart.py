@@ -1,0 +1,281 @@
+"""Render one kickstart per host from the templates in kickstarts/, and validate each with
+pykickstart's RHEL7 grammar (warnings are errors).
+
+The templates hold the text; this module computes the values they need (quoted, hashed,
+derived), so no logic lives in the templates beyond loops and conditions.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import multiprocessing
+import os
+import shlex
+import uuid
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from builder import __version__
+from builder.errors import InputError, KsbuildError
+from builder.output import atomic_dir
+from builder.overlay import OverlayTree
+from builder.secrets import sha512_crypt
+from builder.site import Bridge, Host, Site
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "kickstarts"
+# The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
+POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay")
+# ifcfg UUIDs: stable across builds, different for every (host, device).
+UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
+
+
+def template_dir() -> Path:
+    """The templates: kickstarts/ of the source tree, or KSBUILD_TEMPLATES when set."""
+    return Path(os.environ.get("KSBUILD_TEMPLATES", TEMPLATE_DIR))
+
+
+def _environment(folder: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["sh"] = shlex.quote
+    return env
+
+
+def ifcfg_uuid(hostname: str, device: str) -> str:
+    return str(uuid.uuid5(UUID_NAMESPACE, f"{hostname}/{device}"))
+
+
+@dataclass(frozen=True)
+class Ifcfg:
+    """One /etc/sysconfig/network-scripts/ifcfg-<device> file, as ordered KEY=value lines."""
+
+    device: str
+    lines: tuple[tuple[str, str], ...]
+
+
+def ifcfg_files(host: Host) -> tuple[Ifcfg, ...]:
+    files: list[Ifcfg] = []
+    for bridge in host.bridges:
+        for slave in bridge.slaves:
+            files.append(Ifcfg(slave, (
+                ("TYPE", "Ethernet"), ("NAME", slave), ("DEVICE", slave),
+                ("UUID", ifcfg_uuid(host.hostname, slave)), ("ONBOOT", "yes"),
+                ("BOOTPROTO", "none"), ("BRIDGE", bridge.name),
+            )))
+        files.append(Ifcfg(bridge.name, _bridge_lines(host, bridge)))
+    return tuple(files)
+
+
+def _bridge_lines(host: Host, bridge: Bridge) -> tuple[tuple[str, str], ...]:
+    lines = [
+        ("TYPE", "Bridge"), ("NAME", bridge.name), ("DEVICE", bridge.name),
+        ("UUID", ifcfg_uuid(host.hostname, bridge.name)), ("ONBOOT", "yes"),
+        ("BOOTPROTO", "static" if bridge.address else "dhcp"),
+    ]
+    if bridge.address:
+        lines += [("IPADDR", str(bridge.address.ip)),
+                  ("PREFIX", str(bridge.address.network.prefixlen))]
+    if bridge.gateway:
+        lines += [("GATEWAY", str(bridge.gateway)), ("DEFROUTE", "yes")]
+    lines += [(f"DNS{n}", str(server)) for n, server in enumerate(bridge.dns, 1)]
+    lines += [("STP", "yes" if bridge.stp else "no"), ("DELAY", "0")]
+    return tuple(lines)
+
+
+def network_lines(host: Host) -> list[str]:
+    """The install-time `network` commands: one per bridge, then the host name."""
+    lines = []
+    for bridge in host.bridges:
+        words = [f"--device={bridge.name}", f"--bridgeslaves={','.join(bridge.slaves)}"]
+        if bridge.address:
+            words += ["--bootproto=static", f"--ip={bridge.address.ip}",
+                      f"--netmask={bridge.address.netmask}"]
+        else:
+            words.append("--bootproto=dhcp")
+        if bridge.gateway:
+            words.append(f"--gateway={bridge.gateway}")
+        if bridge.dns:
+            words.append(f"--nameserver={','.join(str(d) for d in bridge.dns)}")
+        if bridge.stp:
+            words.append("--bridgeopts=stp=yes")
+        words += ["--onboot=yes", "--activate"]
+        lines.append("network " + " ".join(words))
+    lines.append(f"network --hostname={host.hostname}")
+    return lines
+
+
+def root_password_hash(host: Host) -> str:
+    if host.root_password_hash:
+        return host.root_password_hash
+    assert host.root_password_env is not None  # the loader requires one of the two
+    password = os.environ.get(host.root_password_env)
+    if not password:
+        raise InputError(f"environment variable {host.root_password_env} is not set or empty")
+    return sha512_crypt(password)
+
+
+def _base64_lines(data: bytes) -> list[str]:
+    text = base64.b64encode(data).decode()
+    return [text[i:i + 76] for i in range(0, len(text), 76)] or [""]
+
+
+class Renderer:
+    """Renders and validates kickstarts for one site. Templates, the overlay tree and the
+    pykickstart parser are built once and reused for every host: a fleet of 10,000 hosts
+    must not pay for them 10,000 times."""
+
+    def __init__(self, site: Site, templates: Path | None = None) -> None:
+        self.site = site
+        self.env = _environment(templates or template_dir())
+        self.overlays = OverlayTree(site.overlays)
+        self.validator = Validator()
+
+    @cached_property
+    def _main(self) -> jinja2.Template:
+        return self._template("host.ks.j2")
+
+    @cached_property
+    def _posts(self) -> dict[str, jinja2.Template]:
+        return {name: self._template(f"post/{name}.sh.j2") for name in POST_SCRIPTS}
+
+    def _template(self, name: str) -> jinja2.Template:
+        try:
+            return self.env.get_template(name)
+        except jinja2.TemplateError as exc:
+            raise KsbuildError(f"template {name}: {exc}") from None
+
+    def context(self, host: Host) -> dict[str, Any]:
+        overlay = self.overlays.for_host(host.hostname)
+        return {
+            "host": host,
+            "version": __version__,
+            "site_name": self.site.path.name,
+            "root_hash": root_password_hash(host),
+            "network_lines": network_lines(host),
+            "ifcfgs": ifcfg_files(host),
+            "overlay": overlay,
+            "b64": _base64_lines,
+        }
+
+    def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:
+        context = self.context(host)
+        context.update(extra or {})
+        try:
+            context["post_scripts"] = [
+                (name, self._posts[name].render(context)) for name in POST_SCRIPTS
+            ]
+            text = self._main.render(context)
+        except jinja2.TemplateError as exc:
+            raise KsbuildError(f"rendering the kickstart of {host.hostname}: {exc}") from None
+        self.validator.validate(text, f"{host.hostname}.cfg")
+        return text
+
+
+def _fresh(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a command's attributes in which the lists it fills in place (network devices,
+    partitions...) are new, so parsing one kickstart cannot leak into the saved state."""
+    return {key: copy.copy(value) if isinstance(value, (list, dict, set)) else value
+            for key, value in state.items()}
+
+
+class Validator:
+    """pykickstart's RHEL7 grammar, one handler for all kickstarts.
+
+    Building a handler costs ~20 ms and pykickstart's resetCommand() rebuilds a command's
+    argparse parser (~1 ms each): both are far too slow for a fleet. Instead the state of every
+    command is saved once, right after the handler is built, and put back before each parse;
+    tests/test_kickstart.py proves a reused validator sees the same as a fresh one.
+    """
+
+    def __init__(self) -> None:
+        from pykickstart.parser import KickstartParser
+        from pykickstart.version import RHEL7, makeVersion
+
+        self.handler = makeVersion(RHEL7)
+        self.parser = KickstartParser(self.handler, followIncludes=False)
+        self.pristine = {name: _fresh(vars(cmd)) for name, cmd in self.handler.commands.items()}
+        self.used: set[str] = set(self.handler.commands)  # first parse: reset nothing yet
+
+    def _reset(self) -> None:
+        from pykickstart.parser import Packages
+
+        for name in self.used:
+            state = vars(self.handler.commands[name])
+            state.clear()
+            state.update(_fresh(self.pristine[name]))
+        self.handler.scripts = []
+        self.handler.packages = Packages()
+
+    def validate(self, text: str, name: str) -> None:
+        from pykickstart.errors import KickstartError, KickstartWarning
+
+        self._reset()
+        # Only the commands this kickstart names can be changed by parsing it.
+        self.used = {line.split(None, 1)[0] for line in text.splitlines()
+                     if line[:1].isalpha() and line.split(None, 1)[0] in self.handler.commands}
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", KickstartWarning)
+            try:
+                self.parser.readKickstartFromString(text)
+            except (KickstartError, KickstartWarning) as exc:
+                message = " ".join(str(exc).split())
+                raise KsbuildError(f"{name}: pykickstart (RHEL7) rejects it: {message}") from None
+
+
+# Below this many hosts a worker pool costs more than it saves.
+PARALLEL_MIN_HOSTS = 200
+_worker: Renderer | None = None
+
+
+def _start_worker(site: Site) -> None:
+    global _worker
+    # pykickstart looks up its message catalog on disk for every option's help text; with
+    # LANGUAGE=C that lookup ends at once (ksbuild's messages are English anyway).
+    os.environ["LANGUAGE"] = "C"
+    _worker = Renderer(site)
+
+
+def _render_in_worker(hostname: str) -> str:
+    assert _worker is not None
+    return _worker.render_host(_worker.site.host(hostname))
+
+
+def render_site(site: Site, hosts: tuple[Host, ...] | None = None,
+                jobs: int | None = None) -> dict[str, str]:
+    """hostname -> validated kickstart text, for every host (or those given), sorted.
+
+    A large fleet is spread over worker processes (pykickstart is pure Python: ~3 ms a
+    kickstart, so 10,000 hosts need every core)."""
+    chosen = sorted(hosts if hosts is not None else site.hosts, key=lambda h: h.hostname)
+    jobs = jobs or os.cpu_count() or 1
+    names = [host.hostname for host in chosen]
+    if jobs == 1 or len(chosen) < PARALLEL_MIN_HOSTS:
+        renderer = Renderer(site)
+        return {host.hostname: renderer.render_host(host) for host in chosen}
+    context = multiprocessing.get_context("fork")
+    with context.Pool(jobs, initializer=_start_worker, initargs=(site,)) as pool:
+        texts = pool.map(_render_in_worker, names, chunksize=max(1, len(names) // (jobs * 8)))
+    return dict(zip(names, texts))
+
+
+def write_kickstarts(site: Site, folder: Path) -> list[Path]:
+    """Render and validate everything first, then replace `folder` in one step."""
+    rendered = render_site(site)
+    with atomic_dir(folder) as temp:
+        for hostname, text in rendered.items():
+            (temp / f"{hostname}.cfg").write_text(text, encoding="utf-8")
+            os.chmod(temp / f"{hostname}.cfg", 0o644)
+    return [folder / f"{hostname}.cfg" for hostname in rendered]
