@@ -57,8 +57,8 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,200}")
 class FetchOptions:
     connect_timeout: float = 10.0
     read_timeout: float = 60.0  # longest silence of the server in the middle of a body
-    retries: int = 5  # further attempts after the first one fails
-    backoff: float = 1.0  # seconds before the first retry, doubled for each next one
+    retries: int = 4  # further attempts after the first one fails
+    backoff: float = 0.5  # seconds before the first retry, doubled for each next one (7.5 s in all)
     backoff_max: float = 30.0
 
 
