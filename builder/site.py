@@ -312,14 +312,14 @@ def json_schema() -> dict[str, Any]:
     host_schema = schema["properties"]["hosts"]["items"]
     host_schema["not"] = {"required": ["bridge", "bridges"]}
     schema["properties"]["defaults"]["not"] = {"required": ["bridge", "bridges"]}
+    # media: exactly one of release (with flavor, mirror), path or url (with sha256).
+    def media_kind(required: list[str], banned: list[str]) -> dict[str, Any]:
+        return {"required": required, "not": {"anyOf": [{"required": [k]} for k in banned]}}
+
     schema["properties"]["media"]["oneOf"] = [
-        {"required": ["release"], "not": {"anyOf": [{"required": ["path"]},
-                                                    {"required": ["url"]}]}},
-        {"required": ["path"], "not": {"anyOf": [{"required": ["flavor"]},
-                                                 {"required": ["mirror"]},
-                                                 {"required": ["url"]}]}},
-        {"required": ["url", "sha256"], "not": {"anyOf": [{"required": ["flavor"]},
-                                                          {"required": ["mirror"]}]}},
+        media_kind(["release"], ["path", "url"]),
+        media_kind(["path"], ["release", "url", "flavor", "mirror"]),
+        media_kind(["url", "sha256"], ["release", "path", "flavor", "mirror"]),
     ]
     return schema
 
