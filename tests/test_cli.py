@@ -1,0 +1,125 @@
+"""The command line: exit codes, one-line errors, and outputs that are never half-written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+
+from builder import cli, site
+from builder.errors import InputError
+from tests.conftest import REPO
+from tests.sitefiles import site_doc, write_site
+from tests.test_site import mutated_sites
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "builder", *args], cwd=REPO, text=True,
+                          capture_output=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_help_for_every_subcommand() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0 and "render" in result.stdout and "check" in result.stdout
+    parser = cli.build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name in commands:
+        sub = run_cli(name, "--help")
+        assert sub.returncode == 0, (name, sub.stderr)
+        assert "usage: ksbuild " + name in sub.stdout
+
+
+def test_render_writes_the_example(tmp_path: Path) -> None:
+    result = run_cli("render", "kickstarts/site.yaml", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "out" / "ks").iterdir()] == [
+        "cdh-host.c7.jevoncode.com.cfg"]
+
+
+def test_bad_input_exit_2_one_line_no_traceback_no_output(tmp_path: Path) -> None:
+    doc = site_doc()
+    doc["hosts"][0]["bridge"]["gateway"] = "192.16.1.1"
+    path = write_site(tmp_path, doc)
+    out = tmp_path / "out"
+    result = run_cli("render", str(path), "-o", str(out))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"ksbuild: {path}:")
+    assert "hosts[0].bridge.gateway: 192.16.1.1 is not inside 192.168.0.0/16" in result.stderr
+    assert not out.exists()
+    assert run_cli("check", str(path)).returncode == 2
+
+
+def test_failed_render_leaves_the_previous_output_untouched(tmp_path: Path) -> None:
+    good = write_site(tmp_path, site_doc(), "good.yaml")
+    out = tmp_path / "out"
+    assert cli.main(["render", str(good), "-o", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in (out / "ks").iterdir()}
+    doc = site_doc()
+    doc["hosts"][1]["mac"] = doc["hosts"][0]["mac"]
+    bad = write_site(tmp_path, doc, "bad.yaml")
+    assert cli.main(["render", str(bad), "-o", str(out)]) == 2
+    assert {p.name: p.read_bytes() for p in (out / "ks").iterdir()} == before
+    assert sorted(p.name for p in out.iterdir()) == ["ks"]  # no temporary folders left
+
+
+def test_a_removed_host_disappears_from_the_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["render", str(write_site(tmp_path, site_doc())), "-o", str(out)]) == 0
+    doc = site_doc()
+    doc["hosts"].pop()
+    assert cli.main(["render", str(write_site(tmp_path, doc)), "-o", str(out)]) == 0
+    assert [p.name for p in (out / "ks").iterdir()] == ["cdh-host.c7.jevoncode.com.cfg"]
+
+
+def test_check_writes_nothing(tmp_path: Path) -> None:
+    path = write_site(tmp_path, site_doc())
+    before = sorted(tmp_path.iterdir())
+    assert cli.main(["check", str(path)]) == 0
+    assert sorted(tmp_path.iterdir()) == before
+
+
+@settings(max_examples=220, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                 HealthCheck.filter_too_much])
+@given(doc=mutated_sites())
+def test_generated_bad_sites_exit_2_with_one_line(tmp_path: Path, doc: dict[str, Any],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_site(tmp_path, doc)
+    try:
+        site.load(path)
+        assume(False)  # the mutation happened to leave a valid site: not a bad file
+    except InputError:
+        pass
+    out = tmp_path / "out-never"
+    capsys.readouterr()
+    assert cli.main(["render", str(path), "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith(f"ksbuild: {path}:"), captured.err
+    assert not out.exists()
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    path = write_site(tmp_path, "hosts: 3\n")
+    result = run_cli("--debug", "check", str(path))
+    assert result.returncode == 1 and "Traceback" in result.stderr
+
+
+def test_hash_password_prints_a_sha512_crypt(tmp_path: Path) -> None:
+    # getpass reads the terminal; without one it falls back to stdin.
+    result = subprocess.run([sys.executable, "-m", "builder", "hash-password"], cwd=REPO,
+                            input="s3cret\ns3cret\n", text=True, capture_output=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    from passlib.hash import sha512_crypt
+
+    hashed = result.stdout.strip()
+    assert hashed.startswith("$6$") and sha512_crypt.verify("s3cret", hashed)
+    assert "s3cret" not in result.stdout + result.stderr

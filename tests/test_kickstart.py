@@ -1,0 +1,208 @@
+"""Rendered kickstarts: what they say, that pykickstart accepts them, that nothing injects."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from passlib.hash import sha512_crypt
+from pykickstart.parser import KickstartParser
+from pykickstart.version import RHEL7, makeVersion
+
+from builder import kickstart, site
+from builder.errors import KsbuildError
+from tests.conftest import REPO
+from tests.sitefiles import site_doc, write_site
+
+
+def render(tmp_path: Path, doc: dict[str, object] | None = None) -> dict[str, str]:
+    return kickstart.render_site(site.load(write_site(tmp_path, doc or site_doc())))
+
+
+def fresh_parse(text: str) -> object:
+    handler = makeVersion(RHEL7)
+    KickstartParser(handler).readKickstartFromString(text)
+    return handler
+
+
+def ifcfg(text: str, device: str) -> dict[str, str]:
+    block = re.search(rf"cat > ifcfg-{device} <<'KSBUILD_EOF'\n(.*?)KSBUILD_EOF", text, re.S)
+    assert block, device
+    return dict(line.split("=", 1) for line in block.group(1).splitlines())
+
+
+def test_example_kickstart_content() -> None:
+    (text,) = kickstart.render_site(site.load(REPO / "kickstarts" / "site.yaml")).values()
+    for line in ["install", "url --url=https://vault.centos.org/7.9.2009/os/x86_64/",
+                 "lang en_US.UTF-8", "keyboard --vckeymap=us", "timezone Asia/Shanghai --isUtc",
+                 "selinux --disabled", "firewall --disabled", "autopart --type=lvm",
+                 "bootloader --location=mbr", "reboot --eject",
+                 "network --hostname=cdh-host.c7.jevoncode.com",
+                 "@^virtualization-host-environment"]:
+        assert line in text.splitlines(), line
+    assert ("network --device=br0 --bridgeslaves=eth0 --bootproto=static --ip=192.168.1.108 "
+            "--netmask=255.255.0.0 --gateway=192.168.1.1 --nameserver=192.168.1.1 "
+            "--onboot=yes --activate") in text
+    assert re.search(r"^rootpw --iscrypted \$6\$", text, re.M)
+    slave, bridge = ifcfg(text, "eth0"), ifcfg(text, "br0")
+    assert slave["BRIDGE"] == "br0" and "IPADDR" not in slave and slave["BOOTPROTO"] == "none"
+    assert bridge["TYPE"] == "Bridge" and bridge["BOOTPROTO"] == "static"
+    assert (bridge["IPADDR"], bridge["PREFIX"], bridge["GATEWAY"], bridge["DNS1"],
+            bridge["ONBOOT"]) == ("192.168.1.108", "16", "192.168.1.1", "192.168.1.1", "yes")
+    assert slave["UUID"] != bridge["UUID"]
+    assert "systemctl mask firewalld.service" in text
+    assert "printf '%s\\n' cdh-host.c7.jevoncode.com > /etc/hostname" in text
+
+
+def test_every_kickstart_passes_ksvalidator(tmp_path: Path) -> None:
+    out = tmp_path / "ks"
+    loaded = site.load(write_site(tmp_path, site_doc()))
+    paths = kickstart.write_kickstarts(loaded, out)
+    example = kickstart.write_kickstarts(site.load(REPO / "kickstarts" / "site.yaml"),
+                                         tmp_path / "example")
+    ksvalidator = Path(sys.executable).parent / "ksvalidator"
+    for path in paths + example:
+        result = subprocess.run([str(ksvalidator), "-e", "-v", "RHEL7", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ifcfg_uuids_unique_and_stable(tmp_path: Path) -> None:
+    first = render(tmp_path)
+    again = render(tmp_path)
+    assert first == again
+    uuids = [line for text in first.values() for line in text.splitlines()
+             if line.startswith("UUID=")]
+    assert len(uuids) == 2 + 5 and len(set(uuids)) == len(uuids)
+
+
+def test_second_host_bridges_and_firewall(tmp_path: Path) -> None:
+    text = render(tmp_path)["kvm2.example.com"]
+    assert "--device=br0 --bridgeslaves=eno1,eno2" in text
+    assert "--device=br1 --bridgeslaves=eno3 --bootproto=static --ip=10.2.0.12" in text
+    assert "--bridgeopts=stp=yes" in text
+    assert "firewall --enabled --service=ssh --service=libvirt" in text
+    assert "selinux --enforcing" in text
+    assert ifcfg(text, "eno2")["BRIDGE"] == "br0" and ifcfg(text, "eno3")["BRIDGE"] == "br1"
+    assert "GATEWAY" not in ifcfg(text, "br1") and ifcfg(text, "br0")["DNS2"] == "10.1.0.3"
+    assert "firewall-offline-cmd --add-service=libvirt" in text
+
+
+def test_explicit_storage_and_kernel_args(tmp_path: Path) -> None:
+    doc = site_doc()
+    doc["defaults"]["storage"] = {
+        "drives": ["vda"], "partitions": [
+            {"mount": "/boot", "size": 1024}, {"mount": "swap", "size": 4096},
+            {"mount": "/", "size": 10240, "grow": True, "fstype": "ext4"}]}
+    doc["defaults"]["kernel_args"] = ["console=ttyS0,115200", "nomodeset"]
+    doc["defaults"]["ntp"] = ["0.centos.pool.ntp.org"]
+    text = render(tmp_path, doc)["kvm2.example.com"]
+    assert "ignoredisk --only-use=vda" in text
+    assert "clearpart --all --initlabel --drives=vda" in text
+    assert "part / --size=10240 --grow --fstype=ext4 --ondisk=vda" in text
+    assert "part swap --size=4096 --ondisk=vda" in text and "autopart" not in text
+    assert 'bootloader --location=mbr --boot-drive=vda --append="console=ttyS0,115200 nomodeset"' \
+        in text
+    assert "--ntpservers=0.centos.pool.ntp.org" in text
+
+
+def test_root_password_from_environment_is_hashed(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KSBUILD_TEST_PW", "plain-Secret-42")
+    doc = site_doc()
+    del doc["defaults"]["root_password_hash"]
+    doc["defaults"]["root_password_env"] = "KSBUILD_TEST_PW"
+    rendered = render(tmp_path, doc)
+    for text in rendered.values():
+        assert "plain-Secret-42" not in text
+        hashed = re.search(r"^rootpw --iscrypted (\S+)$", text, re.M)
+        assert hashed and hashed.group(1).startswith("$6$")
+        assert sha512_crypt.verify("plain-Secret-42", hashed.group(1))
+    assert render(tmp_path, doc) == rendered  # same salt every build: reproducible
+
+
+def test_reused_validator_matches_a_fresh_handler(tmp_path: Path) -> None:
+    """The validator restores pykickstart's command state between kickstarts; a kickstart
+    parsed after others must give exactly what a brand-new handler gives."""
+    rendered = list(render(tmp_path).values())
+    validator = kickstart.Validator()
+    for text in rendered + rendered[::-1]:
+        validator.validate(text, "x")
+        assert str(validator.handler) == str(fresh_parse(text))
+
+
+def test_validator_refuses_what_rhel7_refuses() -> None:
+    validator = kickstart.Validator()
+    with pytest.raises(KsbuildError, match=r"x\.cfg: pykickstart \(RHEL7\) rejects it"):
+        validator.validate("install\nnetwork --device=br0 --bogus\n", "x.cfg")
+    with pytest.raises(KsbuildError, match="rejects it"):  # a warning counts as an error
+        validator.validate("network --device=br0\nnetwork --device=br0\n", "x.cfg")
+    validator.validate("install\nnetwork --device=br0\n", "x.cfg")  # state reset after errors
+
+
+def test_hostile_strings_never_reach_the_output(tmp_path: Path) -> None:
+    """Each hostile value is refused by the loader; none is ever rendered."""
+    hostile = ["x;reboot", "$(reboot)", "`reboot`", "a\nb", "a'b", 'a"b', "a b", "a\\b"]
+    fields = [("hostname",), ("timezone",), ("lang",), ("keyboard",),
+              ("bridge", "name"), ("bridge", "gateway"), ("packages", "extra")]
+    for value in hostile:
+        for field in fields:
+            doc = site_doc()
+            target = doc["hosts"][0]
+            for key in field[:-1]:
+                target = target.setdefault(key, {})
+            target[field[-1]] = [value] if field[-1] == "extra" else value
+            if field == ("packages", "extra"):
+                target["environment"] = "virtualization-host-environment"
+            with pytest.raises(site.InputError):
+                site.load(write_site(tmp_path, doc))
+
+
+def test_overlay_files_with_modes_are_carried_in_the_kickstart(tmp_path: Path) -> None:
+    overlays = tmp_path / "overlays"
+    (overlays / "common" / "etc" / "motd.d").mkdir(parents=True)
+    (overlays / "common" / "etc" / "motd.d" / "kvm").write_text("KVM host\n")
+    (overlays / "common" / "usr" / "local" / "bin").mkdir(parents=True)
+    tool = overlays / "common" / "usr" / "local" / "bin" / "vm-list"
+    tool.write_text("#!/bin/sh\nvirsh list --all\n")
+    tool.chmod(0o755)
+    own = overlays / "hosts" / "kvm2.example.com" / "root" / ".ssh"
+    own.mkdir(parents=True)
+    (own / "authorized_keys").write_text("ssh-ed25519 AAAA test\n")
+    (overlays / ".ksbuild-modes").write_text("root/.ssh 0700\nroot/.ssh/authorized_keys 0600\n")
+    rendered = render(tmp_path, site_doc(overlays="overlays"))
+    first, second = rendered["cdh-host.c7.jevoncode.com"], rendered["kvm2.example.com"]
+    assert "base64 -d > /etc/motd.d/kvm" in first and "chmod 0644 /etc/motd.d/kvm" in first
+    assert "chmod 0755 /usr/local/bin/vm-list" in first
+    assert "authorized_keys" not in first
+    assert "chmod 0700 /root/.ssh\n" in second and "chmod 0600 /root/.ssh/authorized_keys" in second
+
+
+def test_overlay_path_with_shell_characters_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "overlays" / "common" / "etc" / "$(reboot)"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("x")
+    with pytest.raises(site.InputError, match=r"overlay path 'etc/\$\(reboot\)'"):
+        render(tmp_path, site_doc(overlays="overlays"))
+
+
+def test_templates_are_strict(tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "kickstarts", templates)
+    main = templates / "host.ks.j2"
+    main.write_text(main.read_text().replace("{{ host.lang }}", "{{ host.language }}"))
+    loaded = site.load(write_site(tmp_path, site_doc()))
+    with pytest.raises(KsbuildError, match="rendering the kickstart of .*language"):
+        kickstart.Renderer(loaded, templates=templates).render_host(loaded.hosts[0])
+
+
+def test_large_fleet_uses_workers_and_matches_one_process(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO))
+    from bench.fleet import write_fleet_site
+
+    loaded = site.load(write_fleet_site(tmp_path / "fleet.yaml", kickstart.PARALLEL_MIN_HOSTS))
+    assert kickstart.render_site(loaded, jobs=2) == kickstart.render_site(loaded, jobs=1)
