@@ -114,11 +114,20 @@ class Media:
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """What `ksbuild build` makes besides the kickstarts."""
+
+    iso: str  # "none", "per-site" (one ISO, every host's kickstart) or "per-host"
+    pxe: bool
+
+
+@dataclass(frozen=True)
 class Site:
     path: Path
     hosts: tuple[Host, ...]
     overlays: Path | None  # the overlay root folder, resolved against the site file
     media: Media | None = None  # None: the site names no base media
+    outputs: Outputs = Outputs(iso="none", pxe=False)
 
     @cached_property
     def _by_name(self) -> dict[str, Host]:
@@ -298,6 +307,12 @@ SITE_FIELDS: dict[str, Field] = {
     "overlays": Field(Str(r"[A-Za-z0-9._/-]+", "overlay root folder, relative to the site file",
                           what="a folder path")),
     "media": Field(MEDIA),
+    "outputs": Field(Map({
+        "iso": Field(Enum(("none", "per-site", "per-host"),
+                          "install ISOs: one for the site, one per host, or none; "
+                          "default: per-site when `media` is given, else none")),
+        "pxe": Field(Bool("a PXE tree (needs `pxe` settings); default: false")),
+    }, "what `ksbuild build` makes besides the kickstarts")),
 }
 SITE = Map(SITE_FIELDS, "a ksbuild site file")
 SITE_WITHOUT_HOSTS = Map({k: v for k, v in SITE_FIELDS.items() if k != "hosts"})
@@ -414,8 +429,9 @@ def load(path: Path | str) -> Site:
     hosts = tuple(_host(merge(defaults, raw), raw) for raw in raw_hosts.value)
     _check_fleet(hosts, raw_hosts.value)
     overlays = doc.value.get("overlays")
-    return Site(path=path, hosts=hosts, overlays=_overlays(path, overlays),
-                media=_media(path, doc.value.get("media")))
+    media = _media(path, doc.value.get("media"))
+    return Site(path=path, hosts=hosts, overlays=_overlays(path, overlays), media=media,
+                outputs=_outputs(doc.value.get("outputs"), media))
 
 
 def _host(merged: Located, raw: Located) -> Host:
@@ -506,6 +522,16 @@ def _check_fleet(hosts: tuple[Host, ...], raws: list[Located]) -> None:
             other = seen.setdefault(f"{kind}={value}", index)
             if other != index:
                 raise raw.error(f"{kind} {value} is already used by hosts[{other}]")
+
+
+def _outputs(given: Located | None, media: Media | None) -> Outputs:
+    chosen = given.value if given is not None else {}
+    iso = chosen["iso"].value if "iso" in chosen else ("per-site" if media else "none")
+    if iso != "none" and media is None:
+        assert given is not None
+        raise chosen["iso"].error(f"an ISO ({iso}) needs base media: add a `media:` key")
+    pxe = bool(chosen["pxe"].value) if "pxe" in chosen else False
+    return Outputs(iso=iso, pxe=pxe)
 
 
 def _overlays(site_path: Path, given: Located | None) -> Path | None:
