@@ -9,9 +9,13 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder import __version__
 from builder.errors import KsbuildError
+
+if TYPE_CHECKING:
+    from builder.progress import Progress
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -77,6 +81,86 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    import json
+
+    from builder import build
+
+    progress_tty = sys.stderr.isatty() and not args.quiet
+    report = (lambda line: None) if args.quiet else say
+    result = build.build(build.Options(
+        site=args.site, out=args.output, jobs=args.jobs, cache_dir=args.cache_dir,
+        mirror=args.mirror, report=report, progress=_progress(progress_tty)))
+    if args.json:
+        summary = {"out": str(result.out), "up_to_date": result.up_to_date,
+                   "written": result.written, **result.manifest}
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    elif not args.quiet:
+        say(f"{len(result.manifest['outputs'])} output(s) in {result.out}, "
+            f"{len(result.written)} written; manifest: {result.out / 'manifest.json'}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from builder import build
+
+    results = build.verify(args.output, report=(lambda line: None))
+    for item in results:
+        where = f" at byte {item.offset}" if item.offset is not None else ""
+        print(f"{item.verdict:9} {item.path}{where}")
+    bad = [r for r in results if r.verdict != "same"]
+    say(f"{len(results) - len(bad)} same, {len(bad)} not the same")
+    return 1 if bad else 0
+
+
+def _progress(show: bool) -> Progress:
+    """A progress bar on stderr when it is a terminal; nothing otherwise."""
+    from builder.progress import Silent, TextProgress
+
+    if not show:
+        return Silent()
+    return TextProgress(lambda text: print(text, end="", file=sys.stderr, flush=True), tty=True)
+
+
+def cmd_iso(args: argparse.Namespace) -> int:
+    from builder import site
+    from builder.errors import InputError
+    from builder.media import iso
+    from builder.progress import human_bytes
+
+    loaded = site.load(args.site)
+    if args.timeout < 0:
+        raise InputError(f"--timeout {args.timeout}: give the seconds the menu waits (0 or more)")
+    shown = _progress(sys.stderr.isatty())
+    base = args.base
+    if base is None:
+        from builder.media import fetch
+
+        if loaded.media is None:
+            raise InputError(f"{args.site}: give --base ISO, or name the base media in the "
+                             "site file (media: {release: 7.9.2009, flavor: DVD})")
+        base = fetch.resolve_media(loaded.media, progress=shown)
+    output = args.output
+    if output is None:
+        name = loaded.host(args.host).hostname if args.host else args.site.stem
+        output = Path("out") / f"{name}.iso"
+    result = iso.build_site_iso(loaded, base, output, host=args.host, volid=args.volid,
+                                timeout=args.timeout, keep_media_check=args.keep_media_check,
+                                progress=shown)
+    say(f"wrote {result.output} ({human_bytes(result.size)}): volume ID {result.volid!r}, "
+        f"base {result.flavor.name} {result.flavor.release}, media MD5 {result.md5}")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from builder.media import boot
+
+    options = boot.BootOptions(iso=args.iso, uefi=args.uefi, usb=args.usb, disk=args.disk,
+                               memory_mib=args.memory, network=not args.no_network,
+                               console=args.console)
+    return boot.boot(options, note=say)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from builder import site
 
@@ -118,6 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("site", type=Path, help="the site file (YAML)")
     check.set_defaults(handler=cmd_check)
 
+    build = sub.add_parser("build", help="build everything the site asks for, with a manifest",
+                           description="Validate the site, fetch or take the base media, "
+                                       "render the kickstarts, build the ISO(s) and the PXE "
+                                       "tree the site's `outputs` ask for, and write "
+                                       "OUT/manifest.json. Unchanged inputs: no work.")
+    build.add_argument("site", type=Path, help="the site file (YAML)")
+    build.add_argument("-o", "--output", type=Path, default=Path("out"),
+                       help="output folder (default: out)")
+    build.add_argument("-j", "--jobs", type=int, default=None,
+                       help="worker processes for large fleets (default: one per core)")
+    build.add_argument("--cache-dir", type=Path, default=None,
+                       help="download cache (default: $XDG_CACHE_HOME/ksbuild)")
+    build.add_argument("--mirror", default=None,
+                       help="CentOS mirror base URL (default: site, KSBUILD_MIRROR, vault)")
+    build.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    build.add_argument("--json", action="store_true",
+                       help="print the manifest summary as JSON on stdout")
+    build.set_defaults(handler=cmd_build)
+
+    verify = sub.add_parser("verify", help="rebuild from the recorded inputs and compare",
+                            description="Rebuild OUT's outputs in a temporary folder from the "
+                                        "inputs its manifest records; report each output as "
+                                        "same or different (exit 0 or 1).")
+    verify.add_argument("output", type=Path, help="a folder written by `ksbuild build`")
+    verify.set_defaults(handler=cmd_verify)
+
     schema = sub.add_parser("schema", help="print the site file's JSON Schema",
                             description="Print the JSON Schema of the site file (for editors).")
     schema.set_defaults(handler=cmd_schema)
@@ -146,6 +256,42 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--pxeboot", action="store_true",
                        help="fetch the release's PXE kernel, initrd and .treeinfo instead")
     fetch.set_defaults(handler=cmd_fetch)
+
+    iso = sub.add_parser(
+        "iso", help="repack a CentOS 7 ISO so it installs the site's host(s) unattended",
+        description="Repack the base ISO (--base, else the site's media:) with the kickstart at "
+                    "/ks.cfg, the site's overlays/iso/ files, inst.ks= on every installer boot "
+                    "entry (BIOS and UEFI), the install entry as default and the media checksum "
+                    "implanted again. One host: its kickstart. Several: every host's, picked by "
+                    "MAC at install time; or one host's with --host. Reproducible with "
+                    "SOURCE_DATE_EPOCH.")
+    iso.add_argument("site", type=Path, help="the site file (YAML)")
+    iso.add_argument("--base", type=Path, help="the official CentOS 7 ISO to start from")
+    iso.add_argument("-o", "--output", type=Path,
+                     help="the ISO to write (default: out/<site or host name>.iso)")
+    iso.add_argument("--host", help="only this host's kickstart (a per-host ISO)")
+    iso.add_argument("--volid", help="a new volume ID (at most 16 characters with Joliet)")
+    iso.add_argument("--timeout", type=int, default=5,
+                     help="seconds the boot menus wait before the default entry (default 5)")
+    iso.add_argument("--keep-media-check", action="store_true",
+                     help="default to 'Test this media & install' (checks the MD5 first)")
+    iso.set_defaults(handler=cmd_iso)
+
+    boot = sub.add_parser(
+        "boot", help="try an ISO in QEMU with a blank disk",
+        description="Boot the ISO in QEMU (SeaBIOS, or OVMF with --uefi) as a CD, or as a USB "
+                    "stick with --usb, with a blank 20 GiB disk (sda) that boots first once the "
+                    "installer has written it.")
+    boot.add_argument("iso", type=Path, help="the ISO to boot")
+    boot.add_argument("--uefi", action="store_true", help="UEFI firmware (OVMF)")
+    boot.add_argument("--usb", action="store_true", help="attach the ISO as a USB stick")
+    boot.add_argument("--disk", type=Path,
+                      help="keep the disk in this raw file (default: a temporary one)")
+    boot.add_argument("--memory", type=int, default=2048, help="guest memory in MiB")
+    boot.add_argument("--no-network", action="store_true", help="no network card")
+    boot.add_argument("--console", action="store_true",
+                      help="the guest's serial port on this terminal instead of a window")
+    boot.set_defaults(handler=cmd_boot)
     return parser
 
 
