@@ -48,10 +48,12 @@ import pycdlib.utils
 from pycdlib.pycdlibexception import PyCdlibException
 
 from builder.errors import InputError
-from builder.media import bootmenu, fat, hybrid, isomd5
-from builder.media.flavor import Flavor, detect
+from builder.media import bootmenu, fat, hybrid, isomd5, kickstarts
+from builder.media.flavor import Flavor, check_cdrom_hosts, detect
+from builder.media.kickstarts import check_source_labels
 from builder.output import atomic_file
 from builder.progress import Progress, Silent
+from builder.site import Site
 
 ISOLINUX_CFG = "/isolinux/isolinux.cfg"
 GRUB_CFG = "/EFI/BOOT/grub.cfg"
@@ -63,8 +65,26 @@ HASH_CHUNK = 4 << 20
 
 
 @dataclass(frozen=True)
+class Payload:
+    """What the ISO carries besides the base's files: /ks.cfg and more files by ISO path."""
+
+    ks_cfg: bytes
+    extra: dict[str, bytes] = field(default_factory=dict)
+
+
+# Called with the output's volume ID and the base's flavor, once both are known and before
+# anything is written; may refuse the base (InputError).
+PayloadFor = Callable[[str, Flavor], Payload]
+
+
+def fixed(ks_cfg: bytes) -> PayloadFor:
+    """A payload of one kickstart, whatever the base."""
+    return lambda volid, flavor: Payload(ks_cfg)
+
+
+@dataclass(frozen=True)
 class RepackOptions:
-    kickstart: bytes
+    payload: PayloadFor
     volid: str | None = None  # None: keep the base's
     timeout: int = 5  # seconds in the boot menus
     keep_media_check: bool = False
@@ -298,8 +318,14 @@ class _Edit:
         self.keep.append(buffer)
         iso.add_fp(buffer, len(data), iso_path=f"{iso_parent.rstrip('/')}/{iso_name}",
                    rr_name=name if iso.has_rock_ridge() else None,
-                   joliet_path=path if iso.has_joliet() else None,
+                   joliet_path=_joliet(iso, path),
                    file_mode=mode if iso.has_rock_ridge() else None)
+
+
+def _joliet(iso: Any, path: str) -> str | None:
+    # Joliet names hold at most 64 characters; Linux reads Rock Ridge names anyway.
+    fits = all(len(part) <= 64 for part in path.split("/"))
+    return path if iso.has_joliet() and fits else None
 
 
 def _iso_path_of(iso: Any, path: str) -> str:
@@ -318,7 +344,7 @@ def _ensure_dir(iso: Any, path: str) -> str:
     iso_path = f"{iso_parent.rstrip('/')}/{_iso9660_name(iso, iso_parent, name, directory=True)}"
     iso.add_directory(iso_path=iso_path,
                       rr_name=name if iso.has_rock_ridge() else None,
-                      joliet_path=path if iso.has_joliet() else None,
+                      joliet_path=_joliet(iso, path),
                       file_mode=0o040555 if iso.has_rock_ridge() else None)
     return iso_path
 
@@ -426,7 +452,10 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
         _apply_overlay(iso, edit, options.overlay)
     _edit_menus(iso, edit, bootmenu.MenuEdit(old_volid, volid, options.timeout,
                                              options.keep_media_check, KS_PATH), what)
-    edit.add(iso, KS_PATH, options.kickstart, 0o100444)
+    payload = options.payload(volid, flavor)
+    for path, data in sorted(payload.extra.items()):
+        edit.add(iso, path, data, 0o100444)
+    edit.add(iso, KS_PATH, payload.ks_cfg, 0o100444)
     _set_volume_id(iso, volid)
     iso.pvd.application_use = b" " * isomd5.APPDATA_SIZE  # the media check reads it as blanks
 
@@ -537,3 +566,32 @@ def _apply_overlay(iso: Any, edit: _Edit, folder: Path) -> None:
         else:
             mode = 0o100555 if os.access(item, os.X_OK) else 0o100444
             edit.add(iso, "/" + relative, item.read_bytes(), mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# A site's ISO: which kickstarts, checked against the base (see builder.media.kickstarts).
+
+
+def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = None,
+                   volid: str | None = None, timeout: int = 5, keep_media_check: bool = False,
+                   progress: Progress | None = None) -> RepackResult:
+    """Repack `base` into `output` with the kickstart of `host`, or of every host of `site`."""
+    from builder import kickstart
+
+    hosts = [site.host(host)] if host else list(site.hosts)
+    rendered = kickstart.render_site(site, tuple(hosts))
+    what = str(base)
+
+    def payload(label: str, flavor: Flavor) -> Payload:
+        check_cdrom_hosts(flavor, hosts, what)
+        for name, text in rendered.items():
+            check_source_labels(text, label, f"{name}.cfg")
+        chosen = kickstarts.for_iso(rendered, hosts, label)
+        return Payload(chosen.ks_cfg, chosen.extra)
+
+    overlay = site.overlays / "iso" if site.overlays is not None else None
+    options = RepackOptions(
+        payload=payload, volid=volid, timeout=timeout, keep_media_check=keep_media_check,
+        overlay=overlay if overlay is not None and overlay.is_dir() else None,
+        epoch=source_date_epoch())
+    return repack(base, output, options, progress)

@@ -1,0 +1,114 @@
+"""`ksbuild boot`: try an install ISO in QEMU with a blank disk, like `mkosi qemu`.
+
+The ISO is attached as a CD (IDE) or as a USB stick (EHCI), the firmware is SeaBIOS or OVMF
+(UEFI, with a private copy of its variable store), and the blank disk is a sparse raw file on
+SATA, so a kickstart that names `sda` finds it. The disk boots first: while it is blank the
+firmware falls through to the ISO; once the installer has written it, a reboot starts the
+installed system, as on real hardware. With KVM (/dev/kvm usable) the guest runs at full
+speed; without it QEMU emulates the CPU, and an install takes hours rather than minutes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import InputError
+from builder.run import run
+
+# (code, variable store) pairs as distributions install them.
+OVMF = (
+    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.fd", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+    ("/usr/share/edk2/x64/OVMF_CODE.fd", "/usr/share/edk2/x64/OVMF_VARS.fd"),
+    ("/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"),
+)
+QEMU = "qemu-system-x86_64"
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    iso: Path
+    uefi: bool = False
+    usb: bool = False
+    disk: Path | None = None  # None: a blank disk in a temporary folder, removed afterwards
+    disk_gib: int = 20
+    memory_mib: int = 2048
+    network: bool = True  # QEMU's user-mode NAT; False: no NIC at all
+    console: bool = False  # the serial port on this terminal instead of a window
+    kvm: bool | None = None  # None: when /dev/kvm is usable
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def find_ovmf() -> tuple[Path, Path]:
+    for code, store in OVMF:
+        if Path(code).is_file() and Path(store).is_file():
+            return Path(code), Path(store)
+    raise InputError("--uefi needs OVMF (Debian/Ubuntu: apt-get install ovmf; Fedora: "
+                     "edk2-ovmf); none of its usual files is installed")
+
+
+def qemu_command(options: BootOptions, disk: Path, ovmf: tuple[Path, Path] | None) -> list[str]:
+    """The QEMU command line; `ovmf` is (code, private copy of the variable store)."""
+    kvm = kvm_usable() if options.kvm is None else options.kvm
+    argv = [QEMU, "-machine", "pc" + (",accel=kvm" if kvm else ""), "-m",
+            str(options.memory_mib), "-smp", "2"]
+    if kvm:
+        argv += ["-cpu", "host"]
+    if ovmf is not None:
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf[0]}",
+                 "-drive", f"if=pflash,format=raw,file={ovmf[1]}"]
+    argv += ["-device", "ahci,id=sata",
+             "-drive", f"if=none,id=disk,format=raw,file={disk}",
+             "-device", "ide-hd,drive=disk,bus=sata.0,bootindex=0"]
+    iso = options.iso.resolve()
+    if options.usb:
+        argv += ["-device", "usb-ehci,id=ehci",
+                 "-drive", f"if=none,id=stick,format=raw,readonly=on,file={iso}",
+                 "-device", "usb-storage,bus=ehci.0,drive=stick,bootindex=1"]
+    else:
+        argv += ["-drive", f"if=none,id=cd,media=cdrom,readonly=on,file={iso}",
+                 "-device", "ide-cd,drive=cd,bus=ide.1,bootindex=1"]
+    argv += ["-nic", "user,model=e1000"] if options.network else ["-nic", "none"]
+    if options.console:
+        argv += ["-nographic"]
+    return argv
+
+
+@contextlib.contextmanager
+def _machine(options: BootOptions) -> Iterator[tuple[Path, tuple[Path, Path] | None]]:
+    """A disk (the user's, or a fresh blank one) and, for UEFI, a private OVMF store."""
+    ovmf = find_ovmf() if options.uefi else None
+    with tempfile.TemporaryDirectory(prefix="ksbuild-boot-") as folder:
+        disk = options.disk
+        if disk is None:
+            disk = Path(folder) / "disk.raw"
+        if not disk.exists():
+            with disk.open("wb") as blank:
+                blank.truncate(options.disk_gib << 30)  # sparse: costs no space until written
+        store = None
+        if ovmf is not None:
+            store = Path(folder) / "OVMF_VARS.fd"
+            shutil.copyfile(ovmf[1], store)
+        yield disk, (ovmf[0], store) if ovmf is not None and store is not None else None
+
+
+def boot(options: BootOptions, note: Callable[[str], None] = lambda text: None) -> int:
+    """Run the VM until it is shut down; QEMU's exit code."""
+    if not options.iso.is_file():
+        raise InputError(f"{options.iso}: no such ISO")
+    if options.kvm is None and not kvm_usable():
+        note("no usable /dev/kvm: QEMU emulates the CPU, so the installer is very slow")
+    with _machine(options) as (disk, ovmf):
+        argv = qemu_command(options, disk, ovmf)
+        note("running: " + " ".join(argv))
+        return run(argv, check=False, capture=False).returncode
