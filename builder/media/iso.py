@@ -377,10 +377,10 @@ class _Boot:
     efi_bytes: int | None
 
 
-def _boot_entries(iso: Any) -> _Boot:
+def _boot_entries(iso: Any, what: str) -> _Boot:
     catalog = iso.eltorito_boot_catalog
     if catalog is None:
-        raise InputError("not bootable: the ISO has no El Torito boot catalog")
+        raise InputError(f"{what}: not a boot medium (no El Torito boot catalog)")
     entries = [(catalog.validation_entry.platform_id, catalog.initial_entry)]
     for section in catalog.sections:
         entries += [(section.platform_id, e) for e in section.section_entries]
@@ -441,7 +441,7 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
     volid = options.volid if options.volid is not None else old_volid
     if options.volid is not None:
         bootmenu.check_volume_id(volid, joliet=iso.has_joliet())
-    old_boot = _boot_entries(iso)
+    old_boot = _boot_entries(iso, what)
     system_area = head[:hybrid.SYSTEM_AREA]
     rebuild_hybrid = hybrid.is_hybrid(system_area)
     if iso.isohybrid_mbr is not None:
@@ -461,7 +461,7 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
 
     iso.force_consistency()
     volume_bytes = iso.pvd.space_size * iso.logical_block_size
-    new_boot = _boot_entries(iso)
+    new_boot = _boot_entries(iso, what)
     plan = None
     if rebuild_hybrid:
         plan = hybrid.rebuild(
