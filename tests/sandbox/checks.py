@@ -1,0 +1,275 @@
+"""What a ksbuild host's %post must leave behind, checked against the site model (never
+against the kickstart text: the checks must not share the renderer's mistakes).
+
+Every check returns a list of problems, empty when all is well, so a test can show them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import uuid
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+from builder.overlay import Overlay
+from builder.site import Bridge, Host
+from tests.sandbox import Sandbox
+from tests.sandbox.root import FILES, IFCFG_LO
+
+SCRIPTS = "etc/sysconfig/network-scripts"
+SYSTEMD = "etc/systemd/system"
+FIREWALLD_UNIT = "/usr/lib/systemd/system/firewalld.service"
+# systemctl verbs that need a running systemd: in the installer's chroot the real systemctl
+# only prints "Running in chroot, ignoring request." and the script thinks it worked.
+RUNTIME_VERBS = {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart",
+                 "daemon-reload", "is-active", "status"}
+ADDRESS_KEYS = ("IPADDR", "PREFIX", "NETMASK", "GATEWAY", "DNS1")
+ASSIGNMENT = re.compile(r"[A-Z][A-Z0-9_]*=\S*")
+# Source an ifcfg file as initscripts do and print its variables (env -i: nothing else).
+SOURCE_IFCFG = """set -a
+. "$1" 2>/.sandbox/source-errors || exit 3
+set +a
+if [ -s /.sandbox/source-errors ]; then exit 4; fi
+exec /usr/bin/env -0
+"""
+
+
+def check_host(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:
+    return [*check_hostname(box.target, host), *check_selinux(box.target, host),
+            *check_network(box, host), *check_firewall(box, host),
+            *check_overlay(box.target, overlay)]
+
+
+def check_hostname(target: Path, host: Host) -> list[str]:
+    text = (target / "etc/hostname").read_text(encoding="utf-8")
+    if text != host.hostname + "\n":
+        return [f"/etc/hostname holds {text!r}, expected {host.hostname!r} and a newline"]
+    return []
+
+
+def check_selinux(target: Path, host: Host) -> list[str]:
+    config = target / "etc/selinux/config"
+    problems = []
+    if not config.is_file() or config.is_symlink():
+        return ["/etc/selinux/config is not a regular file any more"]
+    lines = config.read_text(encoding="utf-8").splitlines()
+    modes = [line for line in lines if line.startswith("SELINUX=")]
+    if modes != [f"SELINUX={host.selinux}"]:
+        problems.append(f"/etc/selinux/config: SELINUX= lines {modes}, expected "
+                        f"['SELINUX={host.selinux}']")
+    shipped = [line for line in FILES["etc/selinux/config"].splitlines()
+               if not line.startswith("SELINUX=")]
+    kept = [line for line in lines if not line.startswith("SELINUX=")]
+    if kept != shipped:
+        problems.append("/etc/selinux/config: lines other than SELINUX= were changed: "
+                        f"{sorted(set(kept) ^ set(shipped))}")
+    link = target / "etc/sysconfig/selinux"
+    if not link.is_symlink() or str(link.readlink()) != "../selinux/config":
+        problems.append("/etc/sysconfig/selinux is no longer a symlink to ../selinux/config")
+    return problems
+
+
+# --- network ---------------------------------------------------------------------------------
+
+
+def read_ifcfg(box: Sandbox, path: Path) -> tuple[dict[str, str], list[str]]:
+    """An ifcfg file's variables as initscripts get them: sourced by bash (inside the
+    sandbox, since the file came from a script under test). Also every line must be a plain
+    KEY=value assignment or a comment: anything else is a command that ifup would run."""
+    name = "/" + path.relative_to(box.target).as_posix()
+    problems = [f"{name}:{number}: not a KEY=value line: {line!r}"
+                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                if line.strip() and not line.startswith("#")
+                and not ASSIGNMENT.fullmatch(_unquoted(line))]
+    status, output = box.run(["/usr/bin/env", "-i", "/bin/bash", "--norc", "--noprofile", "-c",
+                              SOURCE_IFCFG, "read", name])
+    if status != 0:
+        errors = (box.target / ".sandbox/source-errors").read_text(encoding="utf-8")
+        problems.append(f"{name}: sourcing it with bash fails: {errors.strip()!r}")
+    pairs = [item.split("=", 1) for item in output.split("\0") if "=" in item]
+    values = {key: value for key, value in pairs if key not in ("PWD", "SHLVL", "_")}
+    return values, problems
+
+
+def _unquoted(line: str) -> str:
+    """KEY="a b" -> KEY=a_b, so quoted values with spaces still match ASSIGNMENT."""
+    key, _, value = line.partition("=")
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1].replace(" ", "_") or "''"
+    return f"{key}={value}"
+
+
+def check_network(box: Sandbox, host: Host) -> list[str]:
+    folder = box.target / SCRIPTS
+    files = {path.name.removeprefix("ifcfg-"): path for path in folder.glob("ifcfg-*")}
+    bridges = {bridge.name: bridge for bridge in host.bridges}
+    slaves = {slave: bridge for bridge in host.bridges for slave in bridge.slaves}
+    expected = {"lo", *bridges, *slaves}
+    problems = [f"{SCRIPTS}/ifcfg-{name}: missing" for name in sorted(expected - set(files))]
+    problems += [f"{SCRIPTS}/ifcfg-{name}: unexpected file (left over from anaconda?)"
+                 for name in sorted(set(files) - expected)]
+    if "lo" in files and files["lo"].read_text(encoding="utf-8") != IFCFG_LO:
+        problems.append(f"{SCRIPTS}/ifcfg-lo was changed")
+    devices: dict[str, str] = {}
+    uuids: dict[str, str] = {}
+    for name, path in sorted(files.items()):
+        if name == "lo":
+            continue
+        values, found = read_ifcfg(box, path)
+        where = f"{SCRIPTS}/ifcfg-{name}"
+        found += _common_keys(where, name, values, path)
+        for key, seen, value in (("DEVICE", devices, values.get("DEVICE")),
+                                 ("UUID", uuids, values.get("UUID"))):
+            if value is not None and value in seen:
+                found.append(f"{where}: {key}={value} is also in ifcfg-{seen[value]}")
+            elif value is not None:
+                seen[value] = name
+        if name in slaves:
+            found += _slave_keys(where, values, slaves[name])
+        elif name in bridges:
+            found += _bridge_keys(where, values, bridges[name])
+        problems += found
+    return problems
+
+
+def _common_keys(where: str, name: str, values: dict[str, str], path: Path) -> list[str]:
+    problems = []
+    for key in ("DEVICE", "NAME"):
+        if values.get(key) != name:
+            problems.append(f"{where}: {key}={values.get(key)!r}, expected {name!r} (the "
+                            "file name)")
+    try:
+        uuid.UUID(values.get("UUID", ""))
+    except ValueError:
+        problems.append(f"{where}: UUID={values.get('UUID')!r} is not a UUID")
+    if values.get("ONBOOT") != "yes":
+        problems.append(f"{where}: ONBOOT={values.get('ONBOOT')!r}, expected 'yes'")
+    if path.stat().st_mode & 0o7777 != 0o644:
+        problems.append(f"{where}: mode {path.stat().st_mode & 0o7777:04o}, expected 0644")
+    return problems
+
+
+def _expect(where: str, values: dict[str, str], wanted: dict[str, str | None]) -> list[str]:
+    """Each key has the wanted value; None: the key must be absent."""
+    return [f"{where}: {key}={values.get(key)!r}, expected "
+            f"{'no ' + key if value is None else repr(value)}"
+            for key, value in wanted.items() if values.get(key) != value]
+
+
+def _slave_keys(where: str, values: dict[str, str], bridge: Bridge) -> list[str]:
+    problems = _expect(where, values, {"TYPE": "Ethernet", "BRIDGE": bridge.name,
+                                       **{key: None for key in ADDRESS_KEYS}})
+    if values.get("BOOTPROTO", "none") != "none":
+        problems.append(f"{where}: BOOTPROTO={values['BOOTPROTO']!r} on a bridge slave")
+    return problems
+
+
+def _bridge_keys(where: str, values: dict[str, str], bridge: Bridge) -> list[str]:
+    wanted: dict[str, str | None] = {"TYPE": "Bridge", "BRIDGE": None}
+    if bridge.address:
+        wanted.update(BOOTPROTO="static", IPADDR=str(bridge.address.ip),
+                      PREFIX=str(bridge.address.network.prefixlen))
+    else:
+        wanted.update(BOOTPROTO="dhcp", IPADDR=None, PREFIX=None)
+    wanted["GATEWAY"] = str(bridge.gateway) if bridge.gateway else None
+    for number in range(1, 5):
+        dns = bridge.dns[number - 1] if number <= len(bridge.dns) else None
+        wanted[f"DNS{number}"] = str(dns) if dns else None
+    problems = _expect(where, values, wanted)
+    if values.get("STP", "no") != ("yes" if bridge.stp else "no"):
+        problems.append(f"{where}: STP={values.get('STP')!r}, site says stp={bridge.stp}")
+    if "GATEWAY" in values and "IPADDR" in values and "PREFIX" in values:
+        network = ipaddress.ip_interface(f"{values['IPADDR']}/{values['PREFIX']}").network
+        if ipaddress.ip_address(values["GATEWAY"]) not in network:
+            problems.append(f"{where}: GATEWAY {values['GATEWAY']} is outside {network}")
+    return problems
+
+
+# --- firewall --------------------------------------------------------------------------------
+
+
+def check_firewall(box: Sandbox, host: Host) -> list[str]:
+    problems = [f"`{' '.join(call)}` does nothing in the installer's chroot"
+                for call in box.calls() if call[:1] == ["systemctl"]
+                and any(word in RUNTIME_VERBS for word in call[1:])]
+    systemd = box.target / SYSTEMD
+    unit = systemd / "firewalld.service"
+    masked = unit.is_symlink() and str(unit.readlink()) == "/dev/null"
+    links = sorted(path.relative_to(systemd).as_posix() for path in systemd.rglob("*")
+                   if path.is_symlink() and str(path.readlink()) == FIREWALLD_UNIT)
+    wanted = ["dbus-org.fedoraproject.FirewallD1.service",
+              "multi-user.target.wants/firewalld.service"]
+    if not host.firewall.enabled:
+        if not masked:
+            problems.append(f"/{SYSTEMD}/firewalld.service is not a mask (-> /dev/null)")
+        if links:
+            problems.append(f"firewalld is masked but still enabled by {links}")
+        return problems
+    if masked:
+        problems.append("firewalld is masked but the site enables it")
+    if links != wanted:
+        problems.append(f"firewalld enablement links {links}, expected {wanted}")
+    services = zone_services(box.target, "public")
+    missing = [s for s in host.firewall.services if s not in services]
+    if missing:
+        problems.append(f"services {missing} are not open in the public zone ({services})")
+    return problems
+
+
+def zone_services(target: Path, zone: str) -> list[str]:
+    """The services of a firewalld zone as firewalld reads them: /etc wins over /usr/lib."""
+    path = target / f"etc/firewalld/zones/{zone}.xml"
+    if not path.exists():
+        path = target / f"usr/lib/firewalld/zones/{zone}.xml"
+    root = ElementTree.parse(path).getroot()
+    return [element.attrib["name"] for element in root.iter("service")]
+
+
+# --- overlay ---------------------------------------------------------------------------------
+
+
+def check_overlay(target: Path, overlay: Overlay) -> list[str]:
+    problems = []
+    for folder in overlay.dirs:
+        path = target / folder.path.lstrip("/")
+        if not path.is_dir() or path.is_symlink():
+            problems.append(f"{folder.path}: not a folder")
+        elif path.stat().st_mode & 0o7777 != folder.mode:
+            problems.append(f"{folder.path}: mode {path.stat().st_mode & 0o7777:04o}, "
+                            f"expected {folder.mode:04o}")
+    for file in overlay.files:
+        path = target / file.path.lstrip("/")
+        if not path.is_file() or path.is_symlink():
+            problems.append(f"{file.path}: missing or not a regular file")
+            continue
+        if path.read_bytes() != file.content:
+            problems.append(f"{file.path}: content differs ({path.stat().st_size} bytes, "
+                            f"expected {len(file.content)})")
+        if path.stat().st_mode & 0o7777 != file.mode:
+            problems.append(f"{file.path}: mode {path.stat().st_mode & 0o7777:04o}, "
+                            f"expected {file.mode:04o}")
+    return problems
+
+
+# --- the whole tree --------------------------------------------------------------------------
+
+
+def snapshot(target: Path) -> dict[str, tuple[str, int, str]]:
+    """path -> (kind, mode, content hash or link target) for the whole tree, but for the
+    sandbox's own files (/.sandbox, /dev)."""
+    tree = {}
+    for path in sorted(target.rglob("*")):
+        relative = path.relative_to(target).as_posix()
+        if relative.split("/")[0] in (".sandbox", "dev"):
+            continue
+        info = path.lstat()
+        if path.is_symlink():
+            tree[relative] = ("link", 0, str(path.readlink()))
+        elif path.is_dir():
+            tree[relative] = ("dir", info.st_mode & 0o7777, "")
+        else:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            tree[relative] = ("file", info.st_mode & 0o7777, digest)
+    return tree
