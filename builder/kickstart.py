@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import importlib.resources
 import multiprocessing
 import os
 import shlex
@@ -29,7 +30,6 @@ from builder.overlay import OverlayTree
 from builder.secrets import sha512_crypt
 from builder.site import Bridge, Host, Site
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "kickstarts"
 # The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
 POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay")
 # ifcfg UUIDs: stable across builds, different for every (host, device).
@@ -37,8 +37,14 @@ UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
 
 
 def template_dir() -> Path:
-    """The templates: kickstarts/ of the source tree, or KSBUILD_TEMPLATES when set."""
-    return Path(os.environ.get("KSBUILD_TEMPLATES", TEMPLATE_DIR))
+    """The templates: KSBUILD_TEMPLATES when set, else kickstarts/ of the source tree, which
+    installs as the package data builder.templates."""
+    if "KSBUILD_TEMPLATES" in os.environ:
+        return Path(os.environ["KSBUILD_TEMPLATES"])
+    source = Path(__file__).resolve().parent.parent / "kickstarts"
+    if source.is_dir():
+        return source
+    return Path(str(importlib.resources.files("builder"))) / "templates"
 
 
 def _environment(folder: Path) -> jinja2.Environment:

@@ -1,0 +1,276 @@
+"""`ksbuild build`: the whole flow, one direction:
+site file -> validated model -> kickstarts -> ISO(s) -> PXE tree -> manifest.
+
+Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes. Incremental: a
+rebuild with nothing changed does no work; a change to one host re-renders only that host
+(and rebuilds only the media that carry its kickstart). What a build needs to know about the
+previous one is in out/.ksbuild/state.json, which is not an output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder import __version__, kickstart, manifest
+from builder.errors import InputError
+from builder.output import write_bytes
+from builder.overlay import OverlayTree
+from builder.progress import Progress, Silent
+from builder.run import run
+from builder.site import Host, Site
+from builder.site import load as load_site
+
+STATE = Path(".ksbuild") / "state.json"
+TEMPLATES = "*.j2"  # the template folder may hold other files (the example site) too
+Report = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    site: Path
+    out: Path
+    source_date_epoch: int | None = None  # None: SOURCE_DATE_EPOCH, else from the inputs
+    jobs: int | None = None
+    cache_dir: Path | None = None
+    mirror: str | None = None
+    report: Report = lambda line: None
+    progress: Progress = field(default_factory=Silent)
+
+
+@dataclass
+class Result:
+    out: Path
+    up_to_date: bool
+    source_date_epoch: int
+    written: list[str]  # outputs (relative to out) written by this build
+    manifest: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: what the build read, and a quick fingerprint of them for the no-op check.
+
+
+def _files_under(root: Path, pattern: str = "*") -> list[Path]:
+    return sorted(p for p in root.rglob(pattern) if p.is_file())
+
+
+def input_files(site: Site) -> list[tuple[str, Path, Path]]:
+    """(kind, file, folder it is named relative to), for every file the build reads."""
+    files = [("site", site.path.resolve(), site.path.resolve().parent)]
+    templates = kickstart.template_dir()
+    files += [("template", p, templates) for p in _files_under(templates, TEMPLATES)]
+    if site.overlays is not None:
+        files += [("overlay", p, site.overlays) for p in _files_under(site.overlays)]
+    return files
+
+
+def _stat_key(path: Path) -> list[Any]:
+    stat = path.stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _env_digest(names: Iterable[str]) -> dict[str, str]:
+    """Hashes of the password variables' values: a changed password must rebuild, and the
+    state file must never hold the password itself."""
+    return {name: hashlib.sha256(os.environ.get(name, "").encode()).hexdigest()
+            for name in sorted(names)}
+
+
+def _fingerprint(stats: list[list[Any]], env: dict[str, str], sde: str) -> str:
+    blob = json.dumps([__version__, stats, env, sde], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def source_date_epoch(files: list[Path], given: int | None) -> tuple[int, str]:
+    """SOURCE_DATE_EPOCH and where it came from: the option, the environment, the newest git
+    commit touching the inputs, or the newest input's mtime."""
+    if given is not None:
+        return given, "option"
+    if "SOURCE_DATE_EPOCH" in os.environ:
+        try:
+            return int(os.environ["SOURCE_DATE_EPOCH"]), "environment"
+        except ValueError:
+            raise InputError("SOURCE_DATE_EPOCH must be a whole number of seconds") from None
+    newest = 0
+    for folder in sorted({f.parent for f in files}):
+        done = run(["git", "-C", folder, "log", "-1", "--format=%ct", "--", "."], check=False)
+        if done.returncode == 0 and done.stdout.strip():
+            newest = max(newest, int(done.stdout))
+    if newest:
+        return newest, "git commit of the inputs"
+    return max(int(f.stat().st_mtime) for f in files), "newest input's mtime"
+
+
+# ---------------------------------------------------------------------------------------------
+# State of the previous build.
+
+
+def read_state(out: Path) -> dict[str, Any]:
+    try:
+        state: dict[str, Any] = json.loads((out / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if state.get("ksbuild") == __version__ else {}
+
+
+def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
+    for name, (size, mtime_ns) in recorded.items():
+        try:
+            stat = (out / name).stat()
+        except OSError:
+            return False
+        if stat.st_size != size or stat.st_mtime_ns != mtime_ns:
+            return False
+    return True
+
+
+def _quick_check(options: Options, state: dict[str, Any]) -> bool:
+    """True when nothing changed since the last build, decided without loading the site."""
+    if not state or Path(state["site"]) != options.site.resolve():
+        return False
+    try:
+        stats = [_stat_key(Path(name)) for name in state["inputs"]]
+        listed = sorted(str(p) for d, pattern in state["input_dirs"]
+                        for p in _files_under(Path(d), pattern))
+    except OSError:
+        return False
+    if listed != sorted(n for n in state["inputs"][1:]):  # all but the site file
+        return False  # a file was added to or removed from a template or overlay folder
+    sde = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
+    fingerprint = _fingerprint(stats, _env_digest(state["env"]), sde)
+    return bool(fingerprint == state["fingerprint"] and _outputs_intact(options.out,
+                                                                        state["outputs"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Kickstarts, re-rendered only for hosts whose inputs changed.
+
+
+def _host_key(host: Host, shared: str, overlays: OverlayTree) -> str:
+    """Everything a host's kickstart depends on: its model, its password hash, the templates
+    (`shared`) and its overlay files."""
+    overlay = overlays.for_host(host.hostname)
+    blob = repr((host, kickstart.root_password_hash(host), shared, overlay))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def build_kickstarts(site: Site, options: Options, state: dict[str, Any],
+                     shared: str) -> tuple[dict[str, Path], dict[str, str], list[str]]:
+    """Write out/ks/<host>.cfg for every host; returns the files, the host keys, and the
+    names of the files rewritten."""
+    folder = options.out / "ks"
+    renderer = kickstart.Renderer(site)
+    previous: dict[str, str] = state.get("hosts", {})
+    keys = {h.hostname: _host_key(h, shared, renderer.overlays) for h in site.hosts}
+    paths = {name: folder / f"{name}.cfg" for name in keys}
+    stale = tuple(h for h in site.hosts
+                  if previous.get(h.hostname) != keys[h.hostname]
+                  or not paths[h.hostname].is_file())
+    rendered = kickstart.render_site(site, stale, jobs=options.jobs) if stale else {}
+    written = []
+    for name, text in rendered.items():
+        data = text.encode()
+        if not paths[name].is_file() or paths[name].read_bytes() != data:
+            write_bytes(paths[name], data)
+            written.append(f"ks/{name}.cfg")
+    for old in sorted(folder.glob("*.cfg")) if folder.is_dir() else []:
+        if old.stem not in keys:
+            old.unlink()
+    return paths, keys, written
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole flow.
+
+
+def build(options: Options) -> Result:
+    out = options.out
+    state = read_state(out)
+    if _quick_check(options, state):
+        options.report("nothing changed since the last build: nothing to do")
+        return Result(out, True, state["source_date_epoch"], [], manifest.read(out))
+
+    site = load_site(options.site)
+    files = input_files(site)
+    sde, origin = source_date_epoch([f for _, f, _ in files], options.source_date_epoch)
+    options.report(f"SOURCE_DATE_EPOCH={sde} ({origin})")
+    shared = hashlib.sha256(repr([(k, str(f.relative_to(root)), f.read_bytes())
+                                  for k, f, root in files if k == "template"]).encode()
+                            ).hexdigest()
+    inputs = [manifest.entry(kind, f, f.relative_to(root).as_posix())
+              for kind, f, root in files]
+
+    ks_paths, host_keys, written = build_kickstarts(site, options, state, shared)
+    options.report(f"kickstarts: {len(written)} written, "
+                   f"{len(ks_paths) - len(written)} unchanged")
+    outputs = [manifest.entry("kickstart", path, f"ks/{name}.cfg")
+               for name, path in sorted(ks_paths.items())]
+
+    for path in ks_paths.values():
+        os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
+    manifest.write(out, __version__, sde, inputs, outputs)
+    written.append(manifest.MANIFEST)
+    document = manifest.read(out)
+
+    env_names = {h.root_password_env for h in site.hosts if h.root_password_env}
+    recorded = {e.path: [(out / e.path).stat().st_size, (out / e.path).stat().st_mtime_ns]
+                for e in outputs}
+    recorded[manifest.MANIFEST] = [(out / manifest.MANIFEST).stat().st_size,
+                                   (out / manifest.MANIFEST).stat().st_mtime_ns]
+    input_dirs = [(str(kickstart.template_dir().resolve()), TEMPLATES)]
+    if site.overlays is not None:
+        input_dirs.append((str(site.overlays), "*"))
+    sde_given = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
+    stats = [_stat_key(f) for _, f, _ in files]
+    new_state = {
+        "ksbuild": __version__,
+        "site": str(options.site.resolve()),
+        "inputs": [s[0] for s in stats],
+        "input_dirs": input_dirs,
+        "env": sorted(env_names),
+        "fingerprint": _fingerprint(stats, _env_digest(env_names), sde_given),
+        "source_date_epoch": sde,
+        "hosts": host_keys,
+        "outputs": recorded,
+    }
+    write_bytes(out / STATE, json.dumps(new_state, sort_keys=True).encode())
+    return Result(out, False, sde, written, document)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    path: str
+    verdict: str  # "same", "different", "missing", "extra"
+    offset: int | None = None  # first differing byte, for "different"
+
+
+def verify(out: Path, report: Report = lambda line: None) -> list[Comparison]:
+    """Rebuild from the recorded inputs into a temporary folder; compare every output."""
+    import tempfile
+
+    document = manifest.read(out)
+    state = read_state(out)
+    if not state:
+        raise InputError(f"{out / STATE}: no build state; rebuild with `ksbuild build`")
+    with tempfile.TemporaryDirectory(prefix="ksbuild-verify.") as tmp:
+        again = build(Options(site=Path(state["site"]), out=Path(tmp) / "out",
+                              source_date_epoch=int(document["source_date_epoch"]),
+                              report=report))
+        names = sorted({e["path"] for e in document["outputs"]} | {manifest.MANIFEST})
+        rebuilt = {e["path"] for e in again.manifest["outputs"]}
+        results = []
+        for name in names:
+            mine, theirs = out / name, again.out / name
+            if not mine.is_file() or not theirs.is_file():
+                results.append(Comparison(name, "missing"))
+                continue
+            offset = manifest.first_difference(mine, theirs)
+            results.append(Comparison(name, "same" if offset is None else "different", offset))
+        results += [Comparison(name, "extra") for name in sorted(rebuilt - set(names))]
+    return results

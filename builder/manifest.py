@@ -1,0 +1,87 @@
+"""out/manifest.json: every input and every output of a build, each with its sha256 and size.
+
+The manifest is itself reproducible: no absolute paths, no build time, sorted keys, entries
+sorted by kind and path. Where the inputs were on the build machine is kept apart, in
+out/.ksbuild/state.json, which is not an output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.errors import InputError
+from builder.output import write_bytes
+
+MANIFEST = "manifest.json"
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, order=True)
+class Entry:
+    kind: str  # site, template, overlay, base-media, boot-loader; kickstart, iso, pxe
+    path: str  # relative: to the site's folder, the template folder, or the output folder
+    sha256: str
+    size: int
+
+
+def entry(kind: str, path: Path, name: str, sha256: str | None = None) -> Entry:
+    return Entry(kind, name, sha256 or sha256_file(path), path.stat().st_size)
+
+
+def render(version: str, source_date_epoch: int, inputs: list[Entry],
+           outputs: list[Entry]) -> bytes:
+    document = {
+        "ksbuild": version,
+        "source_date_epoch": source_date_epoch,
+        "inputs": [asdict(e) for e in sorted(inputs)],
+        "outputs": [asdict(e) for e in sorted(outputs)],
+    }
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write(out: Path, version: str, source_date_epoch: int, inputs: list[Entry],
+          outputs: list[Entry]) -> Path:
+    target = out / MANIFEST
+    write_bytes(target, render(version, source_date_epoch, inputs, outputs))
+    return target
+
+
+def read(out: Path) -> dict[str, Any]:
+    path = out / MANIFEST
+    try:
+        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no manifest here; build with `ksbuild build` first") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a ksbuild manifest: {exc}") from None
+    if not isinstance(document, dict) or "outputs" not in document:
+        raise InputError(f"{path}: not a ksbuild manifest (no outputs)")
+    return document
+
+
+def first_difference(left: Path, right: Path) -> int | None:
+    """The first byte offset at which two files differ (or where the shorter ends)."""
+    offset = 0
+    with left.open("rb") as a, right.open("rb") as b:
+        while True:
+            x, y = a.read(CHUNK), b.read(CHUNK)
+            if x != y:
+                for index, (p, q) in enumerate(zip(x, y)):
+                    if p != q:
+                        return offset + index
+                return offset + min(len(x), len(y))
+            if not x:
+                return None
+            offset += len(x)
