@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from builder.errors import InputError
+from builder.pxeconfig import PXE, PxeSettings
+from builder.pxeconfig import parse as parse_pxe
 from builder.schema import (
     Bool,
     Enum,
@@ -128,6 +130,7 @@ class Site:
     overlays: Path | None  # the overlay root folder, resolved against the site file
     media: Media | None = None  # None: the site names no base media
     outputs: Outputs = Outputs(iso="none", pxe=False)
+    pxe: PxeSettings | None = None  # the `pxe:` key (builder/pxeconfig.py); None: not given
 
     @cached_property
     def _by_name(self) -> dict[str, Host]:
@@ -313,6 +316,7 @@ SITE_FIELDS: dict[str, Field] = {
                           "default: per-site when `media` is given, else none")),
         "pxe": Field(Bool("a PXE tree (needs `pxe` settings); default: false")),
     }, "what `ksbuild build` makes besides the kickstarts")),
+    "pxe": Field(PXE),
 }
 SITE = Map(SITE_FIELDS, "a ksbuild site file")
 SITE_WITHOUT_HOSTS = Map({k: v for k, v in SITE_FIELDS.items() if k != "hosts"})
@@ -431,7 +435,8 @@ def load(path: Path | str) -> Site:
     overlays = doc.value.get("overlays")
     media = _media(path, doc.value.get("media"))
     return Site(path=path, hosts=hosts, overlays=_overlays(path, overlays), media=media,
-                outputs=_outputs(doc.value.get("outputs"), media))
+                outputs=_outputs(doc.value.get("outputs"), media),
+                pxe=parse_pxe(path, doc.value.get("pxe")))
 
 
 def _host(merged: Located, raw: Located) -> Host:
