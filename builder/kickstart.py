@@ -15,7 +15,7 @@ import os
 import shlex
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +31,7 @@ from builder.secrets import sha512_crypt
 from builder.site import Bridge, Host, Site
 
 # The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
-POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay")
+POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay", "pxe_done")
 # ifcfg UUIDs: stable across builds, different for every (host, device).
 UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
 
@@ -174,6 +174,7 @@ class Renderer:
             "ifcfgs": ifcfg_files(host),
             "overlay": overlay,
             "b64": _base64_lines,
+            "pxe_done_url": None,  # set by builder/pxe.py for PXE installs
         }
 
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:
@@ -244,23 +245,28 @@ class Validator:
 # Below this many hosts a worker pool costs more than it saves.
 PARALLEL_MIN_HOSTS = 200
 _worker: Renderer | None = None
+# More template values for one host (e.g. builder/pxe.py's done URL), on top of context().
+ExtraFor = Callable[[Host], Mapping[str, Any]]
+_extra: ExtraFor | None = None
 
 
-def _start_worker(site: Site) -> None:
-    global _worker
+def _start_worker(site: Site, extra: ExtraFor | None = None) -> None:
+    global _worker, _extra
     # pykickstart looks up its message catalog on disk for every option's help text; with
     # LANGUAGE=C that lookup ends at once (ksbuild's messages are English anyway).
     os.environ["LANGUAGE"] = "C"
     _worker = Renderer(site)
+    _extra = extra
 
 
 def _render_in_worker(hostname: str) -> str:
     assert _worker is not None
-    return _worker.render_host(_worker.site.host(hostname))
+    host = _worker.site.host(hostname)
+    return _worker.render_host(host, _extra(host) if _extra else None)
 
 
 def render_site(site: Site, hosts: tuple[Host, ...] | None = None,
-                jobs: int | None = None) -> dict[str, str]:
+                jobs: int | None = None, extra: ExtraFor | None = None) -> dict[str, str]:
     """hostname -> validated kickstart text, for every host (or those given), sorted.
 
     A large fleet is spread over worker processes (pykickstart is pure Python: ~3 ms a
@@ -270,9 +276,11 @@ def render_site(site: Site, hosts: tuple[Host, ...] | None = None,
     names = [host.hostname for host in chosen]
     if jobs == 1 or len(chosen) < PARALLEL_MIN_HOSTS:
         renderer = Renderer(site)
-        return {host.hostname: renderer.render_host(host) for host in chosen}
+        return {host.hostname: renderer.render_host(host, extra(host) if extra else None)
+                for host in chosen}
     context = multiprocessing.get_context("fork")
-    with context.Pool(jobs, initializer=_start_worker, initargs=(site,)) as pool:
+    # Forked workers inherit initargs unpickled, so `extra` may be any callable.
+    with context.Pool(jobs, initializer=_start_worker, initargs=(site, extra)) as pool:
         texts = pool.map(_render_in_worker, names, chunksize=max(1, len(names) // (jobs * 8)))
     return dict(zip(names, texts))
 
