@@ -148,13 +148,12 @@ def resolve_media(media: Media, *, cache_dir: Path | None = None, mirror: str | 
         if media.url is not None:
             assert media.sha256 is not None  # the site grammar requires it with url
             name = _file_name(media.url, "base.iso")
+            fetcher.offline_hint = _offline_hint(name)
             return fetcher.fetch(media.url, media.sha256, name, cache)
         assert media.release is not None and media.flavor is not None
         name = iso_name(media.release, media.flavor)
         url = iso_url(choose_mirror(mirror, media), media.release, media.flavor)
-        fetcher.offline_hint = (
-            f"to build without the network, give a local ISO in the site file "
-            f"(media: {{path: /path/to/{name}}}) or a reachable mirror (--mirror or {MIRROR_ENV})")
+        fetcher.offline_hint = _offline_hint(name)
         expected = media.sha256 or _expected_iso_sha256(fetcher, url, name, cache)
         return fetcher.fetch(url, expected, name, cache)
 
@@ -266,6 +265,11 @@ def _expected_iso_sha256(fetcher: _Fetcher, url: str, name: str, cache: Path) ->
         return published
     raise KsbuildError(f"cannot verify {name}: {sums_url} does not list it and ksbuild knows "
                        f"no sha256 for it; pin one in the site file (media: {{..., sha256: ...}})")
+
+
+def _offline_hint(name: str) -> str:
+    return (f"to build without the network, give a local ISO in the site file "
+            f"(media: {{path: /path/to/{name}}}) or a reachable mirror (--mirror or {MIRROR_ENV})")
 
 
 def _file_name(url: str, fallback: str) -> str:
