@@ -26,6 +26,7 @@ from pathlib import Path
 from tests.sandbox import isolation
 from tests.sandbox.root import build_root
 from tests.sandbox.scripts import PostScript, bridge_commands, post_scripts
+from tests.sandbox.tree import Tree, snapshot
 
 __all__ = ["InstallResult", "PostScript", "Sandbox", "ScriptRun", "post_scripts"]
 
@@ -72,6 +73,8 @@ class Sandbox:
         self.target = folder / "mnt/sysimage"
         build_root(self.target)
         isolation.prepare(self.mode, self.target)
+        self.before: Tree | None = None  # the target just before the first install
+        self.logs: set[str] = set()  # the --log files of the scripts run so far
 
     def calls(self) -> list[list[str]]:
         """The stubs' calls so far: [program, arg...] each."""
@@ -103,6 +106,8 @@ class Sandbox:
 
     def install(self, kickstart: str) -> InstallResult:
         """Run every %post of `kickstart` as anaconda would."""
+        if self.before is None:
+            self.before = snapshot(self.target)
         result = InstallResult()
         for script in post_scripts(kickstart):
             run = self.run_script(script)
@@ -120,6 +125,7 @@ class Sandbox:
         os.chmod(path, 0o700)
         name = "/tmp/" + Path(path).name
         log = script.log or name + ".log"
+        self.logs.add(log)
         (root / log.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         try:
             done = isolation.run_in(self.mode, root, log, [script.interpreter, name],

@@ -6,7 +6,6 @@ Every check returns a list of problems, empty when all is well, so a test can sh
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 import uuid
@@ -17,6 +16,7 @@ from builder.overlay import Overlay
 from builder.site import Bridge, Host
 from tests.sandbox import Sandbox
 from tests.sandbox.root import FILES, IFCFG_LO
+from tests.sandbox.tree import Tree, snapshot
 
 SCRIPTS = "etc/sysconfig/network-scripts"
 SYSTEMD = "etc/systemd/system"
@@ -36,10 +36,15 @@ exec /usr/bin/env -0
 """
 
 
+# What a ksbuild %post may change besides the overlay's files (and the scripts' logs).
+CHANGES_ALLOWED = ("etc/hostname", "etc/selinux/config", SCRIPTS + "/", SYSTEMD + "/",
+                   "etc/firewalld/zones/")
+
+
 def check_host(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:
     return [*check_hostname(box.target, host), *check_selinux(box.target, host),
             *check_network(box, host), *check_firewall(box, host),
-            *check_overlay(box.target, overlay)]
+            *check_overlay(box.target, overlay), *check_nothing_else(box, overlay)]
 
 
 def check_hostname(target: Path, host: Host) -> list[str]:
@@ -79,10 +84,17 @@ def read_ifcfg(box: Sandbox, path: Path) -> tuple[dict[str, str], list[str]]:
     sandbox, since the file came from a script under test). Also every line must be a plain
     KEY=value assignment or a comment: anything else is a command that ifup would run."""
     name = "/" + path.relative_to(box.target).as_posix()
-    problems = [f"{name}:{number}: not a KEY=value line: {line!r}"
-                for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-                if line.strip() and not line.startswith("#")
-                and not ASSIGNMENT.fullmatch(_unquoted(line))]
+    problems = []
+    keys: set[str] = set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if not ASSIGNMENT.fullmatch(_unquoted(line)):
+            problems.append(f"{name}:{number}: not a KEY=value line: {line!r}")
+        key = line.split("=", 1)[0]
+        if key in keys:
+            problems.append(f"{name}:{number}: {key} is set twice (the last one wins)")
+        keys.add(key)
     status, output = box.run(["/usr/bin/env", "-i", "/bin/bash", "--norc", "--noprofile", "-c",
                               SOURCE_IFCFG, "read", name])
     if status != 0:
@@ -253,23 +265,31 @@ def check_overlay(target: Path, overlay: Overlay) -> list[str]:
     return problems
 
 
-# --- the whole tree --------------------------------------------------------------------------
+# --- nothing else ----------------------------------------------------------------------------
 
 
-def snapshot(target: Path) -> dict[str, tuple[str, int, str]]:
-    """path -> (kind, mode, content hash or link target) for the whole tree, but for the
-    sandbox's own files (/.sandbox, /dev)."""
-    tree = {}
-    for path in sorted(target.rglob("*")):
-        relative = path.relative_to(target).as_posix()
-        if relative.split("/")[0] in (".sandbox", "dev"):
-            continue
-        info = path.lstat()
-        if path.is_symlink():
-            tree[relative] = ("link", 0, str(path.readlink()))
-        elif path.is_dir():
-            tree[relative] = ("dir", info.st_mode & 0o7777, "")
-        else:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            tree[relative] = ("file", info.st_mode & 0o7777, digest)
-    return tree
+def check_nothing_else(box: Sandbox, overlay: Overlay) -> list[str]:
+    """Every change to the tree since before the first install is one the host's steps
+    explain: a %post that writes through a symlink or to a mistyped path shows up here."""
+    if box.before is None:
+        return ["the sandbox never ran an install"]
+    allowed = set(CHANGES_ALLOWED)
+    for path in [*(d.path for d in overlay.dirs), *(f.path for f in overlay.files)]:
+        parts = path.strip("/").split("/")
+        allowed.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
+    allowed.update(log.lstrip("/") for log in box.logs)
+    after = snapshot(box.target)
+    changed = sorted(path for path in set(box.before) | set(after)
+                     if box.before.get(path) != after.get(path))
+    return [f"/{path}: {_change(box.before, after, path)}, which no step explains"
+            for path in changed
+            if path not in allowed and not any(path.startswith(a) for a in allowed
+                                               if a.endswith("/"))]
+
+
+def _change(before: Tree, after: Tree, path: str) -> str:
+    if path not in before:
+        return "created"
+    if path not in after:
+        return "removed"
+    return "changed"

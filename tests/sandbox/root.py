@@ -1,9 +1,10 @@
 """A throwaway root folder shaped like a freshly installed CentOS 7, just before %post runs.
 
 It holds bash (the host's, with the libraries ldd names), a static busybox for the usual
-command-line tools, the stand-ins for systemctl and firewall-offline-cmd (stubs/), and the
-files a %post of ours reads or changes, as CentOS 7 ships them. What anaconda itself writes
-from the kickstart (the bridge's ifcfg files) is added by `seed_anaconda_network`.
+command-line tools, stand-ins (stubs/) for systemctl and firewall-offline-cmd, for curl (no
+network here) and sleep (no waiting), and the files a %post of ours reads or changes, as
+CentOS 7 ships them. What anaconda itself writes from the kickstart (the bridge's ifcfg
+files) is added by `seed_anaconda_network`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ BUSYBOX_TOOLS = (
     "awk", "base64", "basename", "cat", "chgrp", "chmod", "chown", "cmp", "cp", "cut", "date",
     "diff", "dirname", "echo", "egrep", "env", "expr", "false", "fgrep", "find", "grep",
     "head", "id", "install", "ln", "ls", "md5sum", "mkdir", "mktemp", "mv", "printf",
-    "readlink", "realpath", "rm", "rmdir", "sed", "seq", "sha256sum", "sleep", "sort", "stat",
+    "readlink", "realpath", "rm", "rmdir", "sed", "seq", "sha256sum", "sort", "stat",
     "tail", "tee", "test", "touch", "tr", "true", "uname", "uniq", "wc", "xargs"
 )
 
@@ -109,6 +110,7 @@ FILES: dict[str, str] = {
     "etc/firewalld/firewalld.conf": "DefaultZone=public\nIPv6_rpfilter=yes\n",
     "usr/lib/systemd/system/firewalld.service": FIREWALLD_UNIT,
     "usr/lib/firewalld/zones/public.xml": PUBLIC_ZONE,
+    "usr/share/zoneinfo/UTC": "TZif2 (stand-in for the UTC zone file)\n",
 }
 
 # CentOS 7 links: merged /usr, /etc/sysconfig/selinux, and firewalld enabled by its preset.
@@ -118,6 +120,7 @@ LINKS: dict[str, str] = {
     "lib": "usr/lib",
     "lib64": "usr/lib64",
     "etc/sysconfig/selinux": "../selinux/config",
+    "etc/localtime": "../usr/share/zoneinfo/UTC",
     "etc/systemd/system/multi-user.target.wants/firewalld.service":
         "/usr/lib/systemd/system/firewalld.service",
     "etc/systemd/system/dbus-org.fedoraproject.FirewallD1.service":

@@ -1,0 +1,207 @@
+"""The %post scripts do what they claim: each is run for real in a sandbox (tests/sandbox)
+and what it leaves behind is checked against the site, for the example site and a varied
+generated one. Broken copies of the templates prove the checks can fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder.kickstart import Renderer, render_site
+from builder.overlay import Overlay, OverlayDir, OverlayFile, OverlayTree
+from builder.run import run
+from builder.site import Host, Site, load
+from tests.conftest import REPO
+from tests.sandbox import Sandbox, post_scripts
+from tests.sandbox.checks import check_host, snapshot, zone_services
+from tests.sandbox.isolation import MODES
+from tests.sandbox.root import STUBS
+
+EXAMPLE = REPO / "kickstarts/site.yaml"
+HASH = ("$6$ksbuildexample$QjxFPRYKzPP5427c/UElsobtSR1I2HT8q//HWLvV5ohvqmL1n2TXss6FPP4xC3"
+        "vpLTPXIonQUOmaMzB7L1JAv1")
+
+
+def install(folder: Path, kickstart: str, mode: str | None = None) -> Sandbox:
+    box = Sandbox(folder, mode)
+    box.seed_anaconda_network(kickstart)
+    result = box.install(kickstart)
+    assert result.ok, result.report()
+    return box
+
+
+def overlay_of(site: Site, host: Host) -> Overlay:
+    return OverlayTree(site.overlays).for_host(host.hostname)
+
+
+# --- the example site ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_example_site_post_leaves_what_it_claims(tmp_path: Path, mode: str) -> None:
+    site = load(EXAMPLE)
+    for hostname, kickstart in render_site(site).items():
+        host = site.host(hostname)
+        box = install(tmp_path / hostname, kickstart, mode)
+        assert check_host(box, host, overlay_of(site, host)) == []
+        assert (box.target / "root/ksbuild-post.log").read_text().endswith(
+            "ksbuild: %post done\n")
+
+
+# --- a varied generated site -----------------------------------------------------------------
+
+OVERLAY_FILES = {
+    # path in the overlay root: (content, mode in the tree)
+    "common/etc/motd": (b"Managed by ksbuild.\n", 0o644),
+    "common/etc/ksbuild/empty.conf": (b"", 0o644),
+    "common/etc/ksbuild/blob.bin": (bytes(range(256)) * 3 + b"no newline at the end", 0o644),
+    "common/etc/ksbuild/secret": (b"token=abc\n", 0o644),
+    "common/usr/local/bin/ksb-hello": (b"#!/bin/sh\necho hello\n", 0o755),
+    # A symlink on CentOS 7 (to ../usr/share/zoneinfo/<zone>): the overlay's file must
+    # replace the link, not overwrite the shared zone file behind it.
+    "common/etc/localtime": (b"TZif2 our own zone\n", 0o644),
+    "hosts/kvm1.example.com/root/.ssh/authorized_keys": (b"ssh-ed25519 AAAAC3Nz kvm1\n", 0o644),
+    "hosts/kvm2.example.com/etc/motd": (b"kvm2: the host's own motd wins.\n", 0o644),
+}
+MODES_FILE = "root/.ssh 0700\nroot/.ssh/authorized_keys 0600\netc/ksbuild 0750\n" \
+             "etc/ksbuild/secret 0600\n"
+
+
+def expected_overlay(hostname: str) -> Overlay:
+    """Written out by hand from OVERLAY_FILES and MODES_FILE: the overlay rules, not their
+    implementation."""
+    common = {
+        "/etc/motd": (b"Managed by ksbuild.\n", 0o644),
+        "/etc/ksbuild/empty.conf": (b"", 0o644),
+        "/etc/ksbuild/blob.bin": (OVERLAY_FILES["common/etc/ksbuild/blob.bin"][0], 0o644),
+        "/etc/ksbuild/secret": (b"token=abc\n", 0o600),
+        "/usr/local/bin/ksb-hello": (b"#!/bin/sh\necho hello\n", 0o755),
+        "/etc/localtime": (b"TZif2 our own zone\n", 0o644),
+    }
+    dirs = [OverlayDir("/etc/ksbuild", 0o750)]
+    if hostname == "kvm1.example.com":
+        common["/root/.ssh/authorized_keys"] = (b"ssh-ed25519 AAAAC3Nz kvm1\n", 0o600)
+        dirs.append(OverlayDir("/root/.ssh", 0o700))
+    if hostname == "kvm2.example.com":
+        common["/etc/motd"] = (b"kvm2: the host's own motd wins.\n", 0o644)
+    files = tuple(OverlayFile(path, mode, content)
+                  for path, (content, mode) in sorted(common.items()))
+    return Overlay(tuple(dirs), files)
+
+
+GENERATED = {
+    "overlays": "overlays",
+    "defaults": {"root_password_hash": HASH, "source": "cdrom"},
+    "hosts": [
+        {"hostname": "kvm1.example.com", "selinux": "enforcing",
+         "firewall": {"enabled": True, "services": ["ssh", "http", "libvirt", "vnc-server"]},
+         "bridges": [
+             {"name": "br0", "slaves": ["eth0", "eth1"], "address": "10.1.0.11/24",
+              "gateway": "10.1.0.1", "dns": ["10.1.0.2", "10.1.0.3", "10.1.0.4"], "stp": True},
+             {"name": "br1", "slaves": ["eth2"]},
+             {"name": "br2", "slaves": ["eth3", "eth4", "eth5"], "address": "10.3.0.11/16"},
+         ]},
+        {"hostname": "kvm2.example.com", "selinux": "permissive",
+         "firewall": {"enabled": False},
+         "bridge": {"name": "br0", "slaves": ["eno1"], "address": "192.168.7.12/24",
+                    "gateway": "192.168.7.1", "dns": ["192.168.7.1"]}},
+        {"hostname": "kvm3.example.com", "selinux": "disabled",
+         "firewall": {"enabled": True},
+         "bridges": [{"name": "virbr9", "slaves": ["ens3"], "address": "172.16.5.13/20"}]},
+    ],
+}
+
+
+@pytest.fixture
+def generated_site(tmp_path: Path) -> Site:
+    folder = tmp_path / "site"
+    for name, (content, mode) in OVERLAY_FILES.items():
+        path = folder / "overlays" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        path.chmod(mode)
+    (folder / "overlays/.ksbuild-modes").write_text(MODES_FILE)
+    (folder / "site.yaml").write_text(yaml.safe_dump(GENERATED, sort_keys=False))
+    return load(folder / "site.yaml")
+
+
+def test_generated_site_post_leaves_what_it_claims(tmp_path: Path,
+                                                   generated_site: Site) -> None:
+    kickstarts = render_site(generated_site)
+    assert len(kickstarts) == 3
+    for hostname, kickstart in kickstarts.items():
+        host = generated_site.host(hostname)
+        box = install(tmp_path / hostname, kickstart)
+        assert check_host(box, host, expected_overlay(hostname)) == [], hostname
+
+
+def test_generated_overlay_matches_the_overlay_module(generated_site: Site) -> None:
+    """The hand-written expectation above and builder/overlay.py agree (so the example
+    site, checked against the module, is checked against the same rules)."""
+    for host in generated_site.hosts:
+        assert overlay_of(generated_site, host) == expected_overlay(host.hostname)
+
+
+def test_firewall_services_land_in_the_zone_file(tmp_path: Path,
+                                                 generated_site: Site) -> None:
+    host = generated_site.host("kvm1.example.com")
+    box = install(tmp_path / "box", Renderer(generated_site).render_host(host))
+    # The shipped zone's two services, then ours in order; ssh only once.
+    assert zone_services(box.target, "public") == [
+        "ssh", "dhcpv6-client", "http", "libvirt", "vnc-server"]
+
+
+# --- scripts as text: bash -n and shellcheck -------------------------------------------------
+
+
+def all_kickstarts(generated_site: Site) -> dict[str, str]:
+    return {**render_site(load(EXAMPLE)), **render_site(generated_site)}
+
+
+def shell_of(interpreter: str) -> str:
+    return "bash" if interpreter.endswith("bash") else "sh"
+
+
+def test_every_post_passes_bash_n_and_shellcheck(tmp_path: Path, generated_site: Site) -> None:
+    """Warnings we accept carry a `# shellcheck disable=SCxxxx` with the reason in the
+    template, so shellcheck runs with its defaults (style level and up) and must be silent."""
+    checked = 0
+    for hostname, kickstart in all_kickstarts(generated_site).items():
+        for number, script in enumerate(post_scripts(kickstart)):
+            path = tmp_path / f"{hostname}-{number}.sh"
+            path.write_text(script.body)
+            shell = shell_of(script.interpreter)
+            syntax = run([shell, "-n", path], check=False)
+            assert syntax.returncode == 0, syntax.stderr.decode()
+            lint = run(["shellcheck", f"--shell={shell}", "--severity=style", path],
+                       check=False)
+            assert lint.returncode == 0, lint.stdout.decode()
+            checked += 1
+    assert checked == 4
+
+
+def test_the_stubs_pass_shellcheck() -> None:
+    stubs = sorted(STUBS.iterdir())
+    assert [s.name for s in stubs] == ["curl", "firewall-offline-cmd", "sleep", "systemctl"]
+    lint = run(["shellcheck", "--severity=style", *stubs], check=False)
+    assert lint.returncode == 0, lint.stdout.decode()
+
+
+# --- idempotence -----------------------------------------------------------------------------
+
+
+def test_running_every_post_twice_leaves_the_same_tree(tmp_path: Path,
+                                                       generated_site: Site) -> None:
+    """Everything but the scripts' own logs, which tell what each run did (the second run
+    of `systemctl disable` has nothing left to remove, so it says less)."""
+    for hostname, kickstart in all_kickstarts(generated_site).items():
+        logs = [script.log for script in post_scripts(kickstart) if script.log]
+        box = install(tmp_path / hostname, kickstart)
+        once = snapshot(box.target, logs)
+        again = box.install(kickstart)
+        assert again.ok, again.report()
+        twice = snapshot(box.target, logs)
+        changed = sorted(set(once.items()) ^ set(twice.items()))
+        assert changed == [], f"{hostname}: a second run changed {changed}"
