@@ -1,0 +1,394 @@
+"""Build a PXE tree that installs a site's hosts over the network, each by its MAC, under BIOS
+and UEFI, once.
+
+    OUT/
+      tftp/                      served by TFTP (dnsmasq)
+        pxelinux.0 ldlinux.c32 menu.c32 libutil.c32 libcom32.c32     BIOS (this machine's)
+        pxelinux.cfg/default             unknown machines: a menu that boots the local disk
+        pxelinux.cfg/01-<mac>            one per host
+        BOOTX64.EFI grubx64.efi          UEFI shim + GRUB (the base ISO's: signed, Secure Boot)
+        grub.cfg                         loads grub.cfg-01-<mac> by $net_default_mac, else disk
+        grub.cfg-01-<mac>                one per host (the name Red Hat's GRUB looks for itself)
+        boot.ipxe, ipxe/<mac>.ipxe       iPXE: chains the per-host script by MAC
+        images/vmlinuz images/initrd.img the base's images/pxeboot/ kernel and initrd
+      http/ks/<host>.cfg         served by HTTP (nginx or `ksbuild serve`)
+      dnsmasq.conf nginx.conf    for the boot server (paths: pxe.tree_path or OUT)
+      hosts.json                 the index: each host's MAC and install entries (pxestate.py)
+      state/installed/<host>     hosts that have installed (written at run time)
+
+A host's entry boots the installer with `inst.ks=<server>/ks/<host>.cfg`, `inst.repo=`,
+`inst.ks.sendmac`, `ip=dhcp` on its boot NIC (`BOOTIF=`) and the site's pxe.boot_args. Its
+kickstart's last %post step calls `<server>/done/<host>`; `ksbuild serve` then switches its
+three entries to local boot (pxestate.py), and `ksbuild pxe -o OUT --reinstall HOST` switches
+them back. Rebuilding the tree keeps installed hosts installed. With nginx instead of
+`ksbuild serve`, see the comment at the top of the generated nginx.conf.
+
+The site's `pxe:` key is described in builder/pxeconfig.py. Everything is checked and rendered
+into a temporary folder first, which then replaces OUT in one rename; the bytes depend only on
+the inputs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+from builder import kickstart, pxemenus, pxestate
+from builder.errors import InputError
+from builder.output import atomic_dir
+from builder.pxeconfig import PxeSettings
+from builder.site import Host, Site
+
+DEFAULT_SETTINGS = PxeSettings(
+    server=None, install_tree=None, boot_args=(), menu_timeout=5, tree_path=None,
+    pxelinux=None, syslinux_modules=None, shim=None, grub=None, grub_commands="auto",
+    dhcp=None)
+
+# Where distributions put syslinux's BIOS files: Debian/Ubuntu, RHEL/Fedora, Arch, old Debian.
+PXELINUX_PLACES = (Path("/usr/lib/PXELINUX/pxelinux.0"), Path("/usr/share/syslinux/pxelinux.0"),
+                   Path("/usr/lib/syslinux/bios/pxelinux.0"), Path("/usr/lib/syslinux/pxelinux.0"))
+MODULE_PLACES = (Path("/usr/lib/syslinux/modules/bios"), Path("/usr/share/syslinux"),
+                 Path("/usr/lib/syslinux/bios"), Path("/usr/lib/syslinux"))
+# syslinux 5+ splits the core into ldlinux.c32 and menu.c32 needs two libraries; syslinux 4
+# (RHEL 7) has only menu.c32.
+MODERN_MODULES = ("ldlinux.c32", "menu.c32", "libutil.c32", "libcom32.c32")
+ISO_FILES = {
+    "tftp/images/vmlinuz": "/images/pxeboot/vmlinuz",
+    "tftp/images/initrd.img": "/images/pxeboot/initrd.img",
+}
+ISO_SHIM = "/EFI/BOOT/BOOTX64.EFI"
+ISO_GRUB = "/EFI/BOOT/grubx64.efi"
+NGINX_LOG_DIR = "/var/log/nginx"
+NGINX_PID = "/run/ksbuild-nginx.pid"
+FILE_MODE = 0o644
+DIR_MODE = 0o755
+
+
+@dataclass(frozen=True)
+class Options:
+    site: Site
+    out: Path
+    base: Path  # the base ISO (images/pxeboot/, EFI/BOOT/)
+    server: str | None = None  # --server; wins over the site's pxe.server
+    reinstall: tuple[str, ...] = ()  # hosts to switch back to install
+    jobs: int | None = None
+
+
+@dataclass
+class Result:
+    out: Path
+    hosts: int
+    installed: list[str]  # hosts kept at local boot
+    reinstalled: list[str]
+    grub_commands: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and checks, before anything is written.
+
+
+def settings_of(site: Site, server: str | None) -> tuple[PxeSettings, str]:
+    settings = site.pxe or DEFAULT_SETTINGS
+    chosen = server or settings.server
+    if not chosen:
+        raise InputError(f"{site.path}: a PXE tree needs the boot server's URL: "
+                         "pxe: {server: http://HOST[:PORT]} in the site, or --server")
+    return settings, chosen.rstrip("/")
+
+
+def check_hosts(site: Site, settings: PxeSettings) -> None:
+    for host in site.hosts:
+        if not host.mac:
+            raise InputError(f"{site.path}: host {host.hostname} has no mac: a PXE boot finds "
+                             "its host by the MAC of its boot NIC; add `mac:` to the host")
+        if settings.install_tree is None and host.source == "cdrom":
+            raise InputError(f"{site.path}: host {host.hostname} installs from cdrom; a PXE "
+                             "install needs an http(s) install tree: set its `source` or "
+                             "pxe.install_tree")
+
+
+def pxe_site(site: Site, settings: PxeSettings) -> Site:
+    """The site as the PXE tree installs it: pxe.install_tree, if given, is every host's
+    source."""
+    if settings.install_tree is None:
+        return site
+    hosts = tuple(replace(host, source=settings.install_tree) for host in site.hosts)
+    return replace(site, hosts=hosts)
+
+
+def server_url(server: str) -> str:
+    parts = urlsplit(server)
+    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+        raise InputError(f"--server: {server!r} is not an http://HOST[:PORT] URL")
+    return server.rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------
+# Boot loaders and the base ISO.
+
+
+@dataclass(frozen=True)
+class BiosLoaders:
+    pxelinux: Path
+    modules: dict[str, Path]  # name in the TFTP root -> file on this machine
+
+
+def find_bios_loaders(settings: PxeSettings) -> BiosLoaders:
+    pxelinux = settings.pxelinux or next((p for p in PXELINUX_PLACES if p.is_file()), None)
+    if pxelinux is None or not pxelinux.is_file():
+        where = settings.pxelinux or ", ".join(str(p) for p in PXELINUX_PLACES)
+        raise InputError(f"pxelinux.0 not found ({where}): install syslinux's PXE files "
+                         "(Debian: pxelinux syslinux-common; RHEL: syslinux-tftpboot) or set "
+                         "pxe.pxelinux")
+    places = (settings.syslinux_modules,) if settings.syslinux_modules else MODULE_PLACES
+    for folder in places:
+        # pxelinux.0 is compressed: which syslinux it is shows in its modules' folder.
+        modern = (folder / "ldlinux.c32").is_file()
+        wanted = MODERN_MODULES if modern else ("menu.c32",)
+        if all((folder / name).is_file() for name in wanted):
+            return BiosLoaders(pxelinux, {name: folder / name for name in wanted})
+    raise InputError(f"menu.c32 (and with syslinux 5+, ldlinux.c32, libutil.c32, libcom32.c32) "
+                     f"not found in {', '.join(str(p) for p in places)}: install syslinux's "
+                     "BIOS modules (Debian: syslinux-common) or set pxe.syslinux_modules")
+
+
+class BaseIso:
+    """Files of the base ISO, read with pycdlib (Rock Ridge, else Joliet, else ISO 9660)."""
+
+    def __init__(self, path: Path) -> None:
+        import pycdlib
+
+        self.path = path
+        self.handle: BinaryIO = path.open("rb")
+        self.iso: Any = pycdlib.PyCdlib()
+        try:
+            self.iso.open_fp(self.handle)
+        except Exception as exc:  # pycdlib raises its own and plain errors on bad images
+            self.handle.close()
+            raise InputError(f"{path}: not a readable ISO 9660 image: {exc}") from None
+
+    def _where(self, path: str) -> dict[str, str]:
+        if self.iso.has_rock_ridge():
+            return {"rr_path": path}
+        if self.iso.has_joliet():
+            return {"joliet_path": path}
+        return {"iso_path": path.upper() + ";1"}
+
+    def has(self, path: str) -> bool:
+        from pycdlib.pycdlibexception import PyCdlibException
+
+        try:
+            self.iso.get_record(**self._where(path))
+        except PyCdlibException:
+            return False
+        return True
+
+    def copy(self, path: str, target: Path) -> None:
+        if not self.has(path):
+            raise InputError(f"{self.path}: no {path} in the ISO (a CentOS 7 install ISO has "
+                             "images/pxeboot/ and EFI/BOOT/)")
+        with target.open("wb") as out:
+            self.iso.get_file_from_iso_fp(out, **self._where(path))
+        os.chmod(target, FILE_MODE)
+
+    def close(self) -> None:
+        self.iso.close()
+        self.handle.close()
+
+    def __enter__(self) -> BaseIso:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def grub_has_linuxefi(grub: Path) -> bool:
+    """True for a GRUB image with the linuxefi command (CentOS's, or Debian's built with the
+    module): GRUB embeds each built-in module with its name and its commands' names."""
+    return b"linuxefi\0" in grub.read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+
+
+class Writer:
+    """Files under a fresh folder with fixed modes (the umask must not change what is served)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.count = 0
+
+    def folder(self, relative: str) -> Path:
+        path = self.root / relative
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)
+        return path
+
+    def text(self, relative: str, text: str) -> None:
+        self.data(relative, text.encode())
+
+    def data(self, relative: str, data: bytes) -> None:
+        fd = os.open(self.root / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        self.count += 1
+
+    def copy(self, source: Path, relative: str) -> Path:
+        target = self.root / relative
+        shutil.copyfile(source, target)
+        os.chmod(target, FILE_MODE)
+        self.count += 1
+        return target
+
+
+def boot_host(host: Host, server: str, settings: PxeSettings) -> pxemenus.BootHost:
+    assert host.mac is not None
+    tree = settings.install_tree or host.source
+    args = [f"inst.ks={server}/ks/{host.hostname}.cfg", "inst.ks.sendmac", f"inst.repo={tree}",
+            "ip=dhcp", f"BOOTIF=01-{pxemenus.mac_dashes(host.mac)}", *settings.boot_args]
+    return pxemenus.BootHost(host.hostname, host.mac, " ".join(args),
+                             f"{server}/done/{host.hostname}")
+
+
+def dhcp_leases(site: Site, settings: PxeSettings) -> list[str]:
+    """dnsmasq dhcp-host values: each host's fixed address in the DHCP subnet, or a pool one."""
+    dhcp = settings.dhcp
+    if dhcp is None or dhcp.mode != "server":
+        return []
+    leases = []
+    for host in sorted(site.hosts, key=lambda h: h.hostname):
+        addresses = [b.address.ip for b in host.bridges
+                     if b.address is not None and b.address.ip in dhcp.subnet]
+        if addresses:
+            leases.append(f"{host.mac},{addresses[0]},{host.short_name}")
+        elif dhcp.range is not None:
+            leases.append(f"{host.mac},{host.short_name}")
+        else:
+            raise InputError(f"{settings.origin}.dhcp: host {host.hostname} has no static "
+                             f"address in {dhcp.subnet} and there is no range to lease one "
+                             "from; give it an address there or add dhcp.range")
+    return leases
+
+
+def nginx_listen(server: str) -> tuple[str, str | None]:
+    """nginx's `listen` value and server_name for the server URL."""
+    parts = urlsplit(server)
+    host = parts.hostname or ""
+    port = parts.port or 80
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return str(port), host
+    return f"{host}:{port}", None
+
+
+def server_configs(site: Site, settings: PxeSettings, server: str, tree: Path) -> dict[str, str]:
+    listen, name = nginx_listen(server)
+    return {
+        "dnsmasq.conf": pxemenus.render("dnsmasq.conf.j2", tree=tree, dhcp=settings.dhcp,
+                                        leases=dhcp_leases(site, settings)),
+        "nginx.conf": pxemenus.render("nginx.conf.j2", tree=tree, listen=listen,
+                                      server_name=name, log_dir=NGINX_LOG_DIR,
+                                      pid_file=NGINX_PID),
+    }
+
+
+def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings) -> str:
+    """Copy the BIOS and UEFI loaders, kernel and initrd; return the GRUB commands to use."""
+    bios = find_bios_loaders(settings)
+    writer.copy(bios.pxelinux, "tftp/pxelinux.0")
+    for name, source in sorted(bios.modules.items()):
+        writer.copy(source, f"tftp/{name}")
+    for relative, iso_path in ISO_FILES.items():
+        base.copy(iso_path, writer.root / relative)
+    for given, iso_path, name in ((settings.shim, ISO_SHIM, "BOOTX64.EFI"),
+                                  (settings.grub, ISO_GRUB, "grubx64.efi")):
+        if given is not None:
+            if not given.is_file():
+                raise InputError(f"{settings.origin}: {given}: no such file")
+            writer.copy(given, f"tftp/{name}")
+        else:
+            base.copy(iso_path, writer.root / "tftp" / name)
+    if settings.grub_commands != "auto":
+        return settings.grub_commands
+    return "linuxefi" if grub_has_linuxefi(writer.root / "tftp/grubx64.efi") else "linux"
+
+
+def _check_reinstall(site: Site, names: Iterable[str]) -> list[str]:
+    return sorted({site.host(name).hostname for name in names})
+
+
+def build_tree(options: Options) -> Result:
+    """Check and render everything, write the tree to a temporary folder, then (holding the
+    tree's lock) carry over which hosts have installed and rename it into place."""
+    site = options.site
+    settings, server = settings_of(site, options.server)
+    server = server_url(server)
+    check_hosts(site, settings)
+    reinstall = _check_reinstall(site, options.reinstall)
+    out = options.out.absolute()
+    tree_path = settings.tree_path or out
+    hosts = {h.hostname: boot_host(h, server, settings) for h in site.hosts}
+    configs = server_configs(site, settings, server, tree_path)
+    texts = kickstart.render_site(
+        pxe_site(site, settings), jobs=options.jobs,
+        extra=lambda host: {"pxe_done_url": hosts[host.hostname].done_url})
+
+    with pxestate.TreeLock(out) as lock, atomic_dir(out) as temp:
+        writer = Writer(temp)
+        for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
+                       str(pxestate.INSTALLED)):
+            writer.folder(folder)
+        with BaseIso(options.base) as base:
+            grub_commands = _loaders(writer, base, settings)
+        menus = pxemenus.Menus(grub_commands, settings.menu_timeout)
+        for relative, text in {**menus.shared(), **configs}.items():
+            writer.text(relative, text)
+        indexed = []
+        for name in sorted(hosts):
+            entries = menus.host(hosts[name], local=False)
+            for relative, text in entries.items():
+                writer.text(relative, text)
+            writer.text(f"http/ks/{name}.cfg", texts[name])
+            indexed.append(pxestate.IndexedHost(name, hosts[name].mac, entries))
+        writer.data(pxestate.INDEX, pxestate.index_data(server, indexed))
+
+        lock.acquire()  # held until the new tree is in place
+        before = pxestate.installed(out) & set(hosts)
+        keep = before - set(reinstall)
+        pxestate.carry_over(out, temp, {n: h.mac for n, h in hosts.items()}, keep)
+    return Result(out, len(hosts), sorted(keep), sorted(set(reinstall) & before), grub_commands,
+                  [f"{name} had not installed; it installs anyway" for name in reinstall
+                   if name not in before])
+
+
+# ---------------------------------------------------------------------------------------------
+# Switching hosts of an existing tree (no site needed).
+
+
+def switch(tree: Path, done: Iterable[str] = (), reinstall: Iterable[str] = (),
+           note: str = "") -> list[str]:
+    """Mark hosts installed (local boot) or not (install); lines saying what changed."""
+    lines = []
+    for name, flag in [(n, True) for n in done] + [(n, False) for n in reinstall]:
+        changed = pxestate.set_installed(tree, name, flag, note)
+        what = "boots from its disk" if flag else "installs on its next network boot"
+        lines.append(f"{name}: {what}{'' if changed else ' (already)'}")
+    return lines
+
+
+def require_tree(tree: Path) -> Path:
+    if not (tree / pxestate.INDEX).is_file():
+        raise InputError(f"{tree}: not a ksbuild PXE tree (no {pxestate.INDEX})")
+    return tree

@@ -1,0 +1,112 @@
+"""The boot entries of a PXE tree, from the templates in kickstarts/pxe/: pxelinux (BIOS),
+GRUB (UEFI) and iPXE, each once for the whole tree (the fallback that boots the local disk)
+and once per host (install, or local boot once the host has installed).
+
+A host's three entries are files named by its MAC (see host_files); builder/pxe.py writes the
+install ones, builder/pxestate.py swaps them for the local ones and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import jinja2
+
+from builder import __version__
+from builder.errors import KsbuildError
+from builder.kickstart import template_dir
+
+# Names under kickstarts/pxe/.
+SHARED_TEMPLATES = {
+    "tftp/pxelinux.cfg/default": "pxelinux-default.cfg.j2",
+    "tftp/grub.cfg": "grub.cfg.j2",
+    "tftp/boot.ipxe": "boot.ipxe.j2",
+}
+HOST_TEMPLATES = {
+    "pxelinux": "pxelinux-host.cfg.j2",
+    "grub": "grub-host.cfg.j2",
+    "ipxe": "host.ipxe.j2",
+}
+# The kernel commands of GRUB: CentOS's GRUB has linuxefi/initrdefi, upstream GRUB (2.06+)
+# only linux/initrd.
+GRUB_COMMANDS = {"linuxefi": ("linuxefi", "initrdefi"), "linux": ("linux", "initrd")}
+
+
+@dataclass(frozen=True)
+class BootHost:
+    hostname: str
+    mac: str  # lower case, colons
+    args: str = ""  # the installer's kernel command line (without kernel and initrd)
+    done_url: str = ""
+
+
+def mac_dashes(mac: str) -> str:
+    return mac.replace(":", "-")
+
+
+def host_files(mac: str) -> dict[str, str]:
+    """{loader: path in the tree} of one host's entries. pxelinux and Red Hat's GRUB look for
+    these names themselves (01- is the ARP type of Ethernet); grub.cfg and boot.ipxe load
+    them for upstream GRUB and iPXE."""
+    dashed = mac_dashes(mac)
+    return {
+        "pxelinux": f"tftp/pxelinux.cfg/01-{dashed}",
+        "grub": f"tftp/grub.cfg-01-{dashed}",
+        "ipxe": f"tftp/ipxe/{dashed}.ipxe",
+    }
+
+
+@lru_cache(maxsize=4)
+def _environment(folder: Path) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+
+
+def template(name: str, folder: Path | None = None) -> jinja2.Template:
+    try:
+        return _environment(folder or template_dir() / "pxe").get_template(name)
+    except jinja2.TemplateError as exc:
+        raise KsbuildError(f"template pxe/{name}: {exc}") from None
+
+
+def render(name: str, **values: object) -> str:
+    try:
+        return template(name).render(version=__version__, **values)
+    except jinja2.TemplateError as exc:
+        raise KsbuildError(f"rendering pxe/{name}: {exc}") from None
+
+
+class Menus:
+    """Renders entries with the templates loaded once (a fleet has 10,000 hosts)."""
+
+    def __init__(self, grub_commands: str = "linux", menu_timeout: int = 5) -> None:
+        self.grub_linux, self.grub_initrd = GRUB_COMMANDS[grub_commands]
+        self.menu_timeout = menu_timeout
+        self.host_templates = {kind: template(name) for kind, name in HOST_TEMPLATES.items()}
+
+    def shared(self) -> dict[str, str]:
+        return {path: render(name, menu_timeout=self.menu_timeout)
+                for path, name in SHARED_TEMPLATES.items()}
+
+    def host(self, host: BootHost, local: bool) -> dict[str, str]:
+        """{path in the tree: text} of the host's entries, to install it or to boot locally."""
+        values = {"host": host, "local": local, "grub_linux": self.grub_linux,
+                  "grub_initrd": self.grub_initrd}
+        files = host_files(host.mac)
+        try:
+            return {files[kind]: tpl.render(values) for kind, tpl in self.host_templates.items()}
+        except jinja2.TemplateError as exc:
+            raise KsbuildError(f"rendering the boot entries of {host.hostname}: {exc}") from None
+
+
+def local_entries(hostname: str, mac: str) -> dict[str, str]:
+    """The entries that boot an installed host from its disk (they need nothing else)."""
+    return Menus().host(BootHost(hostname, mac), local=True)

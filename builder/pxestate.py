@@ -1,0 +1,191 @@
+"""Which hosts of a PXE tree have installed, and switching their boot entries.
+
+The tree's `hosts.json` (written by builder/pxe.py) lists every host: its MAC and the exact
+text of its install entries. A host that has installed has a marker file
+`state/installed/<hostname>` and local-boot entries in place of the install ones. The marker
+is the truth: it is written before the entries are switched to local and removed before they
+are switched back, and a rebuild of the tree (which starts from install entries) re-applies
+it, so a crash or a rebuild never makes an installed host install again by surprise.
+
+Every change holds an exclusive lock on `.<tree name>.lock` beside the tree (fcntl.flock), as
+does a rebuild while it reads the markers and renames the new tree into place, so a host that
+reports in the middle of a rebuild is never lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from builder.errors import InputError
+from builder.output import write_bytes
+from builder.pxemenus import local_entries
+
+INDEX = "hosts.json"
+INDEX_FORMAT = 1
+INSTALLED = Path("state") / "installed"
+
+
+@dataclass(frozen=True)
+class IndexedHost:
+    hostname: str
+    mac: str
+    install: dict[str, str]  # path in the tree -> text of the install entry
+
+
+@dataclass(frozen=True)
+class Index:
+    server: str
+    hosts: dict[str, IndexedHost]
+    by_mac: dict[str, str]  # mac (lower case, colons) -> hostname
+
+
+def index_data(server: str, hosts: list[IndexedHost]) -> bytes:
+    """hosts.json's bytes: sorted keys, one host per line (readable, diffable, reproducible)."""
+    lines = [json.dumps({"format": INDEX_FORMAT, "server": server})[:-1] + ', "hosts": {']
+    for number, host in enumerate(sorted(hosts, key=lambda h: h.hostname)):
+        entry = json.dumps({"mac": host.mac, "install": host.install}, sort_keys=True)
+        comma = "," if number < len(hosts) - 1 else ""
+        lines.append(f"{json.dumps(host.hostname)}: {entry}{comma}")
+    lines.append("}}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+_cache: dict[Path, tuple[tuple[int, int, int], Index]] = {}
+_cache_lock = threading.Lock()
+
+
+def read_index(tree: Path) -> Index:
+    """The tree's index; cached per file version (a rebuilt tree is picked up at once)."""
+    path = tree / INDEX
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"{tree}: not a ksbuild PXE tree (no {INDEX}); "
+                         "build one with `ksbuild pxe SITE -o DIR`") from None
+    key = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    with _cache_lock:
+        cached = _cache.get(path)
+        if cached and cached[0] == key:
+            return cached[1]
+    index = _parse_index(path)
+    with _cache_lock:
+        _cache[path] = (key, index)
+    return index
+
+
+def _parse_index(path: Path) -> Index:
+    try:
+        data: dict[str, Any] = json.loads(path.read_bytes())
+        if data.get("format") != INDEX_FORMAT:
+            raise InputError(f"{path}: index format {data.get('format')!r} is not "
+                             f"{INDEX_FORMAT}; rebuild the tree with this ksbuild")
+        hosts = {name: IndexedHost(name, entry["mac"], dict(entry["install"]))
+                 for name, entry in data["hosts"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a valid ksbuild PXE index: {exc}") from None
+    return Index(str(data["server"]), hosts, {h.mac: h.hostname for h in hosts.values()})
+
+
+def installed(tree: Path) -> set[str]:
+    """Hostnames with an installed marker."""
+    folder = tree / INSTALLED
+    try:
+        return {entry.name for entry in os.scandir(folder) if not entry.name.startswith(".")}
+    except FileNotFoundError:
+        return set()
+
+
+# ---------------------------------------------------------------------------------------------
+# The lock.
+
+
+def lock_path(tree: Path) -> Path:
+    tree = tree.absolute()
+    return tree.parent / f".{tree.name}.lock"
+
+
+class TreeLock:
+    """flock on the tree's lock file; acquire() blocks until no other change is running."""
+
+    def __init__(self, tree: Path) -> None:
+        self.path = lock_path(tree)
+        self.handle: TextIO | None = None
+
+    def acquire(self) -> None:
+        if self.handle is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("a")
+            fcntl.flock(self.handle, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
+
+    def __enter__(self) -> TreeLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+# Threads of one process (ksbuild serve) share one flock'ed file description, so they also
+# need a lock among themselves.
+_thread_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(tree: Path) -> Iterator[None]:
+    with _thread_lock, TreeLock(tree) as lock:
+        lock.acquire()
+        yield
+
+
+# ---------------------------------------------------------------------------------------------
+# Switching.
+
+
+def host_of(index: Index, name: str, tree: Path) -> IndexedHost:
+    host = index.hosts.get(name.lower())
+    if host is None:
+        raise InputError(f"{tree}: no host named {name!r} in this PXE tree")
+    return host
+
+
+def set_installed(tree: Path, hostname: str, done: bool, note: str = "") -> bool:
+    """Switch one host to local boot (done) or back to install; False if it already was."""
+    with locked(tree):
+        host = host_of(read_index(tree), hostname, tree)
+        marker = tree / INSTALLED / host.hostname
+        if marker.exists() == done:
+            return False
+        if done:
+            write_bytes(marker, f"installed{': ' + note if note else ''}\n".encode())
+            write_entries(tree, local_entries(host.hostname, host.mac))
+        else:
+            marker.unlink()
+            write_entries(tree, host.install)
+        return True
+
+
+def write_entries(tree: Path, files: dict[str, str]) -> None:
+    """Each file replaced in one rename: a loader reads the old entry or the new, never half."""
+    for relative, text in files.items():
+        write_bytes(tree / relative, text.encode())
+
+
+def carry_over(old: Path, new: Path, macs: dict[str, str], keep: set[str]) -> None:
+    """In a tree being built (all install entries): copy the markers of `keep` from the old
+    tree and switch those hosts to local boot. `macs`: hostname -> MAC in the new tree."""
+    for name in sorted(keep):
+        write_bytes(new / INSTALLED / name, (old / INSTALLED / name).read_bytes())
+        write_entries(new, local_entries(name, macs[name]))

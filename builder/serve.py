@@ -1,0 +1,229 @@
+"""`ksbuild serve TREE`: a small HTTP server for a PXE tree (labs and tests; production uses
+nginx and dnsmasq with the tree's generated configs).
+
+    GET  /<path>        a file under TREE/http/ (the kickstarts: /ks/<host>.cfg); nothing
+                        outside it, no folder listings, no dot files
+    GET  /ks            the kickstart of the host whose MAC one of the request's
+                        X-RHN-Provisioning-MAC-<n> headers carries (`inst.ks.sendmac`);
+                        404 for an unknown MAC, 409 if the MACs name different hosts
+    POST /done/<host>   the host has installed: its pxelinux, GRUB and iPXE entries switch to
+                        local boot (builder/pxestate.py)
+
+Each request is answered in its own thread and logged through a callback (cli.py prints).
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import posixpath
+import re
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlsplit
+
+from builder import pxestate
+from builder.errors import InputError, KsbuildError
+
+MAC_HEADER = re.compile(r"x-rhn-provisioning-mac-[0-9]+", re.I)
+MAC = re.compile(r"(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}", re.I)
+DONE = re.compile(r"/done/([A-Za-z0-9.-]{1,253})")
+CHUNK = 1 << 16
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request; then it is dropped
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes = b""
+    file: Path | None = None
+    content_type: str = "text/plain; charset=utf-8"
+    note: str = ""  # for the log line
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Server
+    server_version = "ksbuild"
+    sys_version = ""
+    timeout = REQUEST_TIMEOUT
+
+    def do_GET(self) -> None:
+        self._send(self.server.app.get(self._path(), self.headers.items()), body=True)
+
+    def do_HEAD(self) -> None:
+        self._send(self.server.app.get(self._path(), self.headers.items()), body=False)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > 0:
+            self.rfile.read(min(length, 1 << 16))  # a done call carries no body of use
+        self._send(self.server.app.post(self._path(), self.client_address[0]), body=True)
+
+    def _path(self) -> str:
+        return urlsplit(self.path).path
+
+    def _send(self, answer: Answer, body: bool) -> None:
+        source: BinaryIO | None = None
+        if answer.file is not None:
+            try:
+                # Opened before the headers: the size sent is that of the file sent, even if
+                # a rebuild or a switch replaces it meanwhile.
+                source = answer.file.open("rb")
+            except OSError:
+                answer = Answer(404, b"not found\n")
+        try:
+            size = os.fstat(source.fileno()).st_size if source else len(answer.body)
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(size))
+            if answer.status == 405:
+                self.send_header("Allow", "POST")
+            self.end_headers()
+            if body and source is not None:
+                shutil.copyfileobj(source, self.wfile, CHUNK)
+            elif body:
+                self.wfile.write(answer.body)
+        finally:
+            if source is not None:
+                source.close()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.server.app.log(f'{stamp} {self.client_address[0]} "{self.requestline}" '
+                            f'{answer.status} {size}{" " + answer.note if answer.note else ""}')
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        # Errors BaseHTTPRequestHandler reports itself (bad request lines, timeouts).
+        self.server.app.log(f"{self.client_address[0]} {format % args}")
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _send logs every answer with what it did
+
+
+class App:
+    """What the server answers; no sockets here, so it is easy to reason about and test."""
+
+    def __init__(self, tree: Path, log: Log) -> None:
+        self.tree = tree.absolute()
+        self.http = self.tree / "http"
+        self.log = log
+        pxestate.read_index(self.tree)  # fail at start, not at the first request
+
+    def get(self, path: str, headers: list[tuple[str, str]]) -> Answer:
+        if path == "/ks":
+            return self._ks_by_mac(headers)
+        if DONE.fullmatch(path):
+            return Answer(405, b"use POST\n")
+        return self._file(path)
+
+    def post(self, path: str, client: str) -> Answer:
+        found = DONE.fullmatch(path)
+        if not found:
+            return Answer(404, b"not found\n")
+        name = found.group(1).lower()
+        try:
+            changed = pxestate.set_installed(self.tree, name, True, note=f"reported by {client}")
+        except InputError:
+            return Answer(404, b"no such host in this PXE tree\n", note="unknown host")
+        what = "now boots from its disk" if changed else "already boots from its disk"
+        return Answer(200, f"{name} {what}\n".encode(), note=f"{name} {what}")
+
+    def _file(self, path: str) -> Answer:
+        relative = _safe_relative(path)
+        if relative is None:
+            return Answer(404, b"not found\n", note="refused path")
+        target = self.http / relative
+        try:
+            # No symlink may lead out of http/ either.
+            resolved = target.resolve(strict=True)
+        except (FileNotFoundError, RuntimeError, OSError):
+            return Answer(404, b"not found\n")
+        if not resolved.is_file() or not resolved.is_relative_to(self.http.resolve()):
+            return Answer(404, b"not found\n")
+        kind = "text/plain; charset=utf-8" if resolved.suffix == ".cfg" else \
+            "application/octet-stream"
+        return Answer(200, file=resolved, content_type=kind)
+
+    def _ks_by_mac(self, headers: list[tuple[str, str]]) -> Answer:
+        macs = [found.group(0).lower().replace("-", ":") for name, value in headers
+                if MAC_HEADER.fullmatch(name) and (found := MAC.search(value))]
+        if not macs:
+            return Answer(404, b"no X-RHN-Provisioning-MAC-<n> header (boot with "
+                               b"inst.ks.sendmac)\n", note="no MAC header")
+        index = pxestate.read_index(self.tree)
+        hosts = sorted({index.by_mac[mac] for mac in macs if mac in index.by_mac})
+        if not hosts:
+            return Answer(404, b"no host with this MAC in the site\n",
+                          note=f"unknown MAC {' '.join(macs)}")
+        if len(hosts) > 1:
+            return Answer(409, b"these MACs belong to different hosts\n",
+                          note=f"MACs of {' '.join(hosts)}")
+        target = self.http / "ks" / f"{hosts[0]}.cfg"
+        if not target.is_file():
+            return Answer(404, b"no kickstart for this host\n", note=hosts[0])
+        return Answer(200, file=target, note=f"kickstart of {hosts[0]}")
+
+
+def _safe_relative(path: str) -> str | None:
+    """The request path as a path under http/, or None if it could leave it or names a dot
+    file. Percent-decoding comes first, so an encoded `..` or `/` is caught as well."""
+    try:
+        decoded = unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        return None
+    if "\0" in decoded or "\\" in decoded or not decoded.startswith("/"):
+        return None
+    parts = decoded.split("/")[1:]
+    if any(part in ("..", ".") or part.startswith(".") for part in parts):
+        return None
+    relative = posixpath.normpath("/".join(p for p in parts if p))
+    return None if relative in (".", "") else relative
+
+
+class Server(http.server.ThreadingHTTPServer):
+    # On shutdown, wait for the requests in flight (each bounded by REQUEST_TIMEOUT): a done
+    # call must not be cut off between its marker and its entries.
+    daemon_threads = False
+    block_on_close = True
+    request_queue_size = 1024  # 200 installers booting at once must not overflow the backlog
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], app: App) -> None:
+        self.app = app
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, Handler)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT or PORT (all addresses)."""
+    found = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]|([^:\[\]]*)):([0-9]{1,5})|([0-9]{1,5})", text)
+    if not found:
+        raise InputError(f"--listen: {text!r} is not HOST:PORT")
+    port = int(found.group(3) or found.group(4))
+    if port > 65535:
+        raise InputError(f"--listen: port {port} is out of range")
+    host = found.group(1) or found.group(2) or "0.0.0.0"
+    return host, port
+
+
+def start(tree: Path, listen: str, log: Log) -> Server:
+    """A bound server (not yet serving): call serve_forever(), and shutdown() to stop."""
+    host, port = parse_listen(listen)
+    app = App(tree, log)
+    try:
+        return Server((host, port), app)
+    except OSError as exc:
+        raise KsbuildError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
+
+
+def run_in_thread(server: Server) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="ksbuild-serve", daemon=True)
+    thread.start()
+    return thread
