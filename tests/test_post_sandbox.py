@@ -4,20 +4,24 @@ generated one. Broken copies of the templates prove the checks can fail."""
 
 from __future__ import annotations
 
+import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from builder.kickstart import Renderer, render_site
+from builder.kickstart import Renderer, render_site, template_dir
 from builder.overlay import Overlay, OverlayDir, OverlayFile, OverlayTree
 from builder.run import run
 from builder.site import Host, Site, load
 from tests.conftest import REPO
 from tests.sandbox import Sandbox, post_scripts
-from tests.sandbox.checks import check_host, snapshot, zone_services
+from tests.sandbox.checks import check_firewall, check_host, zone_services
 from tests.sandbox.isolation import MODES
-from tests.sandbox.root import STUBS
+from tests.sandbox.root import FILES, STUBS
+from tests.sandbox.tree import snapshot
 
 EXAMPLE = REPO / "kickstarts/site.yaml"
 HASH = ("$6$ksbuildexample$QjxFPRYKzPP5427c/UElsobtSR1I2HT8q//HWLvV5ohvqmL1n2TXss6FPP4xC3"
@@ -205,3 +209,167 @@ def test_running_every_post_twice_leaves_the_same_tree(tmp_path: Path,
         twice = snapshot(box.target, logs)
         changed = sorted(set(once.items()) ^ set(twice.items()))
         assert changed == [], f"{hostname}: a second run changed {changed}"
+
+
+# --- a failing step stops the install, loudly ------------------------------------------------
+
+
+def stop_message(step: str) -> str:
+    return f"ksbuild: %post step {step} failed"
+
+
+def assert_stops_loudly(box: Sandbox, kickstart: str, step: str) -> str:
+    """The install stops at `step` (--erroronfail), the log names it, and no later step
+    ran. Returns the log."""
+    result = box.install(kickstart)
+    assert result.stopped_by is not None, f"the failure was swallowed:\n{result.report()}"
+    log = result.stopped_by.log
+    assert result.stopped_by.status != 0
+    assert stop_message(step) in log, log
+    assert "%post done" not in log
+    return log
+
+
+def break_hostname(target: Path) -> None:
+    (target / "etc/hostname").unlink()
+    (target / "etc/hostname").mkdir()
+
+
+def break_network_scripts(target: Path) -> None:
+    shutil.rmtree(target / "etc/sysconfig/network-scripts")
+    (target / "etc/sysconfig/network-scripts").write_text("not a folder\n")
+
+
+@pytest.mark.parametrize(("breakage", "step"), [(break_hostname, "hostname"),
+                                                (break_network_scripts, "bridge")])
+def test_a_failing_step_stops_the_install_loudly(tmp_path: Path, breakage: Callable[[Path], None],
+                                                 step: str) -> None:
+    site = load(EXAMPLE)
+    kickstart = next(iter(render_site(site).values()))
+    box = Sandbox(tmp_path / "box")
+    breakage(box.target)
+    log = assert_stops_loudly(box, kickstart, step)
+    ran = re.findall(r"^ksbuild: %post step (\w+)$", log, re.MULTILINE)
+    assert ran[-1] == step, ran  # the steps after it never started
+    if step == "hostname":  # the first step: nothing else was touched
+        assert (box.target / "etc/selinux/config").read_text() == FILES["etc/selinux/config"]
+
+
+def test_an_unknown_firewalld_service_stops_the_install(tmp_path: Path) -> None:
+    doc = {"defaults": {"root_password_hash": HASH},
+           "hosts": [{"hostname": "fw.example.com",
+                      "firewall": {"enabled": True, "services": ["ssh", "no-such-service"]}}]}
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(doc))
+    kickstart = render_site(load(tmp_path / "site.yaml"))["fw.example.com"]
+    log = assert_stops_loudly(Sandbox(tmp_path / "box"), kickstart, "firewall")
+    assert "INVALID_SERVICE: 'no-such-service'" in log
+
+
+def test_firewall_off_without_the_firewalld_package(tmp_path: Path) -> None:
+    """`systemctl disable` fails when firewalld is not installed; the mask must still be
+    made, and the install go on."""
+    site = load(EXAMPLE)
+    hostname, kickstart = next(iter(render_site(site).items()))
+    box = Sandbox(tmp_path / "box")
+    for path in ["usr/lib/systemd/system/firewalld.service",
+                 "etc/systemd/system/multi-user.target.wants/firewalld.service",
+                 "etc/systemd/system/dbus-org.fedoraproject.FirewallD1.service"]:
+        (box.target / path).unlink()
+    box.seed_anaconda_network(kickstart)
+    result = box.install(kickstart)
+    assert result.ok, result.report()
+    assert check_firewall(box, site.host(hostname)) == []
+
+
+# --- the checks can fail: deliberately broken templates --------------------------------------
+
+# (template, text in it, replacement, the host whose checks must fail, words of the problem)
+MUTATIONS = [
+    ("post/hostname.sh.j2", "> /etc/hostname", "> /etc/hostnme", "kvm1",
+     "/etc/hostname holds"),
+    ("post/selinux.sh.j2", "config=/etc/selinux/config", "config=/etc/selinux/conf", "kvm2",
+     "SELINUX= lines"),
+    ("post/selinux.sh.j2", "s/^SELINUX=.*/", "s/SELINUX=.*/", "kvm2", "other than SELINUX="),
+    ("post/firewall.sh.j2", "systemctl mask firewalld.service",
+     "systemctl disable firewalld.service", "kvm2", "is not a mask"),
+    ("post/firewall.sh.j2", "systemctl enable firewalld.service",
+     "systemctl start firewalld.service", "kvm1", "does nothing in the installer's chroot"),
+    ("post/bridge.sh.j2", "cd /etc/sysconfig/network-scripts",
+     "cd /etc/sysconfig/network-script", "kvm1", stop_message("bridge")),
+    ("post/bridge.sh.j2", "rm -f ifcfg-{{ bridge.name }}_slave_*",
+     "rm -f ifcfg-{{ bridge.name }}-slave-*", "kvm1", "unexpected file"),
+    ("post/bridge.sh.j2", "cat > ifcfg-", "cat >> ifcfg-", "kvm1", "is set twice"),
+    ("post/overlay.sh.j2", "chmod {{ '%04o' % file.mode }}", ": {{ '%04o' % file.mode }}",
+     "kvm1", "expected 0600"),
+    ("post/overlay.sh.j2", "chmod {{ '%04o' % dir.mode }}", ": {{ '%04o' % dir.mode }}",
+     "kvm1", "expected 0750"),
+    ("post/overlay.sh.j2", "rm -f {{ file.path | sh }}", ": {{ file.path | sh }}", "kvm1",
+     "/usr/share/zoneinfo/UTC: changed"),
+    ("post/overlay.sh.j2", "mkdir -p {{ dir.path | sh }}", "mkdir {{ dir.path | sh }}",
+     "kvm1", "the second run failed"),
+]
+
+
+def broken_templates(folder: Path, template: str, old: str, new: str) -> Path:
+    shutil.copytree(template_dir(), folder)
+    path = folder / template
+    text = path.read_text()
+    assert old in text, f"{template} no longer holds {old!r}: update MUTATIONS"
+    path.write_text(text.replace(old, new))
+    return folder
+
+
+def every_problem(folder: Path, site: Site, templates: Path,
+                  hosts: tuple[Host, ...] | None = None) -> list[str]:
+    """All the sandbox tests' findings for every host of `site` (or those given), as one
+    list: the install, the checks, and a second run."""
+    renderer = Renderer(site, templates=templates)
+    problems = []
+    for host in hosts or site.hosts:
+        kickstart = renderer.render_host(host)
+        box = Sandbox(folder / host.hostname)
+        box.seed_anaconda_network(kickstart)
+        result = box.install(kickstart)
+        if not result.ok:
+            problems.append(result.report())
+            continue
+        problems += check_host(box, host, expected_overlay(host.hostname))
+        logs = [script.log for script in post_scripts(kickstart) if script.log]
+        once = snapshot(box.target, logs)
+        again = box.install(kickstart)
+        if not again.ok:
+            problems.append(f"{host.hostname}: the second run failed: {again.report()}")
+        elif snapshot(box.target, logs) != once:
+            problems.append(f"{host.hostname}: a second run changed the tree")
+    return problems
+
+
+def test_the_unbroken_templates_give_no_problem(tmp_path: Path, generated_site: Site) -> None:
+    """The control for the mutations below: the same harness, the real templates."""
+    assert every_problem(tmp_path, generated_site, template_dir()) == []
+
+
+@pytest.mark.parametrize(("template", "old", "new", "short_name", "expected"), MUTATIONS,
+                         ids=[f"{m[0].split('/')[-1]}:{m[2]}" for m in MUTATIONS])
+def test_a_broken_template_is_caught(tmp_path: Path, generated_site: Site, template: str,
+                                     old: str, new: str, short_name: str,
+                                     expected: str) -> None:
+    """Each mutation on the one host it must break (the whole site would take 3x longer
+    to say the same)."""
+    templates = broken_templates(tmp_path / "templates", template, old, new)
+    host = generated_site.host(f"{short_name}.example.com")
+    problems = every_problem(tmp_path / "boxes", generated_site, templates, (host,))
+    assert any(expected in problem for problem in problems), problems
+
+
+@pytest.mark.parametrize("line", ["set -euo pipefail\n", "--erroronfail "])
+def test_without_errexit_or_erroronfail_a_failure_is_swallowed(tmp_path: Path,
+                                                               line: str) -> None:
+    """The loudness test above can fail: drop `set -e` or --erroronfail and it does."""
+    site = load(EXAMPLE)
+    templates = broken_templates(tmp_path / "templates", "host.ks.j2", line, "")
+    kickstart = Renderer(site, templates=templates).render_host(site.hosts[0])
+    box = Sandbox(tmp_path / "box")
+    break_hostname(box.target)
+    with pytest.raises(AssertionError):
+        assert_stops_loudly(box, kickstart, "hostname")
