@@ -161,6 +161,67 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return boot.boot(options, note=say)
 
 
+def cmd_pxe(args: argparse.Namespace) -> int:
+    from builder import pxe, site
+    from builder.errors import InputError
+
+    if args.site is None:
+        if args.base or args.server:
+            raise InputError("--base and --server go with a site file (building a tree)")
+        if not (args.done or args.reinstall or args.done_log):
+            raise InputError("give a site file to build a tree, or --done/--reinstall HOST "
+                             "or --done-log FILE to switch hosts of the tree at -o")
+        tree = pxe.require_tree(args.output)
+        lines = pxe.switch(tree, args.done, args.reinstall, note="by hand")
+        if args.done_log:
+            lines += pxe.apply_done_log(tree, args.done_log)
+        for line in lines:
+            say(line)
+        return 0
+    if args.done or args.done_log:
+        raise InputError("--done and --done-log switch hosts of an existing tree: "
+                         "ksbuild pxe -o TREE --done HOST (without a site file)")
+    loaded = site.load(args.site)
+    base = args.base
+    if base is None:
+        from builder.media import fetch
+
+        if loaded.media is None:
+            raise InputError(f"{args.site}: give --base ISO, or name the base media in the "
+                             "site file (media: {release: 7.9.2009, flavor: DVD})")
+        base = fetch.resolve_media(loaded.media, progress=_progress(sys.stderr.isatty()))
+    result = pxe.build_tree(pxe.Options(loaded, args.output, base, server=args.server,
+                                        reinstall=tuple(args.reinstall), jobs=args.jobs))
+    say(f"wrote the PXE tree {result.out}: {result.hosts} host(s), "
+        f"{len(result.installed)} installed (local boot), GRUB {result.grub_commands}")
+    for name in result.reinstalled:
+        say(f"{name}: installs again on its next network boot")
+    for note in result.notes:
+        say(note)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from builder import serve
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    server = serve.start(args.tree, args.listen, say)
+    say(f"serving {args.tree} on {serve.url_of(server)} (Ctrl-C stops)")
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()  # waits for the requests in flight
+    say("ksbuild serve: stopped")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from builder import site
 
@@ -292,6 +353,38 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--console", action="store_true",
                       help="the guest's serial port on this terminal instead of a window")
     boot.set_defaults(handler=cmd_boot)
+
+    pxe = sub.add_parser(
+        "pxe", help="write a PXE tree that installs every host by MAC (BIOS, UEFI, iPXE)",
+        description="Write OUT: tftp/ (pxelinux, GRUB, iPXE entries per host MAC; kernel and "
+                    "initrd from the base ISO), http/ks/, dnsmasq.conf and nginx.conf. Hosts "
+                    "that have installed stay on local boot. Without a site file: switch hosts "
+                    "of the tree at -o (--done, --reinstall, --done-log).")
+    pxe.add_argument("site", type=Path, nargs="?", help="the site file (YAML)")
+    pxe.add_argument("--base", type=Path, help="the CentOS 7 ISO (default: the site's media:)")
+    pxe.add_argument("--server", help="the boot server's URL, http://HOST[:PORT] "
+                                      "(default: the site's pxe.server)")
+    pxe.add_argument("-o", "--output", type=Path, default=Path("out/pxe"),
+                     help="the tree (default: out/pxe)")
+    pxe.add_argument("--reinstall", action="append", default=[], metavar="HOST",
+                     help="install HOST again on its next network boot (repeatable)")
+    pxe.add_argument("--done", action="append", default=[], metavar="HOST",
+                     help="without a site file: HOST has installed, boot it locally")
+    pxe.add_argument("--done-log", type=Path, metavar="FILE",
+                     help="without a site file: switch the hosts nginx logged as done")
+    pxe.add_argument("-j", "--jobs", type=int, default=None,
+                     help="worker processes for the kickstarts (default: one per core)")
+    pxe.set_defaults(handler=cmd_pxe)
+
+    serve = sub.add_parser(
+        "serve", help="serve a PXE tree's kickstarts over HTTP and take done reports",
+        description="Serve TREE/http/ (GET /ks/<host>.cfg; GET /ks picks the kickstart by the "
+                    "X-RHN-Provisioning-MAC headers of inst.ks.sendmac) and POST /done/<host>, "
+                    "which switches that host to local boot. One line per request on stderr.")
+    serve.add_argument("tree", type=Path, help="a tree written by `ksbuild pxe`")
+    serve.add_argument("--listen", default="0.0.0.0:8080",
+                       help="HOST:PORT to listen on (default 0.0.0.0:8080; port 0: any free)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

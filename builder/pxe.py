@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from builder import kickstart, pxemenus, pxestate
 from builder.errors import InputError
-from builder.output import atomic_dir
+from builder.output import atomic_dir, write_bytes
 from builder.pxeconfig import PxeSettings
 from builder.site import Host, Site
 
@@ -67,6 +67,7 @@ ISO_GRUB = "/EFI/BOOT/grubx64.efi"
 NGINX_LOG_DIR = "/var/log/nginx"
 NGINX_PID = "/run/ksbuild-nginx.pid"
 FILE_MODE = 0o644
+DONE_LOG_STATE = Path("state") / "done-log.position"  # how far --done-log has read
 DIR_MODE = 0o755
 
 
@@ -368,6 +369,8 @@ def build_tree(options: Options) -> Result:
         before = pxestate.installed(out) & set(hosts)
         keep = before - set(reinstall)
         pxestate.carry_over(out, temp, {n: h.mac for n, h in hosts.items()}, keep)
+        if (out / DONE_LOG_STATE).is_file():
+            shutil.copyfile(out / DONE_LOG_STATE, temp / DONE_LOG_STATE)
     return Result(out, len(hosts), sorted(keep), sorted(set(reinstall) & before), grub_commands,
                   [f"{name} had not installed; it installs anyway" for name in reinstall
                    if name not in before])
@@ -392,3 +395,46 @@ def require_tree(tree: Path) -> Path:
     if not (tree / pxestate.INDEX).is_file():
         raise InputError(f"{tree}: not a ksbuild PXE tree (no {pxestate.INDEX})")
     return tree
+
+
+
+def apply_done_log(tree: Path, log: Path) -> list[str]:
+    """Switch the hosts that nginx's done log (`<time> <client> <host>` lines) names since the
+    last call to local boot. The position reached is kept in the tree, so a host switched back
+    with --reinstall is not switched to local again by an old line; a rotated log (another
+    inode, or shorter than the position) is read from its start."""
+    try:
+        handle = log.open("rb")
+    except OSError as exc:
+        raise InputError(f"--done-log {log}: {exc.strerror or exc}") from None
+    state = tree / DONE_LOG_STATE
+    with handle:
+        info = os.fstat(handle.fileno())
+        inode, position = _log_position(state)
+        if inode != info.st_ino or position > info.st_size:
+            position = 0
+        handle.seek(position)
+        data = handle.read()
+    complete = data[:data.rfind(b"\n") + 1]  # a line nginx is still writing waits for next time
+    index = pxestate.read_index(tree)
+    lines = []
+    for raw in complete.decode(errors="replace").splitlines():
+        words = raw.split()
+        if len(words) != 3:
+            continue
+        name = words[2].lower()
+        if name not in index.hosts:
+            lines.append(f"{name}: not in this PXE tree (ignored)")
+            continue
+        lines += switch(tree, done=[name], note=f"reported by {words[1]} at {words[0]}")
+    with pxestate.locked(tree):
+        write_bytes(state, f"{info.st_ino} {position + len(complete)}\n".encode())
+    return lines
+
+
+def _log_position(state: Path) -> tuple[int, int]:
+    try:
+        inode, position = state.read_text().split()
+        return int(inode), int(position)
+    except (OSError, ValueError):
+        return -1, 0

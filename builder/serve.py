@@ -223,6 +223,12 @@ def start(tree: Path, listen: str, log: Log) -> Server:
         raise KsbuildError(f"--listen {listen}: cannot listen: {exc.strerror or exc}") from None
 
 
+def url_of(server: Server) -> str:
+    """The bound address (the real port when 0 was asked for) as a URL."""
+    host, port = server.socket.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 def run_in_thread(server: Server) -> threading.Thread:
     thread = threading.Thread(target=server.serve_forever, name="ksbuild-serve", daemon=True)
     thread.start()
