@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,7 +162,10 @@ def test_firewall_services_land_in_the_zone_file(tmp_path: Path,
 
 
 def all_kickstarts(generated_site: Site) -> dict[str, str]:
-    return {**render_site(load(EXAMPLE)), **render_site(generated_site)}
+    """The example (also as a PXE install, with the pxe_done step) and the generated site."""
+    host, pxe = pxe_kickstart()
+    return {**render_site(load(EXAMPLE)), f"{host.hostname} (pxe)": pxe,
+            **render_site(generated_site)}
 
 
 def shell_of(interpreter: str) -> str:
@@ -183,7 +187,7 @@ def test_every_post_passes_bash_n_and_shellcheck(tmp_path: Path, generated_site:
                        check=False)
             assert lint.returncode == 0, lint.stdout.decode()
             checked += 1
-    assert checked == 4
+    assert checked == 5
 
 
 def test_the_stubs_pass_shellcheck() -> None:
@@ -373,3 +377,152 @@ def test_without_errexit_or_erroronfail_a_failure_is_swallowed(tmp_path: Path,
     break_hostname(box.target)
     with pytest.raises(AssertionError):
         assert_stops_loudly(box, kickstart, "hostname")
+
+
+# --- the PXE step ----------------------------------------------------------------------------
+
+DONE_URL = "http://10.0.2.100:8080/ksbuild/done/52-54-00-12-34-56"
+
+
+def pxe_kickstart() -> tuple[Host, str]:
+    site = load(EXAMPLE)
+    host = site.hosts[0]
+    return host, Renderer(site).render_host(host, {"pxe_done_url": DONE_URL})
+
+
+def curl_calls(box: Sandbox) -> list[list[str]]:
+    return [call for call in box.calls() if call[0] == "curl"]
+
+
+def test_pxe_done_tells_the_boot_server(tmp_path: Path) -> None:
+    host, kickstart = pxe_kickstart()
+    box = Sandbox(tmp_path / "box")
+    (box.target / ".sandbox/curl-exit").write_text("0\n")
+    box.seed_anaconda_network(kickstart)
+    result = box.install(kickstart)
+    assert result.ok, result.report()
+    assert f"ksbuild: told the boot server: {DONE_URL}" in result.runs[0].log
+    [call] = curl_calls(box)
+    assert call[-1] == DONE_URL and "POST" in call
+    assert check_host(box, host, overlay_of(load(EXAMPLE), host)) == []
+
+
+def test_pxe_done_with_the_server_down_warns_and_finishes(tmp_path: Path) -> None:
+    """A finished install must not fail because the boot server is away: a few tries,
+    then a warning (the host will PXE-install again unless switched by hand)."""
+    _, kickstart = pxe_kickstart()
+    box = Sandbox(tmp_path / "box")  # curl fails to connect: the sandbox has no network
+    result = box.install(kickstart)
+    assert result.ok, result.report()
+    assert len(curl_calls(box)) == 5
+    assert f"could not reach {DONE_URL}" in result.runs[0].log
+    assert "ksbuild: %post done" in result.runs[0].log
+
+
+def test_no_pxe_done_step_without_pxe(tmp_path: Path) -> None:
+    box = install(tmp_path / "box", next(iter(render_site(load(EXAMPLE)).values())))
+    assert curl_calls(box) == []
+
+
+# --- the sandbox itself ----------------------------------------------------------------------
+
+SANDBOX_KICKSTART = """\
+%post --nochroot --interpreter=/bin/bash
+set -e
+[ -d /mnt/sysimage/etc/sysconfig/network-scripts ]
+echo "from the installer" > /mnt/sysimage/etc/from-nochroot
+%end
+%post
+echo "not fatal" >&2
+exit 3
+%end
+%post --log=/var/log/third.log
+cat /etc/from-nochroot
+echo "$0 $PWD $PATH" > /etc/third
+%end
+%post --erroronfail
+exit 4
+%end
+%post
+touch /etc/never
+%end
+"""
+
+
+def test_sandbox_runs_posts_as_anaconda_does(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path / "box")
+    result = box.install(SANDBOX_KICKSTART)
+    assert [run.status for run in result.runs] == [0, 3, 0, 4]  # the fifth never ran
+    assert result.stopped_by is result.runs[3]
+    assert result.runs[1].log == "not fatal\n"  # stderr is in the log too
+    assert (box.target / "var/log/third.log").read_text() == "from the installer\n"
+    script, cwd, path = (box.target / "etc/third").read_text().split()
+    assert re.fullmatch(r"/tmp/ks-script-\w+", script) and cwd == "/"
+    assert path == "/usr/sbin:/usr/bin:/sbin:/bin"
+    assert not (box.target / "etc/never").exists()
+    left = [path.name for path in (box.target / "tmp").iterdir()]
+    assert left and all(name.endswith(".log") for name in left), left  # scripts removed
+
+
+@pytest.mark.parametrize("mode", [m for m in MODES if m != "chroot"])
+def test_sandbox_has_no_network(tmp_path: Path, mode: str) -> None:
+    """A loopback server on this machine is out of reach from inside (bash's /dev/tcp
+    needs no tool). The bare chroot mode is only used where namespaces are refused."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        box = Sandbox(tmp_path / "box", mode)
+        status, output = box.run(["/bin/bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"])
+    assert status != 0, "the sandbox reached a server on this machine"
+    assert "unreachable" in output.lower(), output
+
+
+def test_sandbox_can_see_the_network_without_namespaces(tmp_path: Path) -> None:
+    """The control for the test above: the same probe does connect from a bare chroot."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        port = server.getsockname()[1]
+        box = Sandbox(tmp_path / "box", "chroot")
+        status, output = box.run(["/bin/bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port}"])
+    assert status == 0, output
+
+
+STUB_SCRIPT = """\
+%post --interpreter=/bin/bash --erroronfail
+set -euo pipefail
+check() { [ "$(systemctl is-enabled firewalld || true)" = "$1" ] || { echo "want $1"; exit 1; }; }
+check enabled
+systemctl disable firewalld
+check disabled
+[ ! -e /etc/systemd/system/dbus-org.fedoraproject.FirewallD1.service ]
+systemctl mask firewalld.service
+check masked
+if systemctl enable firewalld.service; then echo "enable of a masked unit worked"; exit 1; fi
+systemctl unmask firewalld.service
+systemctl enable firewalld.service
+check enabled
+if systemctl disable no-such.service; then echo "disable of no unit worked"; exit 1; fi
+firewall-offline-cmd --add-service=http
+firewall-offline-cmd --add-service=http
+[ "$(firewall-offline-cmd --list-services)" = "ssh dhcpv6-client http " ]
+firewall-offline-cmd --remove-service=ssh
+if firewall-offline-cmd --add-service=nope; then exit 1; fi
+if systemctl frobnicate x; then exit 1; fi
+echo stubs ok
+%end
+"""
+
+
+def test_stubs_behave_like_systemd_219_and_firewalld_0_6(tmp_path: Path) -> None:
+    box = Sandbox(tmp_path / "box")
+    result = box.install(STUB_SCRIPT)
+    assert result.ok and "stubs ok" in result.runs[0].log, result.report()
+    assert "Error: INVALID_SERVICE: 'nope'" in result.runs[0].log
+    assert "verb 'frobnicate' is not emulated" in result.runs[0].log
+    assert zone_services(box.target, "public") == ["dhcpv6-client", "http"]
+    links = box.target / "etc/systemd/system"
+    assert (links / "multi-user.target.wants/firewalld.service").readlink() == Path(
+        "/usr/lib/systemd/system/firewalld.service")
+    assert ["systemctl", "mask", "firewalld.service"] in box.calls()
