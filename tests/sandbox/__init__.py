@@ -91,9 +91,16 @@ class Sandbox:
     def seed_anaconda_network(self, kickstart: str) -> None:
         """The ifcfg files anaconda (CentOS 7) writes for `network --bridgeslaves=` before
         %post runs: ifcfg-<bridge> and one ifcfg-<bridge>_slave_<n> per slave, each with
-        its own UUID (our %post must replace them, not add a second file per device)."""
+        its own UUID (our %post must replace them, not add a second file per device), and
+        the installer's own DHCP connection on the first slave, copied to the target."""
         folder = self.target / "etc/sysconfig/network-scripts"
-        for number, (bridge, slaves) in enumerate(bridge_commands(kickstart)):
+        bridges = bridge_commands(kickstart)
+        if bridges:
+            nic = bridges[0][1][0]
+            (folder / f"ifcfg-{nic}").write_text(
+                f"TYPE=Ethernet\nBOOTPROTO=dhcp\nDEFROUTE=yes\nIPV6INIT=yes\nNAME={nic}\n"
+                f"UUID=00000000-0000-4000-8000-999999999999\nDEVICE={nic}\nONBOOT=yes\n")
+        for number, (bridge, slaves) in enumerate(bridges):
             (folder / f"ifcfg-{bridge}").write_text(
                 f"DEVICE={bridge}\nSTP=no\nTYPE=Bridge\nBOOTPROTO=dhcp\nDEFROUTE=yes\n"
                 f'NAME="Bridge connection {bridge}"\n'
