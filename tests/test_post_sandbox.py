@@ -172,22 +172,45 @@ def shell_of(interpreter: str) -> str:
     return "bash" if interpreter.endswith("bash") else "sh"
 
 
-def test_every_post_passes_bash_n_and_shellcheck(tmp_path: Path, generated_site: Site) -> None:
-    """Warnings we accept carry a `# shellcheck disable=SCxxxx` with the reason in the
-    template, so shellcheck runs with its defaults (style level and up) and must be silent."""
-    checked = 0
-    for hostname, kickstart in all_kickstarts(generated_site).items():
+def script_problems(folder: Path, kickstarts: dict[str, str]) -> list[str]:
+    """`bash -n` (or `sh -n`) and shellcheck findings for every %post, by the shell its
+    --interpreter names. Shellcheck runs with its defaults (style level and up): a warning
+    we accept carries `# shellcheck disable=SCxxxx` and the reason in the template."""
+    problems = []
+    for hostname, kickstart in kickstarts.items():
         for number, script in enumerate(post_scripts(kickstart)):
-            path = tmp_path / f"{hostname}-{number}.sh"
+            path = folder / f"{hostname}-{number}.sh"
             path.write_text(script.body)
             shell = shell_of(script.interpreter)
             syntax = run([shell, "-n", path], check=False)
-            assert syntax.returncode == 0, syntax.stderr.decode()
             lint = run(["shellcheck", f"--shell={shell}", "--severity=style", path],
                        check=False)
-            assert lint.returncode == 0, lint.stdout.decode()
-            checked += 1
-    assert checked == 5
+            problems += [f"{path.name}: {shell} -n: {syntax.stderr.decode()}"] * bool(
+                syntax.returncode)
+            problems += [f"{path.name}: shellcheck: {lint.stdout.decode()}"] * bool(
+                lint.returncode)
+    return problems
+
+
+def test_every_post_passes_bash_n_and_shellcheck(tmp_path: Path, generated_site: Site) -> None:
+    kickstarts = all_kickstarts(generated_site)
+    assert sum(len(post_scripts(text)) for text in kickstarts.values()) == 5
+    assert script_problems(tmp_path, kickstarts) == []
+
+
+@pytest.mark.parametrize(("template", "old", "new", "expected"), [
+    ("post/selinux.sh.j2", '[ -f "$config" ]', '[ -f "$conifg" ]', "SC2154"),
+    ("post/selinux.sh.j2", "\nfi\n", "\n", "bash -n"),
+    # Without --interpreter anaconda runs /bin/sh, where pipefail is a bashism.
+    ("host.ks.j2", "--interpreter=/bin/bash ", "", "pipefail"),
+])
+def test_shellcheck_and_bash_n_catch_broken_templates(tmp_path: Path, template: str, old: str,
+                                                      new: str, expected: str) -> None:
+    templates = broken_templates(tmp_path / "templates", template, old, new)
+    site = load(EXAMPLE)
+    kickstart = Renderer(site, templates=templates).render_host(site.hosts[0])
+    problems = script_problems(tmp_path, {"broken": kickstart})
+    assert any(expected in problem for problem in problems), problems
 
 
 def test_the_stubs_pass_shellcheck() -> None:

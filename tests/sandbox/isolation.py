@@ -52,8 +52,9 @@ def default_mode() -> str:
     if os.geteuid() != 0:
         if _works(["unshare", "--map-root-user", *NAMESPACES, "true"]):
             return "userns"
-        raise RuntimeError("the %post sandbox needs root or unprivileged user namespaces "
-                           "(unshare --map-root-user failed)")
+        raise RuntimeError("the %post sandbox needs root, or unprivileged user namespaces "
+                           "(`unshare --map-root-user true` failed; on Ubuntu 24.04 see "
+                           "sysctl kernel.apparmor_restrict_unprivileged_userns)")
     if _works(["unshare", *NAMESPACES, "true"]):
         return "chroot+ns"
     return "chroot"
