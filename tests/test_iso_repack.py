@@ -1,0 +1,464 @@
+"""`ksbuild iso`: what the repacked ISO holds, reproducibility, atomic output, and the one-line
+errors for bases and options it refuses."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pycdlib
+import pytest
+
+from builder.errors import InputError
+from builder.media import iso, isomd5
+from builder.run import run
+from tests.fixtures import centos_iso
+from tests.fixtures.tree import escape_label
+from tests.test_iso_support import (
+    ONE_HOST,
+    blkid_label,
+    efiboot_grub_cfg,
+    extract,
+    ksbuild,
+    write_site,
+)
+
+HOSTS = [{"hostname": "kvm1.example.com", "mac": "52:54:00:00:00:01"},
+         {"hostname": "kvm2.example.com", "mac": "52:54:00:00:00:02"}]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(done: subprocess.CompletedProcess[str], pattern: str) -> None:
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ksbuild: "), done.stderr
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def no_leftovers(output: Path) -> None:
+    """Neither the output nor a temporary file beside it."""
+    assert not output.exists()
+    assert [p.name for p in output.parent.iterdir() if p.name.endswith(".part")] == []
+
+
+# --- what the ISO holds ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def repacked(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(site, base, output) of one `ksbuild iso` run with a new volume ID."""
+    folder = tmp_path_factory.mktemp("repack")
+    site = write_site(folder, ONE_HOST)
+    out = folder / "out.iso"
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", out, "--volid", "KVM HOSTS 7",
+                   "--timeout", "3")
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stderr and "media MD5" in done.stderr
+    return site, centos_iso(), out
+
+
+def rendered_kickstart(site: Path) -> bytes:
+    from builder import kickstart
+    from builder import site as site_module
+
+    (text,) = kickstart.render_site(site_module.load(site)).values()
+    return text.encode()
+
+
+def test_kickstart_under_all_three_names(repacked: tuple[Path, Path, Path]) -> None:
+    site, _base, out = repacked
+    expected = rendered_kickstart(site)
+    image = pycdlib.PyCdlib()
+    image.open(str(out))
+    try:
+        for where in ({"iso_path": "/KS.CFG;1"}, {"rr_path": "/ks.cfg"},
+                      {"joliet_path": "/ks.cfg"}):
+            data = io.BytesIO()
+            image.get_file_from_iso_fp(data, **where)
+            assert data.getvalue() == expected, where
+    finally:
+        image.close()
+    assert extract(out, "/ks.cfg") == expected
+
+
+def test_all_three_menus_carry_the_kickstart(repacked: tuple[Path, Path, Path]) -> None:
+    _site, _base, out = repacked
+    ks = f"inst.ks=hd:LABEL={escape_label('KVM HOSTS 7')}:/ks.cfg"
+    isolinux = extract(out, "/isolinux/isolinux.cfg").decode()
+    assert isolinux.count(ks) == 3 and "timeout 30" in isolinux
+    for grub in (extract(out, "/EFI/BOOT/grub.cfg").decode(),
+                 efiboot_grub_cfg(out).decode()):  # the copy inside efiboot.img, via mtools
+        assert grub.count(ks) == 3
+        assert "set timeout=3" in grub and 'set default="0"' in grub
+        assert "search --no-floppy --set=root -l 'KVM HOSTS 7'" in grub
+        assert "CentOS\\x207" not in grub
+
+
+def test_media_checksum_passes(repacked: tuple[Path, Path, Path]) -> None:
+    _site, _base, out = repacked
+    done = run(["checkisomd5", out], check=False)
+    assert done.returncode == 0 and b"PASS" in done.stdout + done.stderr
+    assert isomd5.check(out)
+
+
+def test_volume_id_everywhere(repacked: tuple[Path, Path, Path]) -> None:
+    _site, base, out = repacked
+    assert blkid_label(base) == "CentOS 7 x86_64"
+    assert blkid_label(out) == "KVM HOSTS 7"
+    image = pycdlib.PyCdlib()
+    image.open(str(out))
+    try:
+        assert image.pvd.volume_identifier.rstrip() == b"KVM HOSTS 7"
+        assert image.joliet_vd.volume_identifier.decode("utf-16-be").rstrip() == "KVM HOSTS 7"
+    finally:
+        image.close()
+
+
+def test_everything_else_is_unchanged(repacked: tuple[Path, Path, Path]) -> None:
+    _site, base, out = repacked
+    for path in ("/isolinux/vmlinuz", "/isolinux/initrd.img", "/LiveOS/squashfs.img",
+                 "/.treeinfo", "/images/pxeboot/vmlinuz", "/EFI/BOOT/BOOTX64.EFI"):
+        assert extract(out, path) == extract(base, path), path
+
+
+def test_volume_id_with_odd_characters(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    volid = "KVM (7)&x y#+.="
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso",
+                   "--volid", volid)
+    assert done.returncode == 0, done.stderr
+    assert blkid_label(tmp_path / "o.iso") == volid
+    isolinux = extract(tmp_path / "o.iso", "/isolinux/isolinux.cfg").decode()
+    assert f"inst.ks=hd:LABEL={escape_label(volid)}:/ks.cfg" in isolinux
+    assert f"inst.stage2=hd:LABEL={escape_label(volid)} " in isolinux
+
+
+# --- reproducible ------------------------------------------------------------------------------
+
+
+def test_same_bytes_in_any_time_zone_and_locale(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    outs = []
+    for n, (tz, lang) in enumerate([("UTC", "C"), ("Pacific/Kiritimati", "C.UTF-8"),
+                                    ("America/Los_Angeles", "C")]):
+        out = tmp_path / f"{n}.iso"
+        done = ksbuild("iso", site, "--base", centos_iso(), "-o", out,
+                       env={"TZ": tz, "LC_ALL": lang, "SOURCE_DATE_EPOCH": "1700000000"})
+        assert done.returncode == 0, done.stderr
+        outs.append(sha256(out))
+        time.sleep(1.1)  # a different wall clock for each run
+    assert len(set(outs)) == 1
+    other = tmp_path / "other.iso"
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", other,
+                   env={"SOURCE_DATE_EPOCH": "1700000001"})
+    assert done.returncode == 0 and sha256(other) != outs[0]  # the epoch does reach the bytes
+
+
+def test_without_source_date_epoch_the_base_date_is_used(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    first, second = tmp_path / "a.iso", tmp_path / "b.iso"
+    for out, tz in ((first, "UTC"), (second, "Asia/Shanghai")):
+        done = ksbuild("iso", site, "--base", centos_iso(), "-o", out, env={"TZ": tz},
+                       unset=("SOURCE_DATE_EPOCH",))
+        assert done.returncode == 0, done.stderr
+        time.sleep(1.1)
+    assert sha256(first) == sha256(second)
+
+
+def test_frozen_clock_is_what_makes_it_reproducible(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Negative control: with the clock left running, two repacks a second apart differ."""
+    options = iso.RepackOptions(payload=iso.fixed(b"reboot\n"), epoch=1_700_000_000)
+    iso.repack(centos_iso(), tmp_path / "a.iso", options)
+    time.sleep(1.1)
+    iso.repack(centos_iso(), tmp_path / "b.iso", options)
+    assert sha256(tmp_path / "a.iso") == sha256(tmp_path / "b.iso")
+    monkeypatch.setattr(iso, "frozen_clock", lambda epoch: contextlib.nullcontext())
+    iso.repack(centos_iso(), tmp_path / "c.iso", options)
+    time.sleep(1.1)
+    iso.repack(centos_iso(), tmp_path / "d.iso", options)
+    assert sha256(tmp_path / "c.iso") != sha256(tmp_path / "d.iso")
+
+
+def test_output_mode_ignores_umask(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso",
+                   preexec=lambda: os.umask(0o077))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o.iso").stat().st_mode & 0o777 == 0o644
+
+
+# --- atomic ------------------------------------------------------------------------------------
+
+
+def _file_size_limit() -> None:  # runs in the child: a "disk" that fills up at 8 MiB
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, 8 << 20))
+
+
+def test_full_disk_leaves_no_partial_iso(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "old.iso").write_bytes(b"the previous build")
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", out_dir / "old.iso",
+                   preexec=_file_size_limit)
+    assert done.returncode == 1, done.stderr
+    assert "File too large" in done.stderr and "Traceback" not in done.stderr
+    assert (out_dir / "old.iso").read_bytes() == b"the previous build"
+    assert [p.name for p in out_dir.iterdir()] == ["old.iso"]
+
+
+def test_interrupt_while_writing_leaves_nothing(tmp_path: Path) -> None:
+    class Interrupting:
+        def note(self, text: str) -> None:
+            pass
+
+        def start(self, name: str, total: int | None, done: int = 0) -> None:
+            pass
+
+        def advance(self, done: int) -> None:
+            if done > 4 << 20:
+                raise KeyboardInterrupt
+
+        def finish(self, ok: bool = True) -> None:
+            pass
+
+    with pytest.raises(KeyboardInterrupt):
+        iso.repack(centos_iso(), tmp_path / "o.iso",
+                   iso.RepackOptions(payload=iso.fixed(b"reboot\n")), Interrupting())
+    no_leftovers(tmp_path / "o.iso")
+
+
+# --- refused bases and options -----------------------------------------------------------------
+
+
+def plain_iso(folder: Path, files: dict[str, str]) -> Path:
+    tree = folder / "tree"
+    for name, text in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text(text)
+    out = folder / "plain.iso"
+    run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-o", out, "-V", "PLAIN", tree])
+    return out
+
+
+def test_not_an_iso(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n" * 2000)
+    for base, why in ((text, "not an ISO 9660 image"), (tmp_path, "is a folder"),
+                      (tmp_path / "missing.iso", "no such file")):
+        one_line_error(ksbuild("iso", site, "--base", base, "-o", tmp_path / "o.iso"), why)
+    no_leftovers(tmp_path / "o.iso")
+
+
+def test_not_a_centos_7_boot_medium(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    cases = [
+        ({"readme": "x"}, r"not a CentOS 7 install medium \(no \.discinfo or \.treeinfo\)"),
+        ({".treeinfo": "[general]\nfamily = Fedora\nversion = 39\n"}, r"Fedora 39, not CentOS 7"),
+        ({".discinfo": "1.0\n8.5\nx86_64\n"}, "release 8.5, not CentOS 7"),
+        ({".discinfo": "1.0\n7.9\nx86_64\n"}, r"not a boot medium \(no El Torito"),
+    ]
+    for n, (files, why) in enumerate(cases):
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        base = plain_iso(folder, files)
+        one_line_error(ksbuild("iso", site, "--base", base, "-o", folder / "o.iso"), why)
+        no_leftovers(folder / "o.iso")
+
+
+def test_boot_medium_without_menus(tmp_path: Path) -> None:
+    """An El Torito ISO of CentOS 7 without isolinux.cfg: refused, naming the file."""
+    tree = tmp_path / "tree"
+    (tree / "isolinux").mkdir(parents=True)
+    shutil.copyfile("/usr/lib/ISOLINUX/isolinux.bin", tree / "isolinux" / "isolinux.bin")
+    (tree / ".discinfo").write_text("1.0\n7.9\nx86_64\n")
+    base = tmp_path / "b.iso"
+    run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-o", base, "-b",
+         "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
+         "-boot-load-size", "4", "-boot-info-table", tree])
+    site = write_site(tmp_path, ONE_HOST)
+    one_line_error(ksbuild("iso", site, "--base", base, "-o", tmp_path / "o.iso"),
+                   r"not a CentOS 7 boot medium \(no isolinux/isolinux.cfg\)")
+
+
+@pytest.mark.parametrize(("flavor", "why"), [
+    ("Minimal", r"a Minimal ISO lacks @\^virtualization-host-environment, which host "
+                r"kvm1.example.com installs with `source: cdrom`; use the DVD or Everything"),
+    ("NetInstall", r"a NetInstall ISO carries no packages, and host kvm1.example.com has "
+                   r"`source: cdrom`"),
+])
+def test_cdrom_site_refuses_minimal_and_netinstall(tmp_path: Path, flavor: str,
+                                                   why: str) -> None:
+    cdrom = write_site(tmp_path, ONE_HOST, source="cdrom")
+    one_line_error(ksbuild("iso", cdrom, "--base", centos_iso(flavor=flavor),
+                           "-o", tmp_path / "o.iso"), why)
+    no_leftovers(tmp_path / "o.iso")
+
+
+@pytest.mark.parametrize("flavor", ["DVD", "Everything"])
+def test_cdrom_site_accepts_dvd_and_everything(tmp_path: Path, flavor: str) -> None:
+    cdrom = write_site(tmp_path, ONE_HOST, source="cdrom")
+    done = ksbuild("iso", cdrom, "--base", centos_iso(flavor=flavor), "-o", tmp_path / "o.iso")
+    assert done.returncode == 0, done.stderr
+    assert "base DVD/Everything 7.9" in done.stderr
+
+
+def test_url_site_accepts_minimal(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    done = ksbuild("iso", site, "--base", centos_iso(flavor="Minimal"), "-o", tmp_path / "o.iso")
+    assert done.returncode == 0, done.stderr
+    assert "base Minimal 7.9" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--volid", "x" * 17], "longer than 16 characters"),
+    (["--volid", "a:b"], "separates the path"),
+    (["--timeout", "-1"], "--timeout -1"),
+    (["--host", "nobody.example.com"], "no host named 'nobody.example.com'"),
+])
+def test_bad_options(tmp_path: Path, args: list[str], why: str) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    one_line_error(ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso", *args),
+                   why)
+    no_leftovers(tmp_path / "o.iso")
+
+
+def test_kickstart_naming_another_label_is_refused() -> None:
+    from builder.media.kickstarts import check_source_labels
+
+    check_source_labels("harddrive --partition=LABEL=KVM\\x20HOSTS --dir=/\n", "KVM HOSTS", "a")
+    check_source_labels("cdrom\n# LABEL=ELSEWHERE\n", "KVM HOSTS", "a")  # no label: fine
+    with pytest.raises(InputError, match=r"a.cfg:2: the install source names "
+                                         r"LABEL=CentOS\\x207\\x20x86_64 but the ISO's volume "
+                                         r"ID is 'KVM HOSTS'"):
+        check_source_labels("install\nharddrive --partition=LABEL=CentOS\\x207\\x20x86_64 "
+                            "--dir=/\n", "KVM HOSTS", "a.cfg")
+
+
+# --- overlays ----------------------------------------------------------------------------------
+
+
+def test_overlay_files_land_at_their_paths(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlays" / "iso"
+    (overlay / "extras" / "deep.folder").mkdir(parents=True)
+    (overlay / "extras" / "deep.folder" / "Post-Install.sh").write_text("#!/bin/sh\necho hi\n")
+    os.chmod(overlay / "extras" / "deep.folder" / "Post-Install.sh", 0o755)
+    (overlay / "isolinux").mkdir()
+    (overlay / "isolinux" / "boot.msg").write_text("ksbuild was here\n")
+    (overlay / "a-very-long-name-for-iso9660.txt").write_text("long\n")
+    site = write_site(tmp_path, ONE_HOST, overlays="overlays")
+    out = tmp_path / "o.iso"
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", out)
+    assert done.returncode == 0, done.stderr
+    assert extract(out, "/extras/deep.folder/Post-Install.sh") == b"#!/bin/sh\necho hi\n"
+    assert extract(out, "/isolinux/boot.msg") == b"ksbuild was here\n"
+    assert extract(out, "/a-very-long-name-for-iso9660.txt") == b"long\n"
+    listing = run(["xorriso", "-indev", out, "-find", "/extras", "-exec", "lsdl"]).stdout
+    assert re.search(rb"^-r-xr-xr-x .*Post-Install\.sh'?$", listing, re.M), listing
+    image = pycdlib.PyCdlib()
+    image.open(str(out))
+    try:  # the new ISO 9660 names are valid level-1 names
+        for _path, dirs, files in image.walk(iso_path="/"):
+            for name in dirs + files:
+                assert re.fullmatch(r"[A-Z0-9_]{1,8}(\.[A-Z0-9_]{0,3})?(;1)?", name), name
+    finally:
+        image.close()
+    assert isomd5.check(out)
+
+
+def test_overlay_cannot_replace_the_kickstart(tmp_path: Path) -> None:
+    (tmp_path / "overlays" / "iso").mkdir(parents=True)
+    (tmp_path / "overlays" / "iso" / "ks.cfg").write_text("mine\n")
+    site = write_site(tmp_path, ONE_HOST, overlays="overlays")
+    one_line_error(ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso"),
+                   "ks.cfg is the kickstart ksbuild writes")
+
+
+# --- several hosts -----------------------------------------------------------------------------
+
+
+def test_per_host_iso_carries_one_kickstart(tmp_path: Path) -> None:
+    site = write_site(tmp_path, HOSTS)
+    out = tmp_path / "kvm2.iso"
+    done = ksbuild("iso", site, "--base", centos_iso(), "--host", "kvm2.example.com", "-o", out)
+    assert done.returncode == 0, done.stderr
+    ks = extract(out, "/ks.cfg").decode()
+    assert "kvm2.example.com" in ks and "kvm1.example.com" not in ks
+
+
+def test_per_site_iso_without_macs_is_refused(tmp_path: Path) -> None:
+    site = write_site(tmp_path, [{"hostname": "a.example.com"}, {"hostname": "b.example.com"}])
+    one_line_error(ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso"),
+                   "none of the site's hosts has a `mac`")
+
+
+@pytest.fixture(scope="module")
+def per_site(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("per-site")
+    site = write_site(folder, HOSTS + [{"hostname": "nomac.example.com"}])
+    out = folder / "site.iso"
+    done = ksbuild("iso", site, "--base", centos_iso(), "-o", out)
+    assert done.returncode == 0, done.stderr
+    return site, out
+
+
+def test_per_site_iso_holds_every_host(per_site: tuple[Path, Path]) -> None:
+    from builder import kickstart
+    from builder import site as site_module
+
+    site, out = per_site
+    rendered = kickstart.render_site(site_module.load(site))
+    for name, text in rendered.items():
+        assert extract(out, f"/ks/{name}.cfg") == text.encode()
+    dispatcher = extract(out, "/ks.cfg").decode()
+    assert "%include /tmp/ksbuild-host.cfg" in dispatcher
+    kickstart.Validator().validate(dispatcher, "ks.cfg")  # pykickstart (RHEL7) accepts it
+
+
+def run_pick(dispatcher: str, folder: Path, macs: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run the dispatcher's %pre with a fake sysfs and the extracted ks/ folder as media."""
+    script = dispatcher.split("%pre --erroronfail --log=/tmp/ksbuild-pick.log\n", 1)[1]
+    script = script.split("\n%end", 1)[0].replace("/tmp/ksbuild-host.cfg",
+                                                  str(folder / "picked.cfg"))
+    sysfs = folder / "sys"
+    shutil.rmtree(sysfs, ignore_errors=True)
+    for n, mac in enumerate(macs):
+        (sysfs / "class" / "net" / f"eth{n}").mkdir(parents=True)
+        (sysfs / "class" / "net" / f"eth{n}" / "address").write_text(mac + "\n")
+    (folder / "picked.cfg").unlink(missing_ok=True)
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], "KSBUILD_SYSFS": str(sysfs),
+                               "KSBUILD_MEDIA": str(folder / "media")})
+
+
+def test_dispatcher_picks_by_mac(per_site: tuple[Path, Path], tmp_path: Path) -> None:
+    _site, out = per_site
+    dispatcher = extract(out, "/ks.cfg").decode()
+    for name in ("kvm1.example.com", "kvm2.example.com", "nomac.example.com"):
+        (tmp_path / "media" / "ks").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "media" / "ks" / f"{name}.cfg").write_bytes(extract(out, f"/ks/{name}.cfg"))
+    done = run_pick(dispatcher, tmp_path, ["02:00:00:00:00:99", "52:54:00:00:00:02"])
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "picked.cfg").read_bytes() == extract(out, "/ks/kvm2.example.com.cfg")
+    done = run_pick(dispatcher, tmp_path, ["52:54:00:00:00:01"])
+    assert (tmp_path / "picked.cfg").read_bytes() == extract(out, "/ks/kvm1.example.com.cfg")
+    done = run_pick(dispatcher, tmp_path, ["52:54:00:00:00:03"])  # unknown: stop, say why
+    assert done.returncode == 1 and not (tmp_path / "picked.cfg").exists()
+    assert "no kickstart on this ISO for the MAC(s): 52:54:00:00:00:03" in done.stderr
+    assert "kvm1.example.com=52:54:00:00:00:01" in done.stderr
