@@ -26,7 +26,7 @@ import jinja2
 from builder import __version__
 from builder.errors import InputError, KsbuildError
 from builder.output import atomic_dir
-from builder.overlay import OverlayTree
+from builder.overlay import Overlay, OverlayTree
 from builder.secrets import sha512_crypt
 from builder.site import Bridge, Host, Site
 
@@ -138,6 +138,21 @@ def _base64_lines(data: bytes) -> list[str]:
     return [text[i:i + 76] for i in range(0, len(text), 76)] or [""]
 
 
+def managed_paths(host: Host) -> set[str]:
+    """Files the %post steps write from the site's data; an overlay must not override them,
+    or the installed host would silently disagree with its site file."""
+    paths = {"/etc/hostname", "/etc/selinux/config"}
+    paths |= {f"/etc/sysconfig/network-scripts/ifcfg-{i.device}" for i in ifcfg_files(host)}
+    return paths
+
+
+def _refuse_managed_paths(host: Host, overlay: Overlay, root: Path | None) -> None:
+    for item in overlay.files:
+        if item.path in managed_paths(host):
+            raise InputError(f"{root}: overlay file {item.path} of {host.hostname} would "
+                             "override what the site file sets; set it in the site file")
+
+
 class Renderer:
     """Renders and validates kickstarts for one site. Templates, the overlay tree and the
     pykickstart parser are built once and reused for every host: a fleet of 10,000 hosts
@@ -165,6 +180,7 @@ class Renderer:
 
     def context(self, host: Host) -> dict[str, Any]:
         overlay = self.overlays.for_host(host.hostname)
+        _refuse_managed_paths(host, overlay, self.site.overlays)
         return {
             "host": host,
             "version": __version__,

@@ -178,7 +178,7 @@ def test_overlay_files_with_modes_are_carried_in_the_kickstart(tmp_path: Path) -
     first, second = rendered["cdh-host.c7.jevoncode.com"], rendered["kvm2.example.com"]
     assert "base64 -d > /etc/motd.d/kvm" in first and "chmod 0644 /etc/motd.d/kvm" in first
     assert "chmod 0755 /usr/local/bin/vm-list" in first
-    assert "authorized_keys" not in first
+    assert "/root/.ssh/authorized_keys <<" not in first
     assert "chmod 0700 /root/.ssh\n" in second and "chmod 0600 /root/.ssh/authorized_keys" in second
 
 
@@ -206,3 +206,13 @@ def test_large_fleet_uses_workers_and_matches_one_process(tmp_path: Path) -> Non
 
     loaded = site.load(write_fleet_site(tmp_path / "fleet.yaml", kickstart.PARALLEL_MIN_HOSTS))
     assert kickstart.render_site(loaded, jobs=2) == kickstart.render_site(loaded, jobs=1)
+
+
+@pytest.mark.parametrize("path", ["etc/hostname", "etc/selinux/config",
+                                  "etc/sysconfig/network-scripts/ifcfg-br0"])
+def test_overlay_cannot_override_what_the_site_sets(tmp_path: Path, path: str) -> None:
+    target = tmp_path / "overlays" / "common" / path
+    target.parent.mkdir(parents=True)
+    target.write_text("x\n")
+    with pytest.raises(site.InputError, match=f"overlay file /{path} of .* would override"):
+        render(tmp_path, site_doc(overlays="overlays"))
