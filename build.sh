@@ -40,7 +40,7 @@ install_debian_packages() {
 case "${1:-build}" in
     build)
         install_project ""
-        "$venv/bin/ksbuild" render kickstarts/site.yaml -o out
+        "$venv/bin/ksbuild" build kickstarts/site.yaml -o out
         ;;
     test)
         shift
