@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from builder import kickstart, pxemenus, pxestate
+from builder import grubimage, kickstart, pxemenus, pxestate
 from builder.errors import InputError
 from builder.output import atomic_dir, write_bytes
 from builder.pxeconfig import PxeSettings
@@ -210,12 +210,6 @@ class BaseIso:
         self.close()
 
 
-def grub_has_linuxefi(grub: Path) -> bool:
-    """True for a GRUB image with the linuxefi command (CentOS's, or Debian's built with the
-    module): GRUB embeds each built-in module with its name and its commands' names."""
-    return b"linuxefi\0" in grub.read_bytes()
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing.
 
@@ -323,7 +317,8 @@ def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings) -> str:
             base.copy(iso_path, writer.root / "tftp" / name)
     if settings.grub_commands != "auto":
         return settings.grub_commands
-    return "linuxefi" if grub_has_linuxefi(writer.root / "tftp/grubx64.efi") else "linux"
+    grub = (writer.root / "tftp" / "grubx64.efi").read_bytes()
+    return "linuxefi" if grubimage.has_linuxefi(grub) else "linux"
 
 
 def _check_reinstall(site: Site, names: Iterable[str]) -> list[str]:
