@@ -157,7 +157,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     options = boot.BootOptions(iso=args.iso, uefi=args.uefi, usb=args.usb, disk=args.disk,
                                memory_mib=args.memory, network=not args.no_network,
-                               console=args.console)
+                               console=args.console, kvm=False if args.no_kvm else None)
     return boot.boot(options, note=say)
 
 
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--no-network", action="store_true", help="no network card")
     boot.add_argument("--console", action="store_true",
                       help="the guest's serial port on this terminal instead of a window")
+    boot.add_argument("--no-kvm", action="store_true",
+                      help="emulate the CPU even when /dev/kvm is there (slow; for hosts "
+                           "whose nested KVM fails)")
     boot.set_defaults(handler=cmd_boot)
 
     pxe = sub.add_parser(

@@ -2,10 +2,12 @@
 
 The ISO is attached as a CD (IDE) or as a USB stick (EHCI), the firmware is SeaBIOS or OVMF
 (UEFI, with a private copy of its variable store), and the blank disk is a sparse raw file on
-SATA, so a kickstart that names `sda` finds it. The disk boots first: while it is blank the
-firmware falls through to the ISO; once the installer has written it, a reboot starts the
-installed system, as on real hardware. With KVM (/dev/kvm usable) the guest runs at full
-speed; without it QEMU emulates the CPU, and an install takes hours rather than minutes.
+SATA, so a kickstart that names `sda` finds it. Two stages, as on real hardware where the
+stick is pulled after the install: the VM boots the ISO with the disk attached, and QEMU ends
+when the installer reboots (-no-reboot; SeaBIOS tries only the first hard disk, so "disk
+first, fall through to the stick" cannot be had); if the disk then holds a boot sector, a
+second VM boots the installed system from it. With KVM (/dev/kvm usable) the guest runs at
+full speed; without it QEMU emulates the CPU, and an install takes hours rather than minutes.
 """
 
 from __future__ import annotations
@@ -57,8 +59,11 @@ def find_ovmf() -> tuple[Path, Path]:
                      "edk2-ovmf); none of its usual files is installed")
 
 
-def qemu_command(options: BootOptions, disk: Path, ovmf: tuple[Path, Path] | None) -> list[str]:
-    """The QEMU command line; `ovmf` is (code, private copy of the variable store)."""
+def qemu_command(options: BootOptions, disk: Path, ovmf: tuple[Path, Path] | None,
+                 installed: bool = False) -> list[str]:
+    """The QEMU command line; `ovmf` is (code, private copy of the variable store).
+    installed=False: the ISO boots, the disk is attached, a reboot ends QEMU; True: the disk
+    alone boots."""
     kvm = kvm_usable() if options.kvm is None else options.kvm
     argv = [QEMU, "-machine", "pc" + (",accel=kvm" if kvm else ""), "-m",
             str(options.memory_mib), "-smp", "2"]
@@ -69,15 +74,17 @@ def qemu_command(options: BootOptions, disk: Path, ovmf: tuple[Path, Path] | Non
                  "-drive", f"if=pflash,format=raw,file={ovmf[1]}"]
     argv += ["-device", "ahci,id=sata",
              "-drive", f"if=none,id=disk,format=raw,file={disk}",
-             "-device", "ide-hd,drive=disk,bus=sata.0,bootindex=0"]
+             "-device", f"ide-hd,drive=disk,bus=sata.0,bootindex={0 if installed else 1}"]
     iso = options.iso.resolve()
-    if options.usb:
+    if installed:
+        pass
+    elif options.usb:
         argv += ["-device", "usb-ehci,id=ehci",
                  "-drive", f"if=none,id=stick,format=raw,readonly=on,file={iso}",
-                 "-device", "usb-storage,bus=ehci.0,drive=stick,bootindex=1"]
+                 "-device", "usb-storage,bus=ehci.0,drive=stick,bootindex=0", "-no-reboot"]
     else:
         argv += ["-drive", f"if=none,id=cd,media=cdrom,readonly=on,file={iso}",
-                 "-device", "ide-cd,drive=cd,bus=ide.1,bootindex=1"]
+                 "-device", "ide-cd,drive=cd,bus=ide.1,bootindex=0", "-no-reboot"]
     argv += ["-nic", "user,model=e1000"] if options.network else ["-nic", "none"]
     if options.console:
         argv += ["-nographic"]
@@ -102,13 +109,24 @@ def _machine(options: BootOptions) -> Iterator[tuple[Path, tuple[Path, Path] | N
         yield disk, (ovmf[0], store) if ovmf is not None and store is not None else None
 
 
+def has_boot_sector(disk: Path) -> bool:
+    with disk.open("rb") as f:
+        return f.read(512)[510:512] == b"\x55\xaa"
+
+
 def boot(options: BootOptions, note: Callable[[str], None] = lambda text: None) -> int:
-    """Run the VM until it is shut down; QEMU's exit code."""
+    """Install from the ISO, then boot the installed disk; QEMU's last exit code."""
     if not options.iso.is_file():
         raise InputError(f"{options.iso}: no such ISO")
     if options.kvm is None and not kvm_usable():
         note("no usable /dev/kvm: QEMU emulates the CPU, so the installer is very slow")
     with _machine(options) as (disk, ovmf):
         argv = qemu_command(options, disk, ovmf)
+        note("running: " + " ".join(argv))
+        code = run(argv, check=False, capture=False).returncode
+        if code != 0 or not has_boot_sector(disk):
+            return code
+        note("the installer has rebooted: booting the installed disk")
+        argv = qemu_command(options, disk, ovmf, installed=True)
         note("running: " + " ".join(argv))
         return run(argv, check=False, capture=False).returncode
