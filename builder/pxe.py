@@ -222,9 +222,11 @@ class Writer:
         self.count = 0
 
     def folder(self, relative: str) -> Path:
-        path = self.root / relative
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, DIR_MODE)
+        path = self.root
+        for part in Path(relative).parts:  # each level its mode, not only the last
+            path = path / part
+            path.mkdir(exist_ok=True)
+            os.chmod(path, DIR_MODE)
         return path
 
     def text(self, relative: str, text: str) -> None:
