@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -160,7 +159,3 @@ def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
             data = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
             found[str(path.relative_to(root))] = (mode, data)
     return found
-
-
-def unpack_mac(mac: str) -> bytes:
-    return struct.pack("6B", *(int(part, 16) for part in mac.split(":")))

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from builder import grubimage, kickstart, pxe, pxemenus, pxestate, serve, site
-from builder.errors import InputError
 from builder.run import run
 from tests.conftest import REPO
 from tests.pxe_support import (
