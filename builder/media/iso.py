@@ -60,7 +60,7 @@ GRUB_CFG = "/EFI/BOOT/grub.cfg"
 EFIBOOT_IMG = "/images/efiboot.img"
 EFIBOOT_GRUB_CFG = "EFI/BOOT/grub.cfg"
 KS_PATH = "/ks.cfg"
-COPY_CHUNK = 64 << 20  # bytes per copy_file_range call: progress stays lively
+COPY_CHUNK = 32 << 20  # bytes per copy_file_range call: the hash and progress follow
 HASH_CHUNK = 4 << 20
 
 
@@ -179,26 +179,39 @@ class _Writer(pycdlib.PyCdlib):
         self.in_order = True
         self._last_start = 0
 
+    def _write_fp(self, outfp: BinaryIO, blocksize: int, progress_cb: Any,
+                  progress_opaque: Any) -> None:
+        # pycdlib writes the volume descriptors, directories and catalog first, then the file
+        # data in the order of its inode list; sorted by extent, the data goes out front to
+        # back, so all below the file being written is final and can be hashed at once.
+        if self._needs_reshuffle:
+            self._reshuffle_extents()
+        self.inodes.sort(key=lambda ino: ino.extent_location())
+        super()._write_fp(outfp, blocksize, progress_cb, progress_opaque)
+
     def _output_file_data(self, outfp: BinaryIO, blocksize: int,
                           ino: Any) -> Generator[int, None, None]:
         start = ino.extent_location() * self.logical_block_size
         outfp.flush()
-        # pycdlib writes the volume descriptors, directories and catalog first, then the files
-        # by rising extent: all below this file's start is final. Should a later pycdlib write
-        # out of order, the hash behind the writer is void and is redone after the write.
+        # Should a later pycdlib write out of order, the hash behind the writer is void and
+        # is redone after the write.
         if start < self._last_start:
             self.in_order = False
         self._last_start = start
-        if self.in_order:
-            self.on_final(start)
+        final = self.on_final if self.in_order else (lambda offset: None)
+        final(start)
         if (ino.original_data_location != ino.DATA_ON_ORIGINAL_ISO or ino.manage_fp or
                 ino.boot_info_table is not None or not hasattr(ino.data_fp, "fileno")):
             yield from super()._output_file_data(outfp, blocksize, ino)
             outfp.flush()
             return
         source = ino.orig_extent_loc * self.logical_block_size
-        yield from _copy_range(ino.data_fp.fileno(), outfp.fileno(), source, start,
-                               ino.data_length)
+        done = 0
+        for count in _copy_range(ino.data_fp.fileno(), outfp.fileno(), source, start,
+                                 ino.data_length):
+            done += count
+            final(start + done)
+            yield count
 
 
 def _copy_range(src: int, dst: int, src_at: int, dst_at: int, length: int) -> Iterator[int]:
@@ -479,7 +492,9 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
 
 def _write(iso: _Writer, temp: Path, system_area: bytes, plan: hybrid.Hybrid | None,
            volume_bytes: int, name: str, progress: Progress) -> tuple[str, int]:
-    with temp.open("w+b") as out:
+    # r+b, not w+b: the temporary file is new and empty, and ext4 flushes a file that was
+    # truncated on open when it is closed (auto_da_alloc), which costs a second per GiB.
+    with temp.open("r+b") as out:
         fd = out.fileno()
         os.pwrite(fd, system_area, 0)  # pycdlib leaves the first 32 KiB to us
         hasher = _Hasher(fd, volume_bytes)
