@@ -60,7 +60,8 @@ def timed(argv: list[str], env: dict[str, str] | None = None) -> Run:
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if proc.returncode != 0:
         raise SystemExit(f"failed: {' '.join(argv)}\n{err}")
-    return Run(seconds, peak_kib / 1024)
+    # A shell pipeline's children are not followed: no figure rather than the shell's own.
+    return Run(seconds, float("nan") if argv[0] == "sh" else peak_kib / 1024)
 
 
 def _vm_hwm(pid: int, own_cmdline: bytes) -> int:
