@@ -462,3 +462,14 @@ def test_dispatcher_picks_by_mac(per_site: tuple[Path, Path], tmp_path: Path) ->
     assert done.returncode == 1 and not (tmp_path / "picked.cfg").exists()
     assert "no kickstart on this ISO for the MAC(s): 52:54:00:00:00:03" in done.stderr
     assert "kvm1.example.com=52:54:00:00:00:01" in done.stderr
+
+
+def test_the_hash_follows_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The media MD5 is taken while the image is written: no second pass over it."""
+    def second_pass(*args: object) -> None:
+        raise AssertionError("the image was read again to hash it")
+
+    monkeypatch.setattr(isomd5, "digest_file", second_pass)
+    iso.repack(centos_iso(), tmp_path / "o.iso", iso.RepackOptions(payload=iso.fixed(b"x\n")))
+    done = run(["checkisomd5", tmp_path / "o.iso"], check=False)
+    assert done.returncode == 0 and b"PASS" in done.stdout + done.stderr
