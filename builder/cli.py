@@ -149,6 +149,11 @@ def cmd_iso(args: argparse.Namespace) -> int:
                                 progress=shown)
     say(f"wrote {result.output} ({human_bytes(result.size)}): volume ID {result.volid!r}, "
         f"base {result.flavor.name} {result.flavor.release}, media MD5 {result.md5}")
+    if not args.host and len(loaded.hosts) > 1:
+        unpicked = [h.hostname for h in loaded.hosts if not h.mac]
+        say(f"{len(loaded.hosts)} hosts: each machine's kickstart is picked by its MAC"
+            + (f"; without a mac ({', '.join(unpicked)}): edit the boot line to "
+               "inst.ks=hd:LABEL=<label>:/ks/<hostname>.cfg, or use --host" if unpicked else ""))
     return 0
 
 
