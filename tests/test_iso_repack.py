@@ -21,7 +21,7 @@ import pytest
 from builder.errors import InputError
 from builder.media import iso, isomd5
 from builder.run import run
-from tests.fixtures import centos_iso
+from tests.fixtures import centos_iso, sgdisk_problems
 from tests.fixtures.tree import escape_label
 from tests.test_iso_support import (
     ONE_HOST,
@@ -473,3 +473,38 @@ def test_the_hash_follows_the_writer(tmp_path: Path, monkeypatch: pytest.MonkeyP
     iso.repack(centos_iso(), tmp_path / "o.iso", iso.RepackOptions(payload=iso.fixed(b"x\n")))
     done = run(["checkisomd5", tmp_path / "o.iso"], check=False)
     assert done.returncode == 0 and b"PASS" in done.stdout + done.stderr
+
+
+def test_repacking_a_repacked_iso(tmp_path: Path) -> None:
+    """A second repack replaces what the first added: one inst.ks per entry, one ks.cfg."""
+    first_site = write_site(tmp_path, ONE_HOST)
+    first = tmp_path / "first.iso"
+    assert ksbuild("iso", first_site, "--base", centos_iso(), "-o", first,
+                   "--volid", "FIRST").returncode == 0
+    second_folder = tmp_path / "second"
+    second_folder.mkdir()
+    second_site = write_site(second_folder, [{"hostname": "other.example.com"}])
+    second = tmp_path / "second.iso"
+    done = ksbuild("iso", second_site, "--base", first, "-o", second, "--volid", "SECOND")
+    assert done.returncode == 0, done.stderr
+    isolinux = extract(second, "/isolinux/isolinux.cfg").decode()
+    appends = [line for line in isolinux.splitlines() if "inst.stage2=" in line]
+    assert all(line.count("inst.ks=") <= 1 for line in appends)
+    assert isolinux.count("inst.ks=hd:LABEL=SECOND:/ks.cfg") == 3 and "FIRST" not in isolinux
+    assert "FIRST" not in efiboot_grub_cfg(second).decode()
+    assert b"other.example.com" in extract(second, "/ks.cfg")
+    assert isomd5.check(second) and sgdisk_problems(second) == []
+
+
+def test_base_from_the_site_media_key(tmp_path: Path) -> None:
+    """Without --base, the site's `media: {path: ...}` names the base."""
+    shutil.copyfile(centos_iso(), tmp_path / "base.iso")
+    site = write_site(tmp_path, ONE_HOST)
+    site.write_text(site.read_text() + "media:\n  path: base.iso\n")
+    done = ksbuild("iso", site, "-o", tmp_path / "o.iso")
+    assert done.returncode == 0, done.stderr
+    assert isomd5.check(tmp_path / "o.iso")
+    (tmp_path / "bare").mkdir()
+    bare = write_site(tmp_path / "bare", ONE_HOST)
+    one_line_error(ksbuild("iso", bare, "-o", tmp_path / "x.iso"),
+                   r"give --base ISO, or name the base media in the site file")
