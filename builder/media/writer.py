@@ -42,6 +42,7 @@ HASH_CHUNK = 4 << 20
 
 @contextlib.contextmanager
 def frozen_clock(epoch: int) -> Iterator[None]:
+    """While active, pycdlib's time.time() is `epoch` and its local time is UTC."""
     fake = types.SimpleNamespace(
         time=lambda: float(epoch), localtime=time.gmtime, gmtime=time.gmtime,
         strftime=time.strftime, strptime=time.strptime, struct_time=time.struct_time)
