@@ -19,6 +19,7 @@ from typing import Any
 
 from builder import __version__, kickstart, manifest
 from builder.errors import InputError
+from builder.manifest import Entry
 from builder.output import write_bytes
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
@@ -130,12 +131,17 @@ def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
     return True
 
 
+def _changed(out: Path, name: str, state: dict[str, Any]) -> bool:
+    stat = (out / name).stat()
+    return bool(state.get("outputs", {}).get(name) != [stat.st_size, stat.st_mtime_ns])
+
+
 def _quick_check(options: Options, state: dict[str, Any]) -> bool:
     """True when nothing changed since the last build, decided without loading the site."""
     if not state or Path(state["site"]) != options.site.resolve():
         return False
     try:
-        stats = [_stat_key(Path(name)) for name in state["inputs"]]
+        stats = [_stat_key(Path(name)) for name in state["inputs"] + state["outside_inputs"]]
         listed = sorted(str(p) for d, pattern in state["input_dirs"]
                         for p in _files_under(Path(d), pattern))
     except OSError:
@@ -186,6 +192,85 @@ def build_kickstarts(site: Site, options: Options, state: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------------------------
+# Base media, ISOs and the PXE tree: each rebuilt only when what it carries changed.
+
+
+def base_media(site: Site, options: Options, state: dict[str, Any]) -> tuple[Path, str] | None:
+    """The verified local base ISO and its sha256 (remembered by size and mtime, so a 4 GiB
+    ISO is hashed once, not on every build)."""
+    if site.media is None:
+        return None
+    from builder.media import fetch
+
+    path = fetch.resolve_media(site.media, cache_dir=options.cache_dir, mirror=options.mirror,
+                               progress=options.progress)
+    known = state.get("media", {})
+    stat = _stat_key(path)
+    sha = known["sha256"] if known.get("stat") == stat else manifest.sha256_file(path)
+    return path, sha
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _intact(path: Path, recorded: dict[str, list[int]], name: str) -> bool:
+    return name in recorded and _outputs_intact(path.parent, {path.name: recorded[name]})
+
+
+def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
+               host_keys: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
+    """out/iso/<site>.iso (every host's kickstart) or out/iso/<host>.iso; name -> key."""
+    from builder.media import iso
+
+    base, base_sha = media
+    overlay = repr(sorted((str(p), p.read_bytes()) for p in _files_under(site.overlays / "iso"))
+                   ) if site.overlays is not None and (site.overlays / "iso").is_dir() else ""
+    groups = ({f"iso/{site.path.stem}.iso": None} if site.outputs.iso == "per-site"
+              else {f"iso/{h.hostname}.iso": h.hostname for h in site.hosts})
+    keys = {}
+    for name, host in groups.items():
+        carried = [host_keys[host]] if host else sorted(host_keys.items())
+        keys[name] = _key(base_sha, carried, overlay, sde, __version__)
+        target = options.out / name
+        if state.get("isos", {}).get(name) == keys[name] and _intact(
+                target, state.get("outputs", {}), name):
+            continue
+        options.report(f"iso: writing {target}")
+        iso.build_site_iso(site, base, target, host=host, progress=options.progress, epoch=sde)
+    for old in sorted((options.out / "iso").glob("*.iso")):
+        if f"iso/{old.name}" not in keys:
+            old.unlink()
+    return keys
+
+
+def build_pxe(site: Site, options: Options, media: tuple[Path, str],
+              host_keys: dict[str, str], state: dict[str, Any]) -> tuple[str, list[Path]]:
+    """out/pxe: the PXE tree. Returns its key and the boot-loader files it took from this
+    machine (inputs)."""
+    from builder import pxe
+
+    settings, _ = pxe.settings_of(site, None)
+    loaders = pxe.find_bios_loaders(settings)
+    loader_files = [loaders.pxelinux, *loaders.modules.values()]
+    key = _key(media[1], sorted(host_keys.items()), repr(site.pxe), __version__,
+               [_stat_key(f) for f in loader_files])
+    tree = options.out / "pxe"
+    if state.get("pxe") != key or not tree.is_dir():
+        options.report(f"pxe: writing {tree}")
+        if settings.tree_path is None:
+            options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
+                           f"{tree.absolute()}: set it to where the tree will be served from")
+        pxe.build_tree(pxe.Options(site=site, out=tree, base=media[0], jobs=options.jobs))
+    return key, loader_files
+
+
+def _pxe_outputs(tree: Path) -> list[Path]:
+    """The tree's files, less what changes at run time (which hosts have installed)."""
+    return [p for p in _files_under(tree) if "state" not in p.relative_to(tree).parts]
+
+
+# ---------------------------------------------------------------------------------------------
 # The whole flow.
 
 
@@ -211,9 +296,25 @@ def build(options: Options) -> Result:
                    f"{len(ks_paths) - len(written)} unchanged")
     outputs = [manifest.entry("kickstart", path, f"ks/{name}.cfg")
                for name, path in sorted(ks_paths.items())]
-
     for path in ks_paths.values():
         os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
+
+    media = base_media(site, options, state)
+    iso_keys: dict[str, str] = {}
+    pxe_key = None
+    loader_files: list[Path] = []
+    if media is not None:
+        inputs.append(Entry("base-media", media[0].name, media[1], media[0].stat().st_size))
+        if site.outputs.iso != "none":
+            iso_keys = build_isos(site, options, media, sde, host_keys, state)
+            outputs += [manifest.entry("iso", out / name, name) for name in sorted(iso_keys)]
+        if site.outputs.pxe:
+            pxe_key, loader_files = build_pxe(site, options, media, host_keys, state)
+            inputs += [manifest.entry("boot-loader", f, f.name) for f in loader_files]
+            outputs += [manifest.entry("pxe", f, f.relative_to(out).as_posix())
+                        for f in _pxe_outputs(out / "pxe")]
+    written += [e.path for e in outputs
+                if e.kind != "kickstart" and _changed(out, e.path, state)]
     manifest.write(out, __version__, sde, inputs, outputs)
     written.append(manifest.MANIFEST)
     document = manifest.read(out)
@@ -228,16 +329,24 @@ def build(options: Options) -> Result:
         input_dirs.append((str(site.overlays), "*"))
     sde_given = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
     stats = [_stat_key(f) for _, f, _ in files]
+    outside = [media[0]] if media else []  # files outside the input folders: media, loaders
+    if pxe_key is not None:
+        outside += loader_files
+    stats_all = stats + [_stat_key(f) for f in outside]
     new_state = {
         "ksbuild": __version__,
         "site": str(options.site.resolve()),
         "inputs": [s[0] for s in stats],
+        "outside_inputs": [str(f) for f in outside],
         "input_dirs": input_dirs,
         "env": sorted(env_names),
-        "fingerprint": _fingerprint(stats, _env_digest(env_names), sde_given),
+        "fingerprint": _fingerprint(stats_all, _env_digest(env_names), sde_given),
         "source_date_epoch": sde,
         "hosts": host_keys,
         "outputs": recorded,
+        "media": {"stat": _stat_key(media[0]), "sha256": media[1]} if media else {},
+        "isos": iso_keys,
+        "pxe": pxe_key,
     }
     write_bytes(out / STATE, json.dumps(new_state, sort_keys=True).encode())
     return Result(out, False, sde, written, document)

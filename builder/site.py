@@ -314,7 +314,7 @@ SITE_FIELDS: dict[str, Field] = {
         "iso": Field(Enum(("none", "per-site", "per-host"),
                           "install ISOs: one for the site, one per host, or none; "
                           "default: per-site when `media` is given, else none")),
-        "pxe": Field(Bool("a PXE tree (needs `pxe` settings); default: false")),
+        "pxe": Field(Bool("a PXE tree; default: true when `pxe` and `media` are given")),
     }, "what `ksbuild build` makes besides the kickstarts")),
     "pxe": Field(PXE),
 }
@@ -434,9 +434,9 @@ def load(path: Path | str) -> Site:
     _check_fleet(hosts, raw_hosts.value)
     overlays = doc.value.get("overlays")
     media = _media(path, doc.value.get("media"))
+    pxe = parse_pxe(path, doc.value.get("pxe"))
     return Site(path=path, hosts=hosts, overlays=_overlays(path, overlays), media=media,
-                outputs=_outputs(doc.value.get("outputs"), media),
-                pxe=parse_pxe(path, doc.value.get("pxe")))
+                outputs=_outputs(doc.value.get("outputs"), media, pxe is not None), pxe=pxe)
 
 
 def _host(merged: Located, raw: Located) -> Host:
@@ -529,13 +529,17 @@ def _check_fleet(hosts: tuple[Host, ...], raws: list[Located]) -> None:
                 raise raw.error(f"{kind} {value} is already used by hosts[{other}]")
 
 
-def _outputs(given: Located | None, media: Media | None) -> Outputs:
+def _outputs(given: Located | None, media: Media | None, pxe_given: bool) -> Outputs:
+    """Defaults: an ISO per site when there are base media, a PXE tree when `pxe:` is given.
+    Both take their boot files from the base media."""
     chosen = given.value if given is not None else {}
     iso = chosen["iso"].value if "iso" in chosen else ("per-site" if media else "none")
-    if iso != "none" and media is None:
+    pxe = bool(chosen["pxe"].value) if "pxe" in chosen else pxe_given and media is not None
+    if media is None and (iso != "none" or pxe):
         assert given is not None
-        raise chosen["iso"].error(f"an ISO ({iso}) needs base media: add a `media:` key")
-    pxe = bool(chosen["pxe"].value) if "pxe" in chosen else False
+        key = "iso" if iso != "none" else "pxe"
+        raise chosen[key].error(f"{'an ISO' if key == 'iso' else 'a PXE tree'} needs base "
+                                "media: add a `media:` key")
     return Outputs(iso=iso, pxe=pxe)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from builder import build
 from tests.conftest import REPO
@@ -140,3 +141,57 @@ def test_source_date_epoch_from_git(tmp_path: Path) -> None:
         subprocess.run(["git", *argv], cwd=tmp_path, check=True, env={**os.environ, **env})
     epoch, origin = build.source_date_epoch([site_path], None)
     assert (epoch, origin) == (1600000000, "git commit of the inputs")
+
+
+def media_site(tmp_path: Path, iso_mode: str = "per-site") -> Path:
+    from tests.fixtures import centos_iso
+
+    base = tmp_path / "base.iso"
+    shutil.copyfile(centos_iso(), base)  # the fixture is a shared cache file: never touch it
+    doc = site_doc(overlays="overlays", media={"path": "base.iso"},
+                   outputs={"iso": iso_mode, "pxe": True},
+                   pxe={"server": "http://10.1.0.5:8080", "tree_path": "/srv/ksbuild/pxe"})
+    make_site(tmp_path)
+    return write_site(tmp_path, doc)
+
+
+def test_build_with_media_makes_iso_and_pxe_reproducibly(tmp_path: Path) -> None:
+    site_path = media_site(tmp_path)
+    first, second = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    one = ksbuild("build", str(site_path), "-o", str(first),
+                  env={"TZ": "UTC", "SOURCE_DATE_EPOCH": "1700000000"}, umask=0o022)
+    two = ksbuild("build", str(site_path), "-o", str(second),
+                  env={"TZ": "America/New_York", "SOURCE_DATE_EPOCH": "1700000000",
+                       "PYTHONHASHSEED": "7"}, umask=0o027)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    a, b = tree_bytes(first), tree_bytes(second)
+    assert {"iso/site.iso", "pxe/tftp/pxelinux.0", "pxe/http/ks/kvm2.example.com.cfg"} <= set(a)
+    assert sorted(a) == sorted(b)
+    assert [name for name in a if a[name] != b[name]] == []
+    document = json.loads((first / "manifest.json").read_text())
+    kinds = {e["kind"] for e in document["inputs"]}
+    assert {"site", "template", "overlay", "base-media", "boot-loader"} <= kinds
+    assert {e["kind"] for e in document["outputs"]} == {"kickstart", "iso", "pxe"}
+    checked = subprocess.run(["checkisomd5", str(first / "iso" / "site.iso")],
+                             capture_output=True, text=True, timeout=120)
+    assert checked.returncode == 0, checked.stdout
+
+
+def test_incremental_with_per_host_isos(tmp_path: Path) -> None:
+    site_path = media_site(tmp_path, "per-host")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    first = build.build(options)
+    assert {"iso/kvm2.example.com.iso", "iso/cdh-host.c7.jevoncode.com.iso"} <= set(first.written)
+    assert build.build(options).up_to_date
+    untouched = out / "iso" / "cdh-host.c7.jevoncode.com.iso"
+    before = untouched.stat().st_mtime_ns
+    doc = yaml.safe_load(site_path.read_text())
+    doc["hosts"][1]["timezone"] = "Europe/Berlin"
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    changed = build.build(options)
+    assert "iso/kvm2.example.com.iso" in changed.written
+    assert "iso/cdh-host.c7.jevoncode.com.iso" not in changed.written
+    assert "ks/cdh-host.c7.jevoncode.com.cfg" not in changed.written
+    assert untouched.stat().st_mtime_ns == before

@@ -280,7 +280,7 @@ def _encode(text: str) -> bytes:
 
 def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = None,
                    volid: str | None = None, timeout: int = 5, keep_media_check: bool = False,
-                   progress: Progress | None = None) -> RepackResult:
+                   progress: Progress | None = None, epoch: int | None = None) -> RepackResult:
     """Repack `base` into `output` with the kickstart of `host`, or of every host of `site`."""
     from builder import kickstart
 
@@ -299,5 +299,5 @@ def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = N
     options = RepackOptions(
         payload=payload, volid=volid, timeout=timeout, keep_media_check=keep_media_check,
         overlay=overlay if overlay is not None and overlay.is_dir() else None,
-        epoch=source_date_epoch())
+        epoch=epoch if epoch is not None else source_date_epoch())
     return repack(base, output, options, progress)
