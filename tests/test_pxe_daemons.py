@@ -1,0 +1,254 @@
+"""The tree's dnsmasq.conf and nginx.conf, run by the real daemons.
+
+dnsmasq's TFTP port is fixed at 69 (it has no option for another), and DHCP needs an
+interface. Each dnsmasq here therefore runs in a network namespace of its own, made by
+`unshare --user --map-root-user --net` (no privileges needed): port 69 of that namespace's
+loopback, and a veth pair that exists only inside it, with TEST-NET-1 addresses (RFC 5737).
+Nothing in the namespace can reach any other network, so no packet leaves it. `--no-daemon`
+keeps dnsmasq from switching user (impossible in such a namespace) and logs to stderr.
+
+nginx runs on a free port of 127.0.0.1 with the generated config; only the listen address and
+the log/pid paths are swapped for the test's.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import pxe
+from builder.run import run
+from tests.pxe_support import GUEST_SERVER, HOSTS, build, write_site
+
+H1, MAC1, _ = HOSTS[0]
+NET_HOSTS = [{"hostname": name, "mac": mac,
+              "bridge": {"slaves": ["eth0"], "address": f"192.0.2.{15 + n}/24",
+                         "gateway": "192.0.2.1"}}
+             for n, (name, mac, _address) in enumerate(HOSTS)]
+UNKNOWN = "52:54:00:aa:bb:cc"
+
+
+def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a shell script as root of a new user + network namespace (only `lo`, down)."""
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--net", "--", "sh", "-c",
+                           "set -e\nip link set lo up\n" + script],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def dnsmasq_check(conf: Path) -> None:
+    done = run(["dnsmasq", "--test", f"--conf-file={conf}"], check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# dnsmasq
+
+
+def test_dnsmasq_serves_each_hosts_entry_by_tftp(tmp_path: Path) -> None:
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    generated = (tmp_path / "pxe/dnsmasq.conf").read_text()
+    assert "\nenable-tftp\n" in generated and "dhcp-range" not in generated  # TFTP only
+    assert f"\ntftp-root={tmp_path / 'pxe/tftp'}\n" in generated
+    dnsmasq_check(tmp_path / "pxe/dnsmasq.conf")
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text(generated + "listen-address=127.0.0.1\nbind-interfaces\n")
+    got = tmp_path / "got"
+    got.mkdir()
+    entry = f"pxelinux.cfg/01-{MAC1.replace(':', '-')}"
+    done = in_namespace(f"""
+dnsmasq --no-daemon --conf-file={conf} 2>{tmp_path}/dnsmasq.log &
+server=$!
+for i in $(seq 100); do curl -sf -o /dev/null tftp://127.0.0.1/boot.ipxe && break; sleep 0.1; done
+curl -sf -o {got}/entry tftp://127.0.0.1/{entry}
+curl -sf -o {got}/pxelinux.0 tftp://127.0.0.1/pxelinux.0
+curl -sf -o {got}/grub tftp://127.0.0.1/grub.cfg-01-{MAC1.replace(':', '-')}
+curl -sf -o {got}/outside tftp://127.0.0.1/../hosts.json || echo "outside refused"
+curl -sf -o {got}/unknown tftp://127.0.0.1/pxelinux.cfg/01-52-54-00-aa-bb-cc \
+    || echo "unknown refused"
+kill $server
+wait $server || true
+""")
+    assert done.returncode == 0, done.stderr + (tmp_path / "dnsmasq.log").read_text()
+    assert (got / "entry").read_bytes() == (tmp_path / "pxe/tftp" / entry).read_bytes()
+    assert f"inst.ks={GUEST_SERVER}/ks/{H1}.cfg" in (got / "entry").read_text()
+    assert (got / "pxelinux.0").read_bytes() == (tmp_path / "pxe/tftp/pxelinux.0").read_bytes()
+    assert "linuxefi /images/vmlinuz" in (got / "grub").read_text()
+    assert "outside refused" in done.stdout and "unknown refused" in done.stdout
+    assert not (got / "outside").exists()
+    assert "sent " in (tmp_path / "dnsmasq.log").read_text()
+
+
+DHCP_CLIENT = """
+ip link set ks-cli down; ip link set ks-cli address {mac}; ip link set ks-cli up
+busybox udhcpc -i ks-cli -n -q -f -t {tries} -T {pause} -s {script} {options} \
+    || echo "no lease: {mac} {options}"
+"""
+
+
+def dhcp_run(tmp_path: Path, conf: Path, clients: list[tuple[str, str]],
+             pause: int = 1) -> tuple[str, str]:
+    """dnsmasq (the generated config, unchanged) on one end of a veth pair, busybox udhcpc on
+    the other with each (MAC, udhcpc options); returns (the leases udhcpc got, its output).
+    `pause`: seconds udhcpc waits for an offer (dnsmasq pings a pool address, ~3 s, first)."""
+    leases = tmp_path / "leases.txt"
+    leases.write_text("")
+    script = tmp_path / "lease.sh"
+    script.write_text('#!/bin/sh\n[ "$1" = bound ] && echo "$ip $boot_file $router $dns"'
+                      f' >> {leases}\nexit 0\n')
+    script.chmod(0o755)
+    steps = "".join(DHCP_CLIENT.format(mac=mac, options=options, script=script, pause=pause,
+                                       tries=3 if pause < 3 else 2)
+                    for mac, options in clients)
+    done = in_namespace(f"""
+ip link add ks-srv type veth peer name ks-cli
+ip addr add 192.0.2.1/24 dev ks-srv
+ip link set ks-srv up
+dnsmasq --no-daemon --conf-file={conf} --dhcp-leasefile={tmp_path}/dnsmasq.leases \
+    2>{tmp_path}/dnsmasq.log &
+server=$!
+sleep 1
+{steps}
+kill $server
+wait $server || true
+""")
+    log = (tmp_path / "dnsmasq.log").read_text()
+    assert done.returncode == 0, done.stderr + log
+    return leases.read_text(), done.stdout
+
+
+BIOS, UEFI, IPXE = "-x 0x5d:0000", "-x 0x5d:0007", "-x 0x5d:0007 -x 0x4d:69505845"
+
+
+def test_dnsmasq_dhcp_gives_fixed_leases_and_the_boot_file_by_client(tmp_path: Path) -> None:
+    dhcp = {"subnet": "192.0.2.0/24", "interface": "ks-srv", "router": "192.0.2.1",
+            "dns": ["192.0.2.1"]}
+    build(write_site(tmp_path, {"server": "http://192.0.2.1", "dhcp": dhcp}, hosts=NET_HOSTS),
+          tmp_path / "pxe")
+    conf = tmp_path / "pxe/dnsmasq.conf"
+    dnsmasq_check(conf)
+    assert f"\ndhcp-host={MAC1},192.0.2.15,kvm01\n" in conf.read_text()
+    leases, out = dhcp_run(tmp_path, conf, [(MAC1, BIOS), (MAC1, UEFI), (MAC1, IPXE),
+                                            (HOSTS[1][1], "-x 0x5d:0009"), (UNKNOWN, BIOS)])
+    assert leases.splitlines() == [
+        "192.0.2.15 pxelinux.0 192.0.2.1 192.0.2.1",
+        "192.0.2.15 BOOTX64.EFI 192.0.2.1 192.0.2.1",
+        "192.0.2.15 boot.ipxe 192.0.2.1 192.0.2.1",
+        "192.0.2.16 BOOTX64.EFI 192.0.2.1 192.0.2.1",
+    ]
+    assert f"no lease: {UNKNOWN}" in out  # static leases only: strangers get nothing
+
+
+def test_dnsmasq_dhcp_pool_serves_other_machines(tmp_path: Path) -> None:
+    dhcp = {"subnet": "192.0.2.0/24", "interface": "ks-srv",
+            "range": {"start": "192.0.2.100", "end": "192.0.2.110"}, "lease_time": "1h"}
+    hosts = [dict(NET_HOSTS[0]), {"hostname": "nofixed.example.com", "mac": HOSTS[1][1]}]
+    build(write_site(tmp_path, {"server": "http://192.0.2.1", "dhcp": dhcp}, hosts=hosts),
+          tmp_path / "pxe")
+    conf = tmp_path / "pxe/dnsmasq.conf"
+    assert "\ndhcp-range=192.0.2.100,192.0.2.110,255.255.255.0,1h\n" in conf.read_text()
+    assert f"\ndhcp-host={HOSTS[1][1]},nofixed\n" in conf.read_text()
+    leases, _out = dhcp_run(tmp_path, conf, [(MAC1, BIOS), (UNKNOWN, UEFI),
+                                             (HOSTS[1][1], BIOS)], pause=6)
+    lines = leases.splitlines()
+    assert lines[0].startswith("192.0.2.15 pxelinux.0")
+    for line, boot_file in zip(lines[1:], ("BOOTX64.EFI", "pxelinux.0")):
+        address, got = line.split()[:2]
+        assert 100 <= int(address.rsplit(".", 1)[1]) <= 110 and got == boot_file
+    assert len(lines) == 3
+
+
+def test_dnsmasq_proxy_and_tftp_only_configs_parse(tmp_path: Path) -> None:
+    proxy = {"mode": "proxy", "subnet": "192.0.2.0/24", "interface": "eth1"}
+    build(write_site(tmp_path, {"server": GUEST_SERVER, "dhcp": proxy}), tmp_path / "pxe")
+    conf = tmp_path / "pxe/dnsmasq.conf"
+    text = conf.read_text()
+    assert "\ndhcp-range=192.0.2.0,proxy,255.255.255.0\n" in text
+    assert 'pxe-service=tag:!ipxe,x86PC,"ksbuild (BIOS)",pxelinux\n' in text
+    assert "dhcp-host" not in text
+    dnsmasq_check(conf)
+    # A broken line is caught: the check can fail.
+    conf.write_text(text + "dhcp-range=nonsense\n")
+    assert run(["dnsmasq", "--test", f"--conf-file={conf}"], check=False).returncode != 0
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture()
+def nginx(tmp_path: Path) -> Iterator[tuple[Path, int, Path]]:
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    generated = (tmp_path / "pxe/nginx.conf").read_text()
+    assert "\n        listen 10.0.2.100:80;\n" in generated
+    port = free_port()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(generated.replace("listen 10.0.2.100:80;", f"listen 127.0.0.1:{port};")
+                    .replace(pxe.NGINX_LOG_DIR, str(logs)).replace(pxe.NGINX_PID,
+                                                                   str(logs / "nginx.pid")))
+    main = "daemon off;" + (" user root root;" if os.geteuid() == 0 else "")
+    run(["nginx", "-t", "-p", tmp_path, "-c", conf, "-e", "stderr", "-g", main])
+    proc = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr",
+                             "-g", main], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "nginx did not start"
+                time.sleep(0.1)
+        yield tmp_path / "pxe", port, logs
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def get(port: int, method: str, path: str) -> tuple[int, bytes, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_accept_encoding=True)
+        connection.endheaders(b"" if method == "POST" else None)
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("Content-Type") or ""
+    finally:
+        connection.close()
+
+
+def test_nginx_serves_the_kickstarts_and_records_done(nginx: tuple[Path, int, Path]) -> None:
+    tree, port, logs = nginx
+    status, body, kind = get(port, "GET", f"/ks/{H1}.cfg")
+    assert (status, body) == (200, (tree / f"http/ks/{H1}.cfg").read_bytes())
+    assert kind.startswith("text/plain")
+    for path in ("/hosts.json", "/../hosts.json", "/ks/", "/ks/nobody.cfg", "/%2e%2e/hosts.json"):
+        status, body, _kind = get(port, "GET", path)
+        assert status in (400, 403, 404) and b"install" not in body, path
+    assert get(port, "POST", f"/done/{H1}")[0] == 200
+    assert get(port, "POST", "/done/../../etc")[0] in (400, 404)
+    log = logs / "ksbuild-done.log"
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip():  # nginx writes the line after answering
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert re.fullmatch(rf"\S+ 127\.0\.0\.1 {re.escape(H1)}\n", log.read_text())
+    # The operator's command (or cron) applies what nginx recorded.
+    assert pxe.apply_done_log(tree, log) == [f"{H1}: boots from its disk"]
+    assert "localboot 0" in (tree / f"tftp/pxelinux.cfg/01-{MAC1.replace(':', '-')}").read_text()
