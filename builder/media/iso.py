@@ -204,15 +204,15 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
     if iso.isohybrid_mbr is not None:
         iso.rm_isohybrid()  # we rebuild it ourselves (see builder.media.hybrid)
 
-    edit = Edit()
+    edit = Edit(iso)
     if options.overlay is not None:
-        apply_overlay(iso, edit, options.overlay)
+        apply_overlay(edit, options.overlay)
     _edit_menus(iso, edit, bootmenu.MenuEdit(old_volid, volid, options.timeout,
                                              options.keep_media_check, KS_PATH), what)
     payload = options.payload(volid, flavor)
     for path, data in sorted(payload.extra.items()):
-        edit.add(iso, path, data, 0o100444)
-    edit.add(iso, KS_PATH, payload.ks_cfg, 0o100444)
+        edit.add(path, data, 0o100444)
+    edit.add(KS_PATH, payload.ks_cfg, 0o100444)
     _set_volume_id(iso, volid)
     iso.pvd.application_use = b" " * isomd5.APPDATA_SIZE  # the media check reads it as blanks
 
@@ -249,9 +249,9 @@ def _edit_menus(iso: Any, edit: Edit, menu: bootmenu.MenuEdit, what: str) -> Non
     if isolinux is None or grub is None:
         missing = ISOLINUX_CFG if isolinux is None else GRUB_CFG
         raise InputError(f"{what}: not a CentOS 7 boot medium (no {missing.lstrip('/')})")
-    edit.replace(iso, ISOLINUX_CFG, _encode(bootmenu.edit_isolinux(
+    edit.replace(ISOLINUX_CFG, _encode(bootmenu.edit_isolinux(
         _decode(isolinux, ISOLINUX_CFG, what), menu, f"{what}: {ISOLINUX_CFG.lstrip('/')}")))
-    edit.replace(iso, GRUB_CFG, _encode(bootmenu.edit_grub(
+    edit.replace(GRUB_CFG, _encode(bootmenu.edit_grub(
         _decode(grub, GRUB_CFG, what), menu, f"{what}: {GRUB_CFG.lstrip('/')}")))
     image = read(iso, EFIBOOT_IMG)
     if image is None:
@@ -260,7 +260,7 @@ def _edit_menus(iso: Any, edit: Edit, menu: bootmenu.MenuEdit, what: str) -> Non
     inner_what = f"{what}: {EFIBOOT_IMG.lstrip('/')}: {EFIBOOT_GRUB_CFG}"
     inner = _decode(fat_image.read(EFIBOOT_GRUB_CFG), EFIBOOT_GRUB_CFG, what)
     fat_image.write(EFIBOOT_GRUB_CFG, _encode(bootmenu.edit_grub(inner, menu, inner_what)))
-    edit.replace(iso, EFIBOOT_IMG, bytes(fat_image.data))
+    edit.replace(EFIBOOT_IMG, bytes(fat_image.data))
 
 
 def _decode(data: bytes, path: str, what: str) -> str:
