@@ -508,3 +508,25 @@ def test_base_from_the_site_media_key(tmp_path: Path) -> None:
     bare = write_site(tmp_path / "bare", ONE_HOST)
     one_line_error(ksbuild("iso", bare, "-o", tmp_path / "x.iso"),
                    r"give --base ISO, or name the base media in the site file")
+
+
+def test_thousands_of_files_whose_8_3_names_collide(tmp_path: Path) -> None:
+    extra = {f"/ks/host{i:04d}.example.com.cfg": f"host {i}\n".encode() for i in range(1500)}
+    out = tmp_path / "many.iso"
+    iso.repack(centos_iso(), out, iso.RepackOptions(
+        payload=lambda volid, flavor: iso.Payload(b"dispatcher\n", extra)))
+    image = pycdlib.PyCdlib()
+    image.open(str(out))
+    try:
+        names = [child.file_identifier().decode()
+                 for child in image.list_children(iso_path="/KS")
+                 if not (child.is_dot() or child.is_dotdot())]
+        for i in (0, 777, 1499):
+            data = io.BytesIO()
+            image.get_file_from_iso_fp(data, rr_path=f"/ks/host{i:04d}.example.com.cfg")
+            assert data.getvalue() == f"host {i}\n".encode()
+    finally:
+        image.close()
+    assert len(names) == len(set(names)) == 1500
+    assert all(re.fullmatch(r"[A-Z0-9_]{1,8}\.CFG;1", name) for name in names)
+    assert isomd5.check(out)
