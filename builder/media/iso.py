@@ -280,12 +280,20 @@ def _encode(text: str) -> bytes:
 
 def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = None,
                    volid: str | None = None, timeout: int = 5, keep_media_check: bool = False,
-                   progress: Progress | None = None, epoch: int | None = None) -> RepackResult:
-    """Repack `base` into `output` with the kickstart of `host`, or of every host of `site`."""
+                   progress: Progress | None = None, epoch: int | None = None,
+                   rendered: dict[str, str] | None = None) -> RepackResult:
+    """Repack `base` into `output` with the kickstart of `host`, or of every host of `site`.
+
+    `epoch`: SOURCE_DATE_EPOCH (None: the environment's, else the base's creation time).
+    `rendered` (hostname -> kickstart, as kickstart.render_site returns) saves rendering
+    again when the caller has them; only the chosen hosts' are used."""
     from builder import kickstart
 
     hosts = [site.host(host)] if host else list(site.hosts)
-    rendered = kickstart.render_site(site, tuple(hosts))
+    if rendered is None:
+        rendered = kickstart.render_site(site, tuple(hosts))
+    else:
+        rendered = {h.hostname: rendered[h.hostname] for h in hosts}
     what = str(base)
 
     def payload(label: str, flavor: Flavor) -> Payload:
