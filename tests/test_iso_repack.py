@@ -7,11 +7,13 @@ import contextlib
 import hashlib
 import io
 import os
+import pty
 import re
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -22,9 +24,10 @@ from builder.errors import InputError
 from builder.media import iso, isomd5
 from builder.run import run
 from tests.fixtures import centos_iso, sgdisk_problems
-from tests.fixtures.tree import escape_label
+from tests.fixtures.tree import escape_label, write_tree
 from tests.test_iso_support import (
     ONE_HOST,
+    REPO,
     blkid_label,
     efiboot_grub_cfg,
     extract,
@@ -530,3 +533,68 @@ def test_thousands_of_files_whose_8_3_names_collide(tmp_path: Path) -> None:
     assert len(names) == len(set(names)) == 1500
     assert all(re.fullmatch(r"[A-Z0-9_]{1,8}\.CFG;1", name) for name in names)
     assert isomd5.check(out)
+
+
+def test_runs_without_privileges(tmp_path: Path) -> None:
+    """No mounts, loop devices or other privileges: as root, every capability is dropped
+    first (setpriv), so mounting or attaching a loop device would fail."""
+    site = write_site(tmp_path, ONE_HOST)
+    out = tmp_path / "o.iso"
+    argv = [sys.executable, "-m", "builder", "iso", str(site), "--base", str(centos_iso()),
+            "-o", str(out)]
+    if os.geteuid() == 0:
+        argv = ["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--ambient-caps=-all",
+                *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert isomd5.check(out)
+
+
+def test_progress_bar_on_a_terminal_only(tmp_path: Path) -> None:
+    site = write_site(tmp_path, ONE_HOST)
+    quiet = ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "a.iso")
+    assert quiet.returncode == 0 and len(quiet.stderr.splitlines()) == 1  # just "wrote ..."
+    primary, secondary = pty.openpty()
+    try:
+        done = subprocess.run([sys.executable, "-m", "builder", "iso", str(site), "--base",
+                               str(centos_iso()), "-o", str(tmp_path / "b.iso")],
+                              stdout=subprocess.DEVNULL, stderr=secondary, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+        os.close(secondary)
+        shown = b""
+        with contextlib.suppress(OSError):
+            while chunk := os.read(primary, 65536):
+                shown += chunk
+    finally:
+        os.close(primary)
+    assert done.returncode == 0
+    assert b"\r\x1b[Kwriting b.iso [" in shown and b"100%" in shown and b"wrote " in shown
+
+
+def test_efiboot_without_room_is_a_clear_error(tmp_path: Path) -> None:
+    """A base whose images/efiboot.img is full: the longer grub.cfg does not fit."""
+    root = tmp_path / "root"
+    dummy = tmp_path / "dummy"
+    dummy.write_bytes(b"not a kernel\n")
+    write_tree(root, "CentOS 7 x86_64", "DVD", vmlinuz=dummy, initrd=dummy, grub_efi=dummy)
+    grub = root / "EFI" / "BOOT" / "grub.cfg"
+    size = len(grub.read_bytes())
+    grub.write_bytes(grub.read_bytes() + b"#" * ((500 - size) % 512) + b"\n")  # 11 bytes slack
+    image = root / "images" / "efiboot.img"
+    run(["mkfs.vfat", "--invariant", "-s", "1", "-n", "ANACONDA", "-C", image, "200"])
+    run(["mcopy", "-s", "-i", image, root / "EFI", "::"])
+    free = int(re.search(rb"([\d ]+) bytes free", run(["mdir", "-i", image, "::"]).stdout)
+               .group(1).replace(b" ", b""))
+    (tmp_path / "filler").write_bytes(b"\xaa" * free)  # not one cluster left
+    run(["mcopy", "-i", image, tmp_path / "filler", "::filler"])
+    base = tmp_path / "full.iso"
+    run(["xorriso", "-as", "mkisofs", "-quiet", "-o", base, "-V", "CentOS 7 x86_64", "-R", "-J",
+         "-b", "isolinux/isolinux.bin", "-c", "isolinux/boot.cat", "-no-emul-boot",
+         "-boot-load-size", "4", "-boot-info-table", "-eltorito-alt-boot",
+         "-e", "images/efiboot.img", "-no-emul-boot", root])
+    site = write_site(tmp_path, ONE_HOST)
+    one_line_error(ksbuild("iso", site, "--base", base, "-o", tmp_path / "o.iso"),
+                   r"full.iso: images/efiboot.img: no room for the new EFI/BOOT/grub.cfg "
+                   r"\(\d+ bytes\): it needs \d+ more cluster")
+    no_leftovers(tmp_path / "o.iso")
