@@ -1,0 +1,156 @@
+"""PXE boots in QEMU of a tree built by `ksbuild pxe`, its kickstarts served by `ksbuild serve`.
+
+QEMU's user network (restrict=on) is the only network: its TFTP serves the tree's tftp/, and
+guestfwd maps the site's server http://10.0.2.100 to `ksbuild serve` on a loopback port. The
+machines have a local disk after the NIC in the boot order that prints KSBUILD-LOCAL-DISK when
+it is booted (see tests/pxe_support.py), so "boots locally" is seen, not assumed.
+
+The matrix: BIOS (iPXE ROM -> pxelinux), UEFI (OVMF -> GRUB, CentOS-like: linuxefi, through
+grub.cfg's lookup by $net_default_mac), iPXE scripts (boot.ipxe), upstream GRUB (linux/initrd,
+its own lookup of grub.cfg-01-<mac>); each installs a host of the site, and where it is cheap
+also shows that the host boots locally after /done and that a machine not in the site does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.fixtures import centos_iso
+from tests.fixtures.qemu import BootResult, boot
+from tests.pxe_support import (
+    GUEST_SERVER,
+    HOSTS,
+    LOCAL_MARKER,
+    UNKNOWN_MAC,
+    bios_local_disk,
+    build,
+    disk_args,
+    grub_image,
+    uefi_local_disk,
+    write_site,
+)
+
+pytestmark = pytest.mark.boot
+H1, MAC1, _ = HOSTS[0]
+BOOT_TIMEOUT = 240
+
+
+class Lab:
+    """A tree, `ksbuild serve` for it on 127.0.0.1, and boots against both."""
+
+    def __init__(self, tmp_path: Path, grub: str) -> None:
+        site_path = write_site(tmp_path, {"server": GUEST_SERVER, "menu_timeout": 1,
+                                          "grub": str(grub_image(grub))})
+        self.tree = tmp_path / "pxe"
+        self.result = build(site_path, self.tree, base=centos_iso())
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "builder", "serve", str(self.tree), "--listen",
+             "127.0.0.1:0"], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert self.proc.stderr is not None
+        first = self.proc.stderr.readline()
+        found = re.search(r"http://127\.0\.0\.1:([0-9]+)/", first)
+        assert found, first
+        self.port = int(found.group(1))
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def boot(self, mode: str, bootfile: str, mac: str) -> BootResult:
+        bios = mode == "pxe-bios"
+        disk = bios_local_disk() if bios else uefi_local_disk()
+        return boot(mode, tftp_dir=self.tree / "tftp", bootfile=bootfile, mac=mac,
+                    http_port=self.port, timeout=BOOT_TIMEOUT, extra_args=disk_args(disk, bios))
+
+    def done(self, hostname: str) -> str:
+        """What the kickstart's %post does at the end of an install."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/done/{hostname}",
+                                         data=b"", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return str(answer.read().decode())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        assert self.proc.wait(timeout=60) == 0
+        self.reader.join(timeout=10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture()
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    started = Lab(tmp_path, getattr(request, "param", "centos"))
+    try:
+        yield started
+    finally:
+        if started.proc.poll() is None:
+            started.stop()
+
+
+def assert_installs(lab: Lab, result: BootResult, hostname: str, mac: str) -> None:
+    """The host's own entry booted the installer, which fetched and printed its kickstart."""
+    assert result.cmdline is not None, result.describe()
+    assert f"inst.ks={GUEST_SERVER}/ks/{hostname}.cfg" in result.cmdline.split()
+    assert f"BOOTIF=01-{mac.replace(':', '-')}" in result.cmdline.split()
+    expected = (lab.tree / f"http/ks/{hostname}.cfg").read_bytes()
+    assert result.kickstart_source == f"{GUEST_SERVER}/ks/{hostname}.cfg", result.describe()
+    assert result.kickstart_sha256 == hashlib.sha256(expected).hexdigest(), result.describe()
+    assert LOCAL_MARKER not in result.log
+    assert any(f'"GET /ks/{hostname}.cfg HTTP/1.1" 200' in line for line in lab.lines), lab.lines
+
+
+def assert_boots_locally(result: BootResult) -> None:
+    assert LOCAL_MARKER in result.log, result.describe()
+    assert result.cmdline is None and not result.timed_out, result.describe()
+
+
+def test_bios_pxelinux_installs_once_then_boots_locally(lab: Lab) -> None:
+    assert_installs(lab, lab.boot("pxe-bios", "pxelinux.0", MAC1), H1, MAC1)
+    assert lab.done(H1) == f"{H1} now boots from its disk\n"
+    assert_boots_locally(lab.boot("pxe-bios", "pxelinux.0", MAC1))
+    assert_boots_locally(lab.boot("pxe-bios", "pxelinux.0", UNKNOWN_MAC))
+    lab.stop()
+    assert lab.lines[-1] == "ksbuild serve: stopped"
+
+
+def test_uefi_grub_installs_once_then_boots_locally(lab: Lab) -> None:
+    assert lab.result.grub_commands == "linuxefi"
+    result = lab.boot("pxe-uefi", "grubx64.efi", MAC1)
+    assert_installs(lab, result, H1, MAC1)
+    # This GRUB reads grub.cfg first: the per-host file came through its lookup by MAC.
+    assert f"ksbuild: loading (tftp)//grub.cfg-01-{MAC1.replace(':', '-')}" in result.log
+    assert lab.done(H1) == f"{H1} now boots from its disk\n"
+    assert_boots_locally(lab.boot("pxe-uefi", "grubx64.efi", MAC1))
+    assert_boots_locally(lab.boot("pxe-uefi", "grubx64.efi", UNKNOWN_MAC))
+
+
+def test_ipxe_scripts_install_by_mac_and_send_strangers_to_disk(lab: Lab) -> None:
+    result = lab.boot("pxe-bios", "boot.ipxe", MAC1)
+    assert_installs(lab, result, H1, MAC1)
+    assert "initrd=initrd.img" in (result.cmdline or "").split()
+    assert_boots_locally(lab.boot("pxe-bios", "boot.ipxe", UNKNOWN_MAC))
+
+
+@pytest.mark.parametrize("lab", ["upstream"], indirect=True)
+def test_upstream_grub_gets_linux_and_initrd(lab: Lab) -> None:
+    assert lab.result.grub_commands == "linux"
+    entry = (lab.tree / f"tftp/grub.cfg-01-{MAC1.replace(':', '-')}").read_text()
+    assert re.search(r"^\s+linux /images/vmlinuz ", entry, re.M)
+    assert_installs(lab, lab.boot("pxe-uefi", "grubx64.efi", MAC1), H1, MAC1)
