@@ -219,7 +219,8 @@ def _intact(path: Path, recorded: dict[str, list[int]], name: str) -> bool:
 
 
 def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
-               host_keys: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
+               host_keys: dict[str, str], state: dict[str, Any],
+               ks_paths: dict[str, Path]) -> dict[str, str]:
     """out/iso/<site>.iso (every host's kickstart) or out/iso/<host>.iso; name -> key."""
     from builder.media import iso
 
@@ -237,7 +238,10 @@ def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
                 target, state.get("outputs", {}), name):
             continue
         options.report(f"iso: writing {target}")
-        iso.build_site_iso(site, base, target, host=host, progress=options.progress, epoch=sde)
+        carried_names = [host] if host else list(ks_paths)
+        rendered = {n: ks_paths[n].read_text(encoding="utf-8") for n in carried_names}
+        iso.build_site_iso(site, base, target, host=host, progress=options.progress, epoch=sde,
+                           rendered=rendered)
     for old in sorted((options.out / "iso").glob("*.iso")):
         if f"iso/{old.name}" not in keys:
             old.unlink()
@@ -306,7 +310,7 @@ def build(options: Options) -> Result:
     if media is not None:
         inputs.append(Entry("base-media", media[0].name, media[1], media[0].stat().st_size))
         if site.outputs.iso != "none":
-            iso_keys = build_isos(site, options, media, sde, host_keys, state)
+            iso_keys = build_isos(site, options, media, sde, host_keys, state, ks_paths)
             outputs += [manifest.entry("iso", out / name, name) for name in sorted(iso_keys)]
         if site.outputs.pxe:
             pxe_key, loader_files = build_pxe(site, options, media, host_keys, state)
