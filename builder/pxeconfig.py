@@ -26,7 +26,7 @@
         mode: server                 # server: dnsmasq hands out addresses (each host its
                                      #   static address as a fixed lease); proxy: another
                                      #   DHCP server does, dnsmasq adds the boot answers
-        interface: eth1              # the NIC dnsmasq serves on (strongly advised)
+        interface: eth1              # the NIC dnsmasq serves on (required)
         subnet: 10.1.0.0/24          # the network served (required)
         range: {start: 10.1.0.100, end: 10.1.0.199}   # dynamic pool (server mode, optional)
         router: 10.1.0.1             # server mode: default gateway handed out
@@ -102,8 +102,9 @@ DHCP = Map(
         "mode": Field(Enum(("server", "proxy"), "server: dnsmasq hands out the addresses; "
                            "proxy: an existing DHCP server does, dnsmasq adds the boot "
                            "answers"), default="server"),
-        "interface": Field(Str(IFACE, "the boot server's NIC dnsmasq answers on",
-                               what="an interface name")),
+        "interface": Field(Str(IFACE, "the boot server's NIC dnsmasq answers on (required: "
+                               "a DHCP server must not answer on every network it sees)",
+                               what="an interface name"), required=True),
         "subnet": Field(Str(IPV4 + r"/[0-9]{1,2}", "the network served, e.g. 10.1.0.0/24",
                             what="an IPv4 network", convert=ipv4_network), required=True),
         "range": Field(Map({

@@ -201,12 +201,16 @@ def test_module_names_of_something_else() -> None:
     (lambda d: d.pop("pxe"), "needs the boot server's URL"),
     (lambda d: d["defaults"].update(source="cdrom"), "installs from cdrom"),
     (lambda d: d["pxe"].update(server="http://x.example/pxe/"), "pxe.server"),
-    (lambda d: d["pxe"].update(dhcp={"subnet": "10.0.2.0/24", "range": {
+    (lambda d: d["pxe"].update(dhcp={"subnet": "10.0.2.0/24", "interface": "eth1", "range": {
         "start": "10.0.3.1", "end": "10.0.3.9"}}), "pxe.dhcp.range.start: 10.0.3.1 is not inside"),
-    (lambda d: d["pxe"].update(dhcp={"mode": "proxy", "subnet": "10.0.2.0/24",
+    (lambda d: d["pxe"].update(dhcp={"mode": "proxy", "subnet": "10.0.2.0/24", "interface": "e1",
                                      "router": "10.0.2.1"}), "proxy mode hands out no addresses"),
-    (lambda d: d["pxe"].update(dhcp={"subnet": "10.0.9.0/24"}),
+    (lambda d: d["pxe"].update(dhcp={"subnet": "10.0.9.0/24", "interface": "eth1"}),
      "host kvm01.example.com has no static address in 10.0.9.0/24"),
+    (lambda d: d["pxe"].update(dhcp={"subnet": "10.0.2.0/24"}),
+     "pxe.dhcp: missing required key 'interface'"),
+    (lambda d: d["pxe"].update(dhcp={"subnet": "10.0.2.1/24", "interface": "eth1"}),
+     "pxe.dhcp.subnet: '10.0.2.1/24' is not an IPv4 network"),
     (lambda d: d["pxe"].update(grub_commands="linux16"), "pxe.grub_commands"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, change, message: str) -> None:
