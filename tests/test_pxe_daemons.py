@@ -13,9 +13,11 @@ the log/pid paths are swapped for the test's.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -37,10 +39,19 @@ UNKNOWN = "52:54:00:aa:bb:cc"
 
 
 def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run a shell script as root of a new user + network namespace (only `lo`, down)."""
-    return subprocess.run(["unshare", "--user", "--map-root-user", "--net", "--", "sh", "-c",
-                           "set -e\nip link set lo up\n" + script],
-                          capture_output=True, text=True, timeout=timeout)
+    """Run a shell script as root of a new user + network namespace (only `lo`, down). In a
+    session of its own, so that a timeout ends dnsmasq too, not only the shell."""
+    argv = ["unshare", "--user", "--map-root-user", "--net", "--", "sh", "-c",
+            "set -e\nip link set lo up\n" + script]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the script left running
+        proc.wait()
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def dnsmasq_check(conf: Path) -> None:
