@@ -207,6 +207,18 @@ class Renderer:
         return text
 
 
+def _parser_built_once(section: type[Any]) -> type[Any]:
+    class Section(section):  # type: ignore[misc]
+        _op = None
+
+        def _getParser(self) -> Any:  # noqa: N802 (pykickstart's name)
+            if self._op is None:
+                self._op = super()._getParser()
+            return self._op
+
+    return Section
+
+
 def _fresh(state: dict[str, Any]) -> dict[str, Any]:
     """A copy of a command's attributes in which the lists it fills in place (network devices,
     partitions...) are new, so parsing one kickstart cannot leak into the saved state."""
@@ -229,6 +241,14 @@ class Validator:
 
         self.handler = makeVersion(RHEL7)
         self.parser = KickstartParser(self.handler, followIncludes=False)
+        # Section headers (%packages, %post) build a new argparse parser on every header:
+        # register the same sections with their parser built once.
+        from pykickstart.parser import Script
+        from pykickstart.sections import PackageSection, PostScriptSection
+
+        self.parser.registerSection(_parser_built_once(PostScriptSection)(
+            self.handler, dataObj=Script))
+        self.parser.registerSection(_parser_built_once(PackageSection)(self.handler))
         self.pristine = {name: _fresh(vars(cmd)) for name, cmd in self.handler.commands.items()}
         self.used: set[str] = set(self.handler.commands)  # first parse: reset nothing yet
 
