@@ -138,6 +138,9 @@ class Hasher(threading.Thread):
         self._cond = threading.Condition()
         self._stopping = False
         self.error: BaseException | None = None
+        # One buffer for the whole image: a fresh 4 MiB bytes object per read let glibc's
+        # heap grow to ~170 MiB when the writer ran ahead (seen in a loaded CI run).
+        self._buffer = memoryview(bytearray(HASH_CHUNK))
 
     def advance(self, final: int) -> None:
         with self._cond:
@@ -161,10 +164,11 @@ class Hasher(threading.Thread):
                     limit = self._final
                 want = min(HASH_CHUNK, limit - self.digest.offset,
                            self.digest.length - self.digest.offset)
-                data = os.pread(self.fd, want, self.digest.offset)
-                if len(data) < want:  # a hole at the end, not yet extended: zeros
-                    data = data.ljust(want, b"\0")
-                self.digest.update(data)
+                view = self._buffer[:want]
+                got = os.preadv(self.fd, [view], self.digest.offset)
+                if got < want:  # a hole at the end, not yet extended: zeros
+                    view[got:] = bytes(want - got)
+                self.digest.update(view)
         except BaseException as exc:  # noqa: BLE001 - handed to the main thread
             self.error = exc
 
