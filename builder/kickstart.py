@@ -47,7 +47,9 @@ def template_dir() -> Path:
     return Path(str(importlib.resources.files("builder"))) / "templates"
 
 
-def _environment(folder: Path) -> jinja2.Environment:
+def template_environment(folder: Path) -> jinja2.Environment:
+    """Jinja2 as every ksbuild template expects it: undefined names are errors, blocks leave
+    no stray blank lines, and `| sh` quotes a value for the shell."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         undefined=jinja2.StrictUndefined,
@@ -160,7 +162,7 @@ class Renderer:
 
     def __init__(self, site: Site, templates: Path | None = None) -> None:
         self.site = site
-        self.env = _environment(templates or template_dir())
+        self.env = template_environment(templates or template_dir())
         self.overlays = OverlayTree(site.overlays)
         self.validator = Validator()
 

@@ -16,7 +16,7 @@ import jinja2
 
 from builder import __version__
 from builder.errors import KsbuildError
-from builder.kickstart import template_dir
+from builder.kickstart import template_dir, template_environment
 
 # Names under kickstarts/pxe/.
 SHARED_TEMPLATES = {
@@ -60,14 +60,7 @@ def host_files(mac: str) -> dict[str, str]:
 
 @lru_cache(maxsize=4)
 def _environment(folder: Path) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        autoescape=False,
-    )
+    return template_environment(folder)
 
 
 def template(name: str, folder: Path | None = None) -> jinja2.Template:
