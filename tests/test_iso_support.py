@@ -54,13 +54,16 @@ def ksbuild(*args: str | Path, env: dict[str, str] | None = None, unset: tuple[s
 
 
 PEAK_RSS = re.compile(r"^KSBUILD-PEAK-RSS-KIB (\d+)$", re.M)
+# VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking parent
+# (a pytest process grown to ~170 MiB by earlier tests), VmHWM belongs to this program alone.
 _MEASURED = """
-import resource, sys
+import re, sys
 from builder.cli import main
 try:
     code = main(sys.argv[1:])
 finally:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/status") as status:
+        peak = re.search(r"^VmHWM:\\s+(\\d+) kB", status.read(), re.M).group(1)
     print(f"KSBUILD-PEAK-RSS-KIB {peak}", file=sys.stderr)
 sys.exit(code)
 """
