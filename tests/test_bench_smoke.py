@@ -1,0 +1,23 @@
+"""Every benchmark still runs, at a small size: the figures are for people, not asserted."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.parametrize(("script", "args", "expected"), [
+    ("bench_kickstarts.py", ["--hosts", "300"], "total wall time"),
+    ("bench_build.py", ["--hosts", "300"], "no-op rebuild"),
+    ("bench_pxe.py", ["--hosts", "300"], "whole PXE tree"),
+    ("bench_post_sandbox.py", ["--repeat", "1"], "chroot"),
+])
+def test_benchmark_runs(script: str, args: list[str], expected: str) -> None:
+    done = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expected in done.stdout, done.stdout
