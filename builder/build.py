@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,9 +133,11 @@ def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
     return True
 
 
-def _changed(out: Path, name: str, state: dict[str, Any]) -> bool:
-    stat = (out / name).stat()
-    return bool(state.get("outputs", {}).get(name) != [stat.st_size, stat.st_mtime_ns])
+def _snapshot(out: Path) -> dict[str, tuple[int, int, int]]:
+    """The media outputs' identities (inode, size, mtime), to tell which a step wrote."""
+    return {p.relative_to(out).as_posix(): (p.stat().st_ino, p.stat().st_size,
+                                            p.stat().st_mtime_ns)
+            for folder in ("iso", "pxe") for p in _files_under(out / folder)}
 
 
 def _quick_check(options: Options, state: dict[str, Any]) -> bool:
@@ -265,8 +269,52 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str],
         if settings.tree_path is None:
             options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
                            f"{tree.absolute()}: set it to where the tree will be served from")
-        pxe.build_tree(pxe.Options(site=site, out=tree, base=media[0], jobs=options.jobs))
+        _update_tree(tree, lambda new: pxe.build_tree(pxe.Options(
+            site=site, out=new, base=media[0], jobs=options.jobs)))
     return key, loader_files
+
+
+def _update_tree(tree: Path, build_into: Callable[[Path], object]) -> None:
+    """Build the PXE tree beside `tree`, then move over only the files that changed, so a
+    change to one host rewrites that host's files and no others. The tree's lock is held
+    throughout: `ksbuild serve` switching a host that reports done waits, and the hosts that
+    have installed (state/) stay installed."""
+    from builder import pxestate
+
+    with pxestate.TreeLock(tree) as lock:
+        lock.acquire()
+        staging = Path(tempfile.mkdtemp(prefix=".pxe.", suffix=".part", dir=tree.parent))
+        try:
+            new = staging / tree.name
+            if (tree / "state").is_dir():
+                shutil.copytree(tree / "state", new / "state")
+            build_into(new)
+            if not tree.is_dir():
+                os.replace(new, tree)
+                return
+            _move_changed(new, tree)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_changed(new: Path, tree: Path) -> None:
+    """Make `tree` equal to `new` (but for its run-time state/) by moving changed files."""
+    fresh = {p.relative_to(new) for p in new.rglob("*") if p.is_file()}
+    for relative in sorted(fresh):
+        if relative.parts[0] == "state":
+            continue
+        target = tree / relative
+        if not target.is_file() or target.read_bytes() != (new / relative).read_bytes():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(new / relative, target)
+    for old in sorted(tree.rglob("*"), reverse=True):
+        relative = old.relative_to(tree)
+        if relative.parts[0] == "state":
+            continue
+        if old.is_file() and relative not in fresh:
+            old.unlink()
+        elif old.is_dir() and not any(old.iterdir()) and not (new / relative).is_dir():
+            old.rmdir()
 
 
 def _pxe_outputs(tree: Path) -> list[Path]:
@@ -303,6 +351,7 @@ def build(options: Options) -> Result:
     for path in ks_paths.values():
         os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
 
+    before = _snapshot(out)
     media = base_media(site, options, state)
     iso_keys: dict[str, str] = {}
     pxe_key = None
@@ -317,8 +366,9 @@ def build(options: Options) -> Result:
             inputs += [manifest.entry("boot-loader", f, f.name) for f in loader_files]
             outputs += [manifest.entry("pxe", f, f.relative_to(out).as_posix())
                         for f in _pxe_outputs(out / "pxe")]
-    written += [e.path for e in outputs
-                if e.kind != "kickstart" and _changed(out, e.path, state)]
+    after = _snapshot(out)
+    written += [e.path for e in outputs if e.kind != "kickstart"
+                and before.get(e.path) != after.get(e.path)]
     manifest.write(out, __version__, sde, inputs, outputs)
     written.append(manifest.MANIFEST)
     document = manifest.read(out)
@@ -365,8 +415,6 @@ class Comparison:
 
 def verify(out: Path, report: Report = lambda line: None) -> list[Comparison]:
     """Rebuild from the recorded inputs into a temporary folder; compare every output."""
-    import tempfile
-
     document = manifest.read(out)
     state = read_state(out)
     if not state:

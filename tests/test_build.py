@@ -190,8 +190,30 @@ def test_incremental_with_per_host_isos(tmp_path: Path) -> None:
     doc = yaml.safe_load(site_path.read_text())
     doc["hosts"][1]["timezone"] = "Europe/Berlin"
     site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    first_pxe = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pxe_files(out, "56")}
+    installed = ksbuild("pxe", "-o", str(out / "pxe"), "--done", "cdh-host.c7.jevoncode.com")
+    assert installed.returncode == 0, installed.stderr
+    local_entry = (out / "pxe/tftp/pxelinux.cfg/01-52-54-00-12-34-56").read_bytes()
     changed = build.build(options)
     assert "iso/kvm2.example.com.iso" in changed.written
     assert "iso/cdh-host.c7.jevoncode.com.iso" not in changed.written
     assert "ks/cdh-host.c7.jevoncode.com.cfg" not in changed.written
     assert untouched.stat().st_mtime_ns == before
+    # The PXE tree: only the changed host's files are rewritten; the other host, which has
+    # installed meanwhile, keeps its local-boot entry.
+    assert "pxe/http/ks/kvm2.example.com.cfg" in changed.written
+    assert not [p for p in changed.written if "cdh-host" in p or "34-56" in p]
+    assert (out / "pxe/tftp/pxelinux.cfg/01-52-54-00-12-34-56").read_bytes() == local_entry
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in pxe_files(out, "56")
+            if "pxelinux.cfg" not in str(p) and "grub.cfg-01" not in str(p)
+            and "ipxe" not in str(p)} == {
+        p: v for p, v in first_pxe.items() if "pxelinux.cfg" not in str(p)
+        and "grub.cfg-01" not in str(p) and "ipxe" not in str(p)}
+
+
+def pxe_files(out: Path, mac_end: str) -> list[Path]:
+    """The PXE files of the host whose MAC ends in `mac_end` (entries and kickstart)."""
+    tree = out / "pxe"
+    return sorted(p for p in tree.rglob("*") if p.is_file() and (
+        p.name.endswith(mac_end) or p.name.endswith(f"{mac_end}.ipxe")
+        or p.name == "cdh-host.c7.jevoncode.com.cfg"))
