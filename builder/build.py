@@ -175,9 +175,9 @@ def build_kickstarts(site: Site, options: Options, state: dict[str, Any],
     """Write out/ks/<host>.cfg for every host; returns the files, the host keys, and the
     names of the files rewritten."""
     folder = options.out / "ks"
-    renderer = kickstart.Renderer(site)
+    overlays = OverlayTree(site.overlays)
     previous: dict[str, str] = state.get("hosts", {})
-    keys = {h.hostname: _host_key(h, shared, renderer.overlays) for h in site.hosts}
+    keys = {h.hostname: _host_key(h, shared, overlays) for h in site.hosts}
     paths = {name: folder / f"{name}.cfg" for name in keys}
     stale = tuple(h for h in site.hosts
                   if previous.get(h.hostname) != keys[h.hostname]
