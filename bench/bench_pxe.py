@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.fleet import write_fleet_site  # noqa: E402
-from builder import kickstart, pxe, site  # noqa: E402
+from builder import kickstart, site
+from builder.pxe import tree as pxe  # noqa: E402
 
 
 def main() -> int:

@@ -256,7 +256,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str],
               host_keys: dict[str, str], state: dict[str, Any]) -> tuple[str, list[Path]]:
     """out/pxe: the PXE tree. Returns its key and the boot-loader files it took from this
     machine (inputs)."""
-    from builder import pxe
+    from builder.pxe import tree as pxe
 
     settings, _ = pxe.settings_of(site, None)
     loaders = pxe.find_bios_loaders(settings)
@@ -279,7 +279,7 @@ def _update_tree(tree: Path, build_into: Callable[[Path], object]) -> None:
     change to one host rewrites that host's files and no others. The tree's lock is held
     throughout: `ksbuild serve` switching a host that reports done waits, and the hosts that
     have installed (state/) stay installed."""
-    from builder import pxestate
+    from builder.pxe import state as pxestate
 
     with pxestate.TreeLock(tree) as lock:
         lock.acquire()

@@ -167,8 +167,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def cmd_pxe(args: argparse.Namespace) -> int:
-    from builder import pxe, site
+    from builder import site
     from builder.errors import InputError
+    from builder.pxe import tree as pxe
 
     if args.site is None:
         if args.base or args.server:
@@ -209,7 +210,7 @@ def cmd_pxe(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
-    from builder import serve
+    from builder.pxe import serve
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

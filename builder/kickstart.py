@@ -192,7 +192,7 @@ class Renderer:
             "ifcfgs": ifcfg_files(host),
             "overlay": overlay,
             "b64": _base64_lines,
-            "pxe_done_url": None,  # set by builder/pxe.py for PXE installs
+            "pxe_done_url": None,  # set by builder/pxe/tree.py for PXE installs
         }
 
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:
@@ -283,7 +283,7 @@ class Validator:
 # Below this many hosts a worker pool costs more than it saves.
 PARALLEL_MIN_HOSTS = 200
 _worker: Renderer | None = None
-# More template values for one host (e.g. builder/pxe.py's done URL), on top of context().
+# More template values for one host (e.g. builder/pxe/tree.py's done URL), on top of context().
 ExtraFor = Callable[[Host], Mapping[str, Any]]
 _extra: ExtraFor | None = None
 

@@ -17,8 +17,8 @@ from typing import Any
 import yaml
 
 from builder.errors import InputError
-from builder.pxeconfig import PXE, PxeSettings
-from builder.pxeconfig import parse as parse_pxe
+from builder.pxe.config import PXE, PxeSettings
+from builder.pxe.config import parse as parse_pxe
 from builder.schema import (
     Bool,
     Enum,
@@ -130,7 +130,7 @@ class Site:
     overlays: Path | None  # the overlay root folder, resolved against the site file
     media: Media | None = None  # None: the site names no base media
     outputs: Outputs = Outputs(iso="none", pxe=False)
-    pxe: PxeSettings | None = None  # the `pxe:` key (builder/pxeconfig.py); None: not given
+    pxe: PxeSettings | None = None  # the `pxe:` key (builder/pxe/config.py); None: not given
 
     @cached_property
     def _by_name(self) -> dict[str, Host]:

@@ -15,7 +15,8 @@ from typing import Any
 
 import yaml
 
-from builder import pxe, site
+from builder import site
+from builder.pxe import tree as pxe
 from builder.run import run
 from tests.fixtures.cache import cached_file, digest
 from tests.fixtures.grub import COMMON_MODULES, NET_MODULES, make_grub_efi

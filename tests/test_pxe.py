@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import grubimage, kickstart, pxe, pxemenus, pxestate, serve, site
+from builder import kickstart, site
+from builder.pxe import grubimage, serve
+from builder.pxe import menus as pxemenus
+from builder.pxe import state as pxestate
+from builder.pxe import tree as pxe
 from builder.run import run
 from tests.conftest import REPO
 from tests.pxe_support import (

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import pxe
+from builder.pxe import tree as pxe
 from builder.run import run
 from tests.pxe_support import GUEST_SERVER, HOSTS, build, write_site
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import pxemenus, serve
+from builder.pxe import menus as pxemenus
+from builder.pxe import serve
 from tests.conftest import REPO
 from tests.pxe_support import GUEST_SERVER, HOSTS, build, host_dicts, write_site
 

@@ -7,7 +7,7 @@ nginx and dnsmasq with the tree's generated configs).
                         X-RHN-Provisioning-MAC-<n> headers carries (`inst.ks.sendmac`);
                         404 for an unknown MAC, 409 if the MACs name different hosts
     POST /done/<host>   the host has installed: its pxelinux, GRUB and iPXE entries switch to
-                        local boot (builder/pxestate.py)
+                        local boot (builder/pxe/state.py)
 
 Each request is answered in its own thread and logged through a callback (cli.py prints).
 """
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from builder import pxestate
 from builder.errors import InputError, KsbuildError
+from builder.pxe import state as pxestate
 
 MAC_HEADER = re.compile(r"x-rhn-provisioning-mac-[0-9]+", re.I)
 MAC = re.compile(r"(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}", re.I)

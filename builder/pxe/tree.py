@@ -13,17 +13,17 @@ and UEFI, once.
         images/vmlinuz images/initrd.img the base's images/pxeboot/ kernel and initrd
       http/ks/<host>.cfg         served by HTTP (nginx or `ksbuild serve`)
       dnsmasq.conf nginx.conf    for the boot server (paths: pxe.tree_path or OUT)
-      hosts.json                 the index: each host's MAC and install entries (pxestate.py)
+      hosts.json                 the index: each host's MAC and install entries (state.py)
       state/installed/<host>     hosts that have installed (written at run time)
 
 A host's entry boots the installer with `inst.ks=<server>/ks/<host>.cfg`, `inst.repo=`,
 `inst.ks.sendmac`, `ip=dhcp` on its boot NIC (`BOOTIF=`) and the site's pxe.boot_args. Its
 kickstart's last %post step calls `<server>/done/<host>`; `ksbuild serve` then switches its
-three entries to local boot (pxestate.py), and `ksbuild pxe -o OUT --reinstall HOST` switches
+three entries to local boot (state.py), and `ksbuild pxe -o OUT --reinstall HOST` switches
 them back. Rebuilding the tree keeps installed hosts installed. With nginx instead of
 `ksbuild serve`, see the comment at the top of the generated nginx.conf.
 
-The site's `pxe:` key is described in builder/pxeconfig.py. Everything is checked and rendered
+The site's `pxe:` key is described in builder/pxe/config.py. Everything is checked and rendered
 into a temporary folder first, which then replaces OUT in one rename; the bytes depend only on
 the inputs.
 """
@@ -40,10 +40,13 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from builder import grubimage, kickstart, pxemenus, pxestate
+from builder import kickstart
 from builder.errors import InputError
 from builder.output import atomic_dir, write_bytes
-from builder.pxeconfig import PxeSettings
+from builder.pxe import grubimage
+from builder.pxe import menus as pxemenus
+from builder.pxe import state as pxestate
+from builder.pxe.config import PxeSettings
 from builder.site import Host, Site
 
 DEFAULT_SETTINGS = PxeSettings(

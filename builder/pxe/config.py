@@ -1,4 +1,4 @@
-"""The site file's `pxe:` key: what a PXE tree needs beyond the hosts (see builder/pxe.py).
+"""The site file's `pxe:` key: what a PXE tree needs beyond the hosts (see builder/pxe/tree.py).
 
     pxe:
       server: http://10.1.0.5:8080   # the boot server's base URL (ksbuild serve or nginx):

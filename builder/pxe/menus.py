@@ -2,8 +2,8 @@
 GRUB (UEFI) and iPXE, each once for the whole tree (the fallback that boots the local disk)
 and once per host (install, or local boot once the host has installed).
 
-A host's three entries are files named by its MAC (see host_files); builder/pxe.py writes the
-install ones, builder/pxestate.py swaps them for the local ones and back.
+A host's three entries are files named by its MAC (see host_files); builder/pxe/tree.py writes the
+install ones, builder/pxe/state.py swaps them for the local ones and back.
 """
 
 from __future__ import annotations

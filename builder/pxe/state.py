@@ -1,6 +1,6 @@
 """Which hosts of a PXE tree have installed, and switching their boot entries.
 
-The tree's `hosts.json` (written by builder/pxe.py) lists every host: its MAC and the exact
+The tree's `hosts.json` (written by builder/pxe/tree.py) lists every host: its MAC and the exact
 text of its install entries. A host that has installed has a marker file
 `state/installed/<hostname>` and local-boot entries in place of the install ones. The marker
 is the truth: it is written before the entries are switched to local and removed before they
@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from builder.errors import InputError
 from builder.output import write_bytes
-from builder.pxemenus import local_entries
+from builder.pxe.menus import local_entries
 
 INDEX = "hosts.json"
 INDEX_FORMAT = 1
