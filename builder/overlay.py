@@ -14,6 +14,7 @@ only the executable bit, so the modes file is how a tree in git carries 0600 or 
 
 from __future__ import annotations
 
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -45,12 +46,73 @@ class Overlay:
     files: tuple[OverlayFile, ...]
 
 
+def _kind(path: Path) -> str:
+    """"file", "folder" or "missing"; InputError for a symlink (it could reach anything on
+    the build machine: a private key would land on every host) and for a FIFO, socket or
+    device (reading one blocks or never ends). lstat only: nothing is opened."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    if stat.S_ISLNK(mode):
+        raise InputError(f"{path}: symbolic links are not supported in overlays")
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISREG(mode):
+        return "file"
+    raise InputError(f"{path}: not a regular file or folder; overlays hold only those")
+
+
+def entries(folder: Path, root: Path) -> list[tuple[Path, str, bool]]:
+    """(path, path relative to `folder`, is a folder) of everything below `folder`, sorted;
+    every level from `root` (exclusive) down to each entry is checked by _kind, so neither a
+    symlinked `hosts/<name>` nor one deep inside reaches outside the tree. [] if `folder`
+    does not exist."""
+    level = root
+    for part in folder.relative_to(root).parts:
+        level = level / part
+        kind = _kind(level)
+        if kind == "missing":
+            return []
+        if kind != "folder":
+            raise InputError(f"{level}: not a folder")
+    found = []
+    for item in sorted(folder.rglob("*")):
+        kind = _kind(item)
+        if kind != "missing":
+            found.append((item, item.relative_to(folder).as_posix(), kind == "folder"))
+    return found
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of a regular file, opened so that a symlink or FIFO swapped in after the
+    check fails instead of being followed or blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(f"{path}: not a regular file or folder; overlays hold only those")
+        return handle.read()
+
+
 def read_modes(root: Path) -> dict[str, int]:
     modes_path = root / MODES_FILE
-    if not modes_path.exists():
+    if _kind(modes_path) == "missing":
         return {}
+    if _kind(modes_path) != "file":
+        raise InputError(f"{modes_path}: not a regular file")
+    data = read_file(modes_path)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{modes_path}:{bad_line}: not UTF-8 text") from None
     modes: dict[str, int] = {}
-    for number, line in enumerate(modes_path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
@@ -61,26 +123,21 @@ def read_modes(root: Path) -> dict[str, int]:
     return modes
 
 
-def _tree(folder: Path, modes: dict[str, int]) -> tuple[dict[str, OverlayDir],
+def _tree(folder: Path, root: Path, modes: dict[str, int]) -> tuple[dict[str, OverlayDir],
                                                        dict[str, OverlayFile]]:
     dirs: dict[str, OverlayDir] = {}
     files: dict[str, OverlayFile] = {}
-    if not folder.is_dir():
-        return dirs, files
-    for item in sorted(folder.rglob("*")):
-        relative = item.relative_to(folder).as_posix()
+    for item, relative, is_folder in entries(folder, root):
         if not SAFE_PATH.fullmatch(relative) or ".." in relative.split("/"):
             raise InputError(f"{item}: overlay path {relative!r} may hold only letters, "
                              "digits and ._+@-")
-        if item.is_symlink():
-            raise InputError(f"{item}: symbolic links are not supported in overlays")
         target = "/" + relative
-        if item.is_dir():
+        if is_folder:
             if relative in modes:
                 dirs[target] = OverlayDir(target, modes[relative])
             continue
         default = 0o755 if item.stat().st_mode & stat.S_IXUSR else 0o644
-        files[target] = OverlayFile(target, modes.get(relative, default), item.read_bytes())
+        files[target] = OverlayFile(target, modes.get(relative, default), read_file(item))
     return dirs, files
 
 
@@ -90,13 +147,14 @@ class OverlayTree:
     def __init__(self, root: Path | None) -> None:
         self.root = root
         self.modes = read_modes(root) if root else {}
-        self.common = _tree(root / "common", self.modes) if root else ({}, {})
+        self.common = _tree(root / "common", root, self.modes) if root else ({}, {})
 
     def for_host(self, hostname: str) -> Overlay:
         """The folders and files the overlay puts on `hostname`, sorted by path."""
         dirs, files = dict(self.common[0]), dict(self.common[1])
         if self.root is not None:
-            own_dirs, own_files = _tree(self.root / "hosts" / hostname, self.modes)
+            own_dirs, own_files = _tree(self.root / "hosts" / hostname, self.root,
+                                        self.modes)
             dirs.update(own_dirs)
             files.update(own_files)
         return Overlay(tuple(dirs[k] for k in sorted(dirs)),

@@ -351,13 +351,74 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
     """libyaml's parser when present: a 10,000-host site loads ~5x faster."""
 
 
+# A site file nests ~6 levels; aliases may repeat parts of it, but what they expand to stays
+# in proportion to the text (an "alias bomb" of 400 bytes expands to millions of values).
+MAX_DEPTH = 64
+EXPANSION_PER_BYTE = 2
+EXPANSION_FLOOR = 100_000
+
+
+def _node_line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def check_shape(root: yaml.Node, file: str, text_length: int) -> None:
+    """Refuse, before anything walks the tree, what would walk forever or blow up: an alias
+    inside its own anchor, nesting past MAX_DEPTH, and aliases that expand to more values than
+    the text can justify. Each node is visited once however often it is aliased (iterative,
+    so no RecursionError), and its expanded size is summed from its children's."""
+    budget = max(EXPANSION_FLOOR, EXPANSION_PER_BYTE * text_length)
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the nodes whose subtree is being walked: the current path
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, finished = stack.pop()
+        key = id(node)
+        if finished:
+            open_nodes.discard(key)
+            sizes[key] = 1 + sum(sizes[id(child)] for child in _children(node))
+            if sizes[key] > budget:
+                raise InputError(f"{file}:{_node_line(node)}: YAML aliases here expand to more "
+                                 f"than {budget} values; write the values out or use fewer "
+                                 "aliases")
+            continue
+        if key in sizes:
+            continue
+        if key in open_nodes:
+            raise InputError(f"{file}:{_node_line(node)}: a YAML alias refers to a value that "
+                             "contains it")
+        if depth > MAX_DEPTH:
+            raise InputError(f"{file}:{_node_line(node)}: nested more than {MAX_DEPTH} levels "
+                             "deep")
+        open_nodes.add(key)
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in reversed(_children(node)))
+
+
+def _construct(node: yaml.Node, path: str, file: str, loader: _Loader) -> Any:
+    """A scalar's value; a tag it cannot carry (`!!int abc`, `!!timestamp x`) is one line."""
+    try:
+        return loader.construct_object(node)
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        raise InputError(f"{file}:{_node_line(node)}: {path or '(top)'}: {node.value!r} cannot "
+                         f"be read as {node.tag.rsplit(':', 1)[-1]}") from None
+
+
 def _locate(node: yaml.Node, path: str, file: str, loader: _Loader) -> Located:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         items: dict[str, Located] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node)
+            key = _construct(key_node, path, file, loader)
             key_line = key_node.start_mark.line + 1
             if not isinstance(key, str):
                 raise InputError(f"{file}:{key_line}: {path or '(top)'}: key {key!r} is not text")
@@ -371,7 +432,7 @@ def _locate(node: yaml.Node, path: str, file: str, loader: _Loader) -> Located:
             [_locate(n, f"{path}[{i}]", file, loader) for i, n in enumerate(node.value)],
             path, file, line,
         )
-    return Located(loader.construct_object(node), path, file, line)
+    return Located(_construct(node, path, file, loader), path, file, line)
 
 
 def read_located(path: Path) -> Located:
@@ -387,16 +448,33 @@ def read_located(path: Path) -> Located:
         node = loader.get_single_node()
         if node is None:
             raise InputError(f"{name}:1: the file is empty")
+        check_shape(node, name, len(text))
         return _locate(node, "", name, loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         problem = exc.problem or exc.context or "invalid YAML"
         raise InputError(f"{name}:{line}: YAML syntax error: {problem}") from None
+    except yaml.reader.ReaderError as exc:
+        raise InputError(f"{name}:{_reader_error_line(text, exc)}: YAML syntax error: "
+                         f"{exc.reason} (character {_char_code(exc.character)})") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{name}: YAML syntax error: {exc}") from None
+        raise InputError(f"{name}: YAML syntax error: {exc}".replace("\n", " ")) from None
     finally:
         loader.dispose()
+
+
+def _char_code(character: int | str) -> str:
+    code = character if isinstance(character, int) else ord(character)
+    return f"U+{code:04X}"
+
+
+def _reader_error_line(text: str, exc: yaml.reader.ReaderError) -> int:
+    """libyaml reports a byte offset, the pure-Python reader a character index: find the
+    character itself instead."""
+    character = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    found = text.find(character)
+    return text.count("\n", 0, found) + 1 if found >= 0 else 1
 
 
 def merge(base: Located, over: Located) -> Located:

@@ -18,9 +18,11 @@ from tests.sitefiles import site_doc, write_site
 from tests.test_site import mutated_sites
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "builder", *args], cwd=REPO, text=True,
-                          capture_output=True, env={**os.environ, **(env or {})}, timeout=120)
+                          capture_output=True, env={**os.environ, **(env or {})},
+                          timeout=timeout)
 
 
 def test_help_for_every_subcommand() -> None:
@@ -53,6 +55,24 @@ def test_bad_input_exit_2_one_line_no_traceback_no_output(tmp_path: Path) -> Non
     assert "hosts[0].bridge.gateway: 192.16.1.1 is not inside 192.168.0.0/16" in result.stderr
     assert not out.exists()
     assert run_cli("check", str(path)).returncode == 2
+
+
+@pytest.mark.parametrize("where", ["overlays/common/etc/fifo", "overlays/.ksbuild-modes",
+                                   "overlays/hosts/kvm2.example.com"])
+def test_fifo_in_an_overlay_is_refused_without_opening_it(tmp_path: Path, where: str) -> None:
+    """Opening a FIFO blocks until a writer comes: the build hung for good."""
+    (tmp_path / "overlays" / "common" / "etc").mkdir(parents=True)
+    (tmp_path / "overlays" / "hosts").mkdir()
+    os.mkfifo(tmp_path / where)
+    path = write_site(tmp_path, site_doc(overlays="overlays"))
+    try:
+        result = run_cli("check", str(path), timeout=20)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ksbuild check blocked on a FIFO in the overlay")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"ksbuild: {tmp_path / where}: not a regular file or folder; " \
+        "overlays hold only those\n" or result.stderr == f"ksbuild: {tmp_path / where}: " \
+        "not a folder\n", result.stderr
 
 
 def test_failed_render_leaves_the_previous_output_untouched(tmp_path: Path) -> None:

@@ -190,6 +190,33 @@ def test_overlay_path_with_shell_characters_is_refused(tmp_path: Path) -> None:
         render(tmp_path, site_doc(overlays="overlays"))
 
 
+@pytest.mark.parametrize("link", ["hosts/kvm2.example.com", "hosts", "common", "common/etc",
+                                  "common/etc/motd", ".ksbuild-modes"])
+def test_overlay_symlinks_are_refused_at_every_level(tmp_path: Path, link: str) -> None:
+    """A symlinked hosts/<name> (or any level) would embed files from outside the tree: a
+    private key, at mode 0644."""
+    outside = tmp_path / "outside"
+    (outside / "root" / ".ssh").mkdir(parents=True)
+    (outside / "root" / ".ssh" / "id_rsa").write_text("PRIVATE KEY\n")
+    (outside / "etc").mkdir()
+    overlays = tmp_path / "overlays"
+    overlays.mkdir()
+    target = overlays / link
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(outside / "root/.ssh/id_rsa" if link in ("common/etc/motd", ".ksbuild-modes")
+                      else outside)
+    with pytest.raises(site.InputError, match=f"{re.escape(str(target))}: symbolic links are not"):
+        render(tmp_path, site_doc(overlays="overlays"))
+
+
+def test_overlay_modes_file_not_utf8_is_one_line(tmp_path: Path) -> None:
+    overlays = tmp_path / "overlays"
+    (overlays / "common").mkdir(parents=True)
+    (overlays / ".ksbuild-modes").write_bytes(b"root/.ssh 0700\n# caf\xe9\n")
+    with pytest.raises(site.InputError, match=r"\.ksbuild-modes:2: not UTF-8 text$"):
+        render(tmp_path, site_doc(overlays="overlays"))
+
+
 def test_templates_are_strict(tmp_path: Path) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(REPO / "kickstarts", templates)

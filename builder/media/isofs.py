@@ -17,6 +17,7 @@ from typing import Any
 
 from pycdlib.pycdlibexception import PyCdlibException
 
+from builder import overlay
 from builder.errors import InputError
 
 KS_PATH = "/ks.cfg"
@@ -165,17 +166,14 @@ def _joliet(iso: Any, path: str) -> str | None:
 
 def apply_overlay(edit: Edit, folder: Path) -> None:
     """Put every file under `folder` onto the image at its path (replacing what is there)."""
-    for item in sorted(folder.rglob("*")):
-        relative = item.relative_to(folder).as_posix()
-        if item.is_symlink():
-            raise InputError(f"{item}: symbolic links are not supported in overlays")
+    for item, relative, is_folder in overlay.entries(folder, folder.parent):
         if not OVERLAY_NAME.fullmatch(relative):
             raise InputError(f"{item}: overlay path {relative!r} may hold only letters, digits "
                              "and ._+@-")
         if "/" + relative == KS_PATH:
             raise InputError(f"{item}: ks.cfg is the kickstart ksbuild writes; rename the file")
-        if item.is_dir():
+        if is_folder:
             edit.folder("/" + relative, create=True)
         else:
             mode = 0o100555 if os.access(item, os.X_OK) else 0o100444
-            edit.add("/" + relative, item.read_bytes(), mode)
+            edit.add("/" + relative, overlay.read_file(item), mode)
