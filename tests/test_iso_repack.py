@@ -269,6 +269,41 @@ def test_not_an_iso(tmp_path: Path) -> None:
     no_leftovers(tmp_path / "o.iso")
 
 
+def test_truncated_base_is_one_line(tmp_path: Path) -> None:
+    """An interrupted download: pycdlib failed with a struct.error traceback, exit 1."""
+    site = write_site(tmp_path, ONE_HOST)
+    whole = centos_iso().read_bytes()
+    for cut in (1 << 20, len(whole) // 3, len(whole) - 2048):
+        base = tmp_path / f"cut-{cut}.iso"
+        base.write_bytes(whole[:cut])
+        one_line_error(ksbuild("iso", site, "--base", base, "-o", tmp_path / "o.iso"),
+                       rf"{re.escape(str(base))}: truncated: the image is {cut} bytes, its "
+                       rf"volume descriptor says \d+ ")
+        one_line_error(ksbuild("pxe", site, "--base", base, "-o", tmp_path / "pxe",
+                               "--server", "http://127.0.0.1:8080"),
+                       rf"{re.escape(str(base))}: truncated")
+    no_leftovers(tmp_path / "o.iso")
+    assert not (tmp_path / "pxe").exists()
+
+
+@pytest.mark.parametrize("command", ["iso", "pxe"])
+def test_fifo_or_device_as_base_is_refused_without_blocking(tmp_path: Path,
+                                                            command: str) -> None:
+    """Opening a FIFO for reading waits for a writer: the build hung for good."""
+    site = write_site(tmp_path, ONE_HOST)
+    fifo = tmp_path / "base.iso"
+    os.mkfifo(fifo)
+    for base in (fifo, Path("/dev/zero")):
+        try:
+            server = ("--server", "http://127.0.0.1:8080") if command == "pxe" else ()
+            done = ksbuild(command, site, "--base", base, "-o", tmp_path / "out", *server,
+                           timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"ksbuild {command} blocked on {base}")
+        one_line_error(done, rf"{re.escape(str(base))}: is not a regular file, not an ISO image")
+    assert not (tmp_path / "out").exists()
+
+
 def test_not_a_centos_7_boot_medium(tmp_path: Path) -> None:
     site = write_site(tmp_path, ONE_HOST)
     cases = [
@@ -391,6 +426,34 @@ def test_overlay_cannot_replace_the_kickstart(tmp_path: Path) -> None:
     site = write_site(tmp_path, ONE_HOST, overlays="overlays")
     one_line_error(ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso"),
                    "ks.cfg is the kickstart ksbuild writes")
+
+
+@pytest.mark.parametrize("kind", ["symlinked folder", "symlinked file", "fifo"])
+def test_iso_overlay_takes_only_regular_files_and_folders(tmp_path: Path, kind: str) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "id_rsa").write_text("PRIVATE KEY\n")
+    (tmp_path / "overlays").mkdir()
+    iso_folder = tmp_path / "overlays" / "iso"
+    if kind == "symlinked folder":
+        iso_folder.symlink_to(outside)
+        bad, why = iso_folder, "symbolic links are not supported in overlays"
+    else:
+        iso_folder.mkdir()
+        bad = iso_folder / "extra"
+        if kind == "fifo":
+            os.mkfifo(bad)
+            why = "not a regular file or folder"
+        else:
+            bad.symlink_to(outside / "id_rsa")
+            why = "symbolic links are not supported in overlays"
+    site = write_site(tmp_path, ONE_HOST, overlays="overlays")
+    try:
+        done = ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso", timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("ksbuild iso blocked on a FIFO in overlays/iso")
+    one_line_error(done, rf"{re.escape(str(bad))}: {why}")
+    no_leftovers(tmp_path / "o.iso")
 
 
 # --- several hosts -----------------------------------------------------------------------------

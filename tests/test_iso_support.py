@@ -43,14 +43,15 @@ ONE_HOST = [{"hostname": "kvm1.example.com", "mac": "52:54:00:12:34:56"}]
 
 
 def ksbuild(*args: str | Path, env: dict[str, str] | None = None, unset: tuple[str, ...] = (),
-            cwd: Path | None = None, preexec: object = None) -> subprocess.CompletedProcess[str]:
+            cwd: Path | None = None, preexec: object = None,
+            timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run `python -m builder ARGS` as a user would (a separate process)."""
     full = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     for name in unset:
         full.pop(name, None)
     return subprocess.run([sys.executable, "-m", "builder", *map(str, args)],
                           capture_output=True, text=True, env=full, cwd=cwd or REPO,
-                          timeout=900, preexec_fn=preexec)  # type: ignore[arg-type]
+                          timeout=timeout, preexec_fn=preexec)  # type: ignore[arg-type]
 
 
 PEAK_RSS = re.compile(r"^KSBUILD-PEAK-RSS-KIB (\d+)$", re.M)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import calendar
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -115,22 +116,48 @@ def volume_creation_epoch(pvd_sector: bytes) -> int:
 # Checks on the base before pycdlib sees it: one clear line each.
 
 
-def read_base_head(base: Path) -> tuple[bytes, int]:
-    """The first 17 sectors of the base (system area + PVD) and its size; InputError if it is
-    not an ISO 9660 image."""
+def open_base_file(base: Path) -> BinaryIO:
+    """The base opened for reading, if it is a regular file. O_NONBLOCK: a FIFO given as the
+    base opens at once (and is refused) instead of waiting for a writer forever."""
     try:
-        with base.open("rb") as f:
-            head = f.read(PVD + SECTOR)
-            size = os.fstat(f.fileno()).st_size
+        fd = os.open(base, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError(f"{base}: no such file") from None
-    except IsADirectoryError:
-        raise InputError(f"{base}: is a folder, not an ISO image") from None
+    except OSError as exc:
+        raise InputError(f"{base}: cannot read: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "is a folder" if stat.S_ISDIR(mode) else "is not a regular file"
+        raise InputError(f"{base}: {what}, not an ISO image")
+    return open(fd, "rb")
+
+
+def read_base_head(base: Path) -> tuple[bytes, int]:
+    """The first 17 sectors of the base (system area + PVD) and its size; InputError if it is
+    not an ISO 9660 image, or is shorter than its primary volume descriptor says (a cut
+    download: pycdlib would fail deep inside with a struct.error)."""
+    try:
+        with open_base_file(base) as f:
+            head = f.read(PVD + SECTOR)
+            size = os.fstat(f.fileno()).st_size
     except OSError as exc:
         raise InputError(f"{base}: cannot read: {exc.strerror}") from None
     if len(head) < PVD + SECTOR or head[PVD:PVD + 6] != b"\x01CD001":
         raise InputError(f"{base}: not an ISO 9660 image (no primary volume descriptor)")
+    volume = volume_size(head[PVD:PVD + SECTOR])
+    if volume > size:
+        raise InputError(f"{base}: truncated: the image is {size} bytes, its volume "
+                         f"descriptor says {volume} (an interrupted download?)")
     return head, size
+
+
+def volume_size(pvd_sector: bytes) -> int:
+    """Bytes in the volume: the PVD's volume space size (offset 80, both-endian 32-bit) times
+    its logical block size (offset 128, both-endian 16-bit); ECMA-119 8.4.8, 8.4.12."""
+    blocks = int.from_bytes(pvd_sector[80:84], "little")
+    block_size = int.from_bytes(pvd_sector[128:130], "little")
+    return blocks * block_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,7 +193,7 @@ def _volume_id(raw: bytes) -> str:
 
 def open_base(base: Path) -> tuple[Any, BinaryIO, bytes, int]:
     head, size = read_base_head(base)
-    handle = base.open("rb")
+    handle = open_base_file(base)
     iso = Writer()
     try:
         iso.open_fp(handle)

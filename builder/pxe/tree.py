@@ -171,8 +171,11 @@ class BaseIso:
     def __init__(self, path: Path) -> None:
         import pycdlib
 
+        from builder.media.iso import open_base_file, read_base_head
+
         self.path = path
-        self.handle: BinaryIO = path.open("rb")
+        read_base_head(path)  # a regular file, an ISO, not truncated: else one line
+        self.handle: BinaryIO = open_base_file(path)
         self.iso: Any = pycdlib.PyCdlib()
         try:
             self.iso.open_fp(self.handle)
