@@ -270,7 +270,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str],
             options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
                            f"{tree.absolute()}: set it to where the tree will be served from")
         _update_tree(tree, lambda new: pxe.build_tree(pxe.Options(
-            site=site, out=new, base=media[0], jobs=options.jobs)))
+            site=site, out=new, base=media[0], jobs=options.jobs, previous=tree)))
     return key, loader_files
 
 
@@ -304,7 +304,7 @@ def _move_changed(new: Path, tree: Path) -> None:
         if relative.parts[0] == "state":
             continue
         target = tree / relative
-        if not target.is_file() or target.read_bytes() != (new / relative).read_bytes():
+        if not _same_file(new / relative, target):
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(new / relative, target)
     for old in sorted(tree.rglob("*"), reverse=True):
@@ -315,6 +315,25 @@ def _move_changed(new: Path, tree: Path) -> None:
             old.unlink()
         elif old.is_dir() and not any(old.iterdir()) and not (new / relative).is_dir():
             old.rmdir()
+
+
+def _same_file(new: Path, old: Path) -> bool:
+    """Same bytes: the same inode (an install tree's files are hard-linked when unchanged),
+    else same size and contents, compared in chunks (an install tree holds 4 GB)."""
+    try:
+        if new.samefile(old):
+            return True
+        if new.stat().st_size != old.stat().st_size:
+            return False
+        with new.open("rb") as a, old.open("rb") as b:
+            while True:
+                chunk = a.read(1 << 20)
+                if chunk != b.read(1 << 20):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
 
 
 def _pxe_outputs(tree: Path) -> list[Path]:

@@ -70,6 +70,8 @@ def test_tree_has_every_loader_entry_and_kickstart(tree: Path) -> None:
                  "images/vmlinuz", "images/initrd.img"):
         assert (tree / "tftp" / name).is_file(), name
     assert (tree / "tftp/images/vmlinuz").read_bytes() == b"test vmlinuz\n" * 1000
+    for name in ("vmlinuz", "initrd.img"):  # the same file for HTTP
+        assert (tree / "http/images" / name).samefile(tree / "tftp/images" / name)
     assert (tree / "tftp/pxelinux.0").read_bytes() == Path(
         "/usr/lib/PXELINUX/pxelinux.0").read_bytes()
     for hostname, mac, _address in HOSTS:
@@ -80,7 +82,11 @@ def test_tree_has_every_loader_entry_and_kickstart(tree: Path) -> None:
             assert ks_url in text and bootif in text, (kind, text)
             assert f"inst.repo={GUEST_SERVER}/os/" in text and "inst.ks.sendmac" in text
         assert "append initrd=images/initrd.img " in texts["pxelinux"]
-        assert re.search(r"^\s+linuxefi /images/vmlinuz ", texts["grub"], re.M)
+        # iPXE and GRUB fetch kernel and initrd over HTTP; pxelinux (above) over TFTP.
+        assert re.search(r"^\s+linuxefi \(http,10\.0\.2\.100\)/images/vmlinuz ",
+                         texts["grub"], re.M)
+        assert f"\nkernel {GUEST_SERVER}/images/vmlinuz " in texts["ipxe"]
+        assert f"\ninitrd {GUEST_SERVER}/images/initrd.img\n" in texts["ipxe"]
         assert texts["ipxe"].startswith("#!ipxe\n")
         ks = (tree / f"http/ks/{hostname}.cfg").read_text()
         assert f"done_url={GUEST_SERVER}/done/{hostname}\n" in ks
@@ -184,10 +190,18 @@ def test_grub_commands_follow_the_shipped_grub(tmp_path: Path) -> None:
         result = build(path, tmp_path / name / "pxe")
         assert result.grub_commands == expected
         text = entries(tmp_path / name / "pxe", MAC1)["grub"]
-        assert re.search(rf"^\s+{expected} /images/vmlinuz ", text, re.M)
+        assert re.search(rf"^\s+{expected} \(http,10.0.2.100\)/images/vmlinuz ", text, re.M)
         initrd = "initrdefi" if expected == "linuxefi" else "initrd"
-        assert re.search(rf"^\s+{initrd} /images/initrd.img$", text, re.M)
+        assert re.search(rf"^\s+{initrd} \(http,10.0.2.100\)/images/initrd.img$", text, re.M)
         assert (tmp_path / name / "pxe/tftp/grubx64.efi").read_bytes() == grub.read_bytes()
+
+
+def test_grub_fetches_over_tftp_when_the_server_is_not_on_port_80(tmp_path: Path) -> None:
+    # CentOS 7's GRUB (2.02) connects to port 80 only; iPXE takes any port.
+    build(write_site(tmp_path, {"server": "http://10.0.2.100:8080"}), tmp_path / "pxe")
+    texts = entries(tmp_path / "pxe", MAC1)
+    assert re.search(r"^\s+linuxefi /images/vmlinuz ", texts["grub"], re.M)
+    assert "\nkernel http://10.0.2.100:8080/images/vmlinuz " in texts["ipxe"]
 
 
 def test_module_names_of_something_else() -> None:

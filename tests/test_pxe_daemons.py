@@ -68,6 +68,7 @@ def test_dnsmasq_serves_each_hosts_entry_by_tftp(tmp_path: Path) -> None:
     generated = (tmp_path / "pxe/dnsmasq.conf").read_text()
     assert "\nenable-tftp\n" in generated and "dhcp-range" not in generated  # TFTP only
     assert f"\ntftp-root={tmp_path / 'pxe/tftp'}\n" in generated
+    assert "\ntftp-max=1000\n" in generated
     dnsmasq_check(tmp_path / "pxe/dnsmasq.conf")
     conf = tmp_path / "dnsmasq.conf"
     conf.write_text(generated + "listen-address=127.0.0.1\nbind-interfaces\n")
@@ -91,7 +92,7 @@ wait $server || true
     assert (got / "entry").read_bytes() == (tmp_path / "pxe/tftp" / entry).read_bytes()
     assert f"inst.ks={GUEST_SERVER}/ks/{H1}.cfg" in (got / "entry").read_text()
     assert (got / "pxelinux.0").read_bytes() == (tmp_path / "pxe/tftp/pxelinux.0").read_bytes()
-    assert "linuxefi /images/vmlinuz" in (got / "grub").read_text()
+    assert "linuxefi (http,10.0.2.100)/images/vmlinuz" in (got / "grub").read_text()
     assert "outside refused" in done.stdout and "unknown refused" in done.stdout
     assert not (got / "outside").exists()
     assert "sent " in (tmp_path / "dnsmasq.log").read_text()

@@ -93,6 +93,57 @@ def test_nothing_outside_the_tree(running: Running, path: str) -> None:
     assert b"install" not in body and b"root:" not in body and b"secret" not in body
 
 
+def test_ranges_of_a_file(running: Running) -> None:
+    initrd = (running.tree / "http/images/initrd.img").read_bytes()
+    size = len(initrd)
+    connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+    try:
+        for asked, status, first, last in (("bytes=0-99", 206, 0, 99),
+                                           ("bytes=100-", 206, 100, size - 1),
+                                           ("bytes=-10", 206, size - 10, size - 1),
+                                           ("bytes=10-99999999", 206, 10, size - 1)):
+            connection.request("GET", "/images/initrd.img", headers={"Range": asked})
+            answer = connection.getresponse()  # one connection: keep-alive survives ranges
+            assert (answer.status, answer.read()) == (status, initrd[first:last + 1]), asked
+            assert answer.headers["Content-Range"] == f"bytes {first}-{last}/{size}"
+            assert answer.headers["Accept-Ranges"] == "bytes"
+        for asked in (f"bytes={size}-", "bytes=-0"):
+            connection.request("GET", "/images/initrd.img", headers={"Range": asked})
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 416, asked
+            assert answer.headers["Content-Range"] == f"bytes */{size}"
+        for ignored in ("bytes=9-1", "lines=1-2", "bytes=0-1,5-6"):  # the whole file
+            connection.request("GET", "/images/initrd.img", headers={"Range": ignored})
+            answer = connection.getresponse()
+            assert (answer.status, answer.read()) == (200, initrd), ignored
+    finally:
+        connection.close()
+    assert running.request("HEAD", "/images/vmlinuz") == (200, b"")
+
+
+def test_byte_range_parsing() -> None:
+    assert serve.byte_range(None, 10) is None
+    assert serve.byte_range("bytes=2-4", 10) == (2, 4)
+    assert serve.byte_range("bytes=-3", 10) == (7, 9)
+    assert serve.byte_range("bytes=-30", 10) == (0, 9)
+    assert serve.byte_range("bytes=10-", 10) == "unsatisfiable"
+    assert serve.byte_range("bytes=0-", 0) == "unsatisfiable"
+    assert serve.byte_range("bytes=-", 10) is None
+
+
+def test_install_tree_dot_files_only(running: Running) -> None:
+    folder = running.tree / "http/centos/7.9.2009/os/x86_64"
+    folder.mkdir(parents=True)
+    for name in (".treeinfo", ".discinfo", ".hidden"):
+        (folder / name).write_text(f"{name}\n")
+    assert running.request("GET", "/centos/7.9.2009/os/x86_64/.treeinfo") == (
+        200, b".treeinfo\n")
+    assert running.request("GET", "/centos/7.9.2009/os/x86_64/.discinfo")[0] == 200
+    assert running.request("GET", "/centos/7.9.2009/os/x86_64/.hidden")[0] == 404
+    assert running.request("GET", "/.treeinfo/x")[0] == 404
+
+
 def test_kickstart_by_mac_is_that_hosts_and_never_another(running: Running) -> None:
     for hostname, mac, _address in HOSTS:
         ks = (running.tree / f"http/ks/{hostname}.cfg").read_bytes()

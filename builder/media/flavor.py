@@ -118,14 +118,18 @@ def _ids(comps: bytes, kind: str) -> Iterable[str]:
 
 def check_cdrom_hosts(flavor: Flavor, hosts: Iterable[Host], what: str) -> None:
     """Refuse a base that lacks what a `source: cdrom` host installs from it."""
+    check_install_source(flavor, [h for h in hosts if h.source == "cdrom"], what,
+                         "`source: cdrom`")
+
+
+def check_install_source(flavor: Flavor, hosts: Iterable[Host], what: str, how: str) -> None:
+    """Refuse a base that lacks what `hosts` install from it (`how` says why they do)."""
     for host in hosts:
-        if host.source != "cdrom":
-            continue
         packages = host.packages
         if flavor.name == "NetInstall":
             raise InputError(
                 f"{what}: a NetInstall ISO carries no packages, and host {host.hostname} has "
-                "`source: cdrom`; use the DVD or Everything ISO, or an http(s) source")
+                f"{how}; use the DVD or Everything ISO, or an http(s) source")
         missing = [f"@^{packages.environment}"] if \
             packages.environment not in flavor.environments else []
         missing += [f"@{g}" for g in packages.groups if g not in flavor.groups]
@@ -133,5 +137,5 @@ def check_cdrom_hosts(flavor: Flavor, hosts: Iterable[Host], what: str) -> None:
             kind = "a Minimal ISO" if flavor.name == "Minimal" else "this ISO"
             raise InputError(
                 f"{what}: {kind} lacks {', '.join(missing)}, which host {host.hostname} "
-                "installs with `source: cdrom`; use the DVD or Everything ISO, or an http(s) "
+                f"installs with {how}; use the DVD or Everything ISO, or an http(s) "
                 "source")

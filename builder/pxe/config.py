@@ -8,7 +8,13 @@
       install_tree: http://10.1.0.5/centos/7/os/x86_64/
                                      # the install tree (inst.repo= and the kickstart's `url`)
                                      #   of every PXE-installed host; default: each host's
-                                     #   `source` (which must then be a URL, not cdrom)
+                                     #   `source` (which must then be a URL, not cdrom).
+                                     #   `local`: the base ISO (DVD or Everything) published
+                                     #   under http/centos/<release>/os/x86_64/ on the boot
+                                     #   server itself (builder/pxe/installtree.py)
+      verify_packages: sample        # with install_tree: local, which packages are checked
+                                     #   against the primary metadata's checksums: a sample
+                                     #   of 64, or all (every package's size is always checked)
       boot_args: [console=ttyS0,115200n8]   # extra installer arguments on every host's entry
       menu_timeout: 5                # seconds the default menu (unknown machines) waits
                                      #   before it boots the local disk
@@ -74,7 +80,7 @@ class Dhcp:
 @dataclass(frozen=True)
 class PxeSettings:
     server: str | None  # without a trailing slash
-    install_tree: str | None
+    install_tree: str | None  # a URL, or "local" (the base ISO published in the tree)
     boot_args: tuple[str, ...]
     menu_timeout: int
     tree_path: Path | None
@@ -85,6 +91,7 @@ class PxeSettings:
     grub_commands: str  # "auto", "linuxefi" or "linux"
     dhcp: Dhcp | None
     origin: str = ""  # "site.yaml:12: pxe", for messages
+    verify_packages: str = "sample"  # or "all"
 
 
 def _file(description: str) -> Field:
@@ -126,9 +133,14 @@ PXE = Map(
     {
         "server": Field(Str(SERVER_URL, "the boot server's base URL (http://host[:port]); "
                             "--server overrides it", what="an http://host[:port] URL")),
-        "install_tree": Field(Str(TREE_URL, "install tree of every PXE install (inst.repo and "
-                                  "the kickstart's url); default: each host's source",
-                                  what="an http(s) URL", max_length=2048)),
+        "install_tree": Field(Str(r"local|" + TREE_URL, "install tree of every PXE install "
+                                  "(inst.repo and the kickstart's url): an http(s) URL, or "
+                                  "local: the base ISO published on the boot server; default: "
+                                  "each host's source",
+                                  what="local or an http(s) URL", max_length=2048)),
+        "verify_packages": Field(Enum(("sample", "all"), "with install_tree: local, the "
+                                      "packages checked against the primary metadata's "
+                                      "checksums: a sample of 64, or all"), default="sample"),
         "boot_args": Field(List(Str(BOOT_ARG, what="a kernel argument"),
                                 "extra installer (kernel) arguments on every host's entry"),
                            default=()),
@@ -166,6 +178,7 @@ def parse(site_path: Path, given: Located | None) -> PxeSettings | None:
     return PxeSettings(
         server=server.rstrip("/") if server else None,
         install_tree=parsed["install_tree"],
+        verify_packages=parsed["verify_packages"],
         boot_args=parsed["boot_args"],
         menu_timeout=parsed["menu_timeout"],
         tree_path=Path(parsed["tree_path"]) if parsed["tree_path"] else None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import jinja2
 
@@ -80,9 +81,14 @@ def render(name: str, **values: object) -> str:
 class Menus:
     """Renders entries with the templates loaded once (a fleet has 10,000 hosts)."""
 
-    def __init__(self, grub_commands: str = "linux", menu_timeout: int = 5) -> None:
+    def __init__(self, grub_commands: str = "linux", menu_timeout: int = 5,
+                 http_root: str | None = None) -> None:
         self.grub_linux, self.grub_initrd = GRUB_COMMANDS[grub_commands]
         self.menu_timeout = menu_timeout
+        # Where iPXE and GRUB fetch the kernel and initrd: the boot server over HTTP when
+        # known, else TFTP (paths from the TFTP root).
+        self.ipxe_root = http_root or ""
+        self.grub_root = grub_http_root(http_root) if http_root else ""
         self.host_templates = {kind: template(name) for kind, name in HOST_TEMPLATES.items()}
 
     def shared(self) -> dict[str, str]:
@@ -92,12 +98,24 @@ class Menus:
     def host(self, host: BootHost, local: bool) -> dict[str, str]:
         """{path in the tree: text} of the host's entries, to install it or to boot locally."""
         values = {"host": host, "local": local, "grub_linux": self.grub_linux,
-                  "grub_initrd": self.grub_initrd}
+                  "grub_initrd": self.grub_initrd, "ipxe_root": self.ipxe_root,
+                  "grub_root": self.grub_root}
         files = host_files(host.mac)
         try:
             return {files[kind]: tpl.render(values) for kind, tpl in self.host_templates.items()}
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"rendering the boot entries of {host.hostname}: {exc}") from None
+
+
+def grub_http_root(server: str) -> str:
+    """GRUB's device for the server's HTTP root, `(http,HOST)`, or "" (TFTP) when the server
+    is not on port 80: GRUB 2.02's http module (CentOS 7's) always connects to port 80
+    (grub-core/net/http.c: grub_net_tcp_open (server, HTTP_PORT, ...)). It also resumes a
+    transfer with `Range: bytes=N-`, which the server must answer with 206."""
+    parts = urlsplit(server)
+    if parts.port not in (None, 80) or not parts.hostname:
+        return ""
+    return f"(http,{parts.hostname})"
 
 
 def local_entries(hostname: str, mac: str) -> dict[str, str]:

@@ -1,8 +1,12 @@
 """`ksbuild serve TREE`: a small HTTP server for a PXE tree (labs and tests; production uses
 nginx and dnsmasq with the tree's generated configs).
 
-    GET  /<path>        a file under TREE/http/ (the kickstarts: /ks/<host>.cfg); nothing
-                        outside it, no folder listings, no dot files
+    GET  /<path>        a file under TREE/http/ (the kickstarts: /ks/<host>.cfg, kernel and
+                        initrd, the install tree); nothing outside it, no folder listings,
+                        no dot files but an install tree's .treeinfo and .discinfo.
+                        `Range: bytes=A-B` (A-, -N) is answered with 206 (GRUB resumes
+                        transfers so, anaconda and yum fetch parts); file data goes out with
+                        sendfile(2), never whole into memory
     GET  /ks            the kickstart of the host whose MAC one of the request's
                         X-RHN-Provisioning-MAC-<n> headers carries (`inst.ks.sendmac`);
                         404 for an unknown MAC, 409 if the MACs name different hosts
@@ -18,12 +22,11 @@ import http.server
 import os
 import posixpath
 import re
-import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -35,6 +38,9 @@ MAC_HEADER = re.compile(r"x-rhn-provisioning-mac-[0-9]+", re.I)
 MAC = re.compile(r"(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}", re.I)
 DONE = re.compile(r"/done/([A-Za-z0-9.-]{1,253})")
 CHUNK = 1 << 16
+# The dot files of an install tree, which anaconda fetches from inst.repo.
+TREE_DOT_FILES = frozenset({".treeinfo", ".discinfo"})
+RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request; then it is dropped
 
 Log = Callable[[str], None]
@@ -81,22 +87,55 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 answer = Answer(404, b"not found\n")
         try:
             size = os.fstat(source.fileno()).st_size if source else len(answer.body)
+            start, length = 0, size
+            wanted = byte_range(self.headers.get("Range"), size) if source else None
+            if wanted == "unsatisfiable" and source is not None:
+                source.close()
+                source = None
+                answer = Answer(416, b"range not satisfiable\n", note=f"of {size} bytes")
+                length = len(answer.body)
+            elif isinstance(wanted, tuple):
+                start, length = wanted[0], wanted[1] - wanted[0] + 1
+                answer = replace(answer, status=206)
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
-            self.send_header("Content-Length", str(size))
+            self.send_header("Content-Length", str(length))
+            if source is not None:
+                self.send_header("Accept-Ranges", "bytes")
+            if answer.status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{start + length - 1}/{size}")
+            elif answer.status == 416:
+                self.send_header("Content-Range", f"bytes */{size}")
             if answer.status == 405:
                 self.send_header("Allow", "POST")
             self.end_headers()
             if body and source is not None:
-                shutil.copyfileobj(source, self.wfile, CHUNK)
+                self._send_file(source, start, length)
             elif body:
                 self.wfile.write(answer.body)
+            size = length
         finally:
             if source is not None:
                 source.close()
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         self.server.app.log(f'{stamp} {self.client_address[0]} "{self.requestline}" '
                             f'{answer.status} {size}{" " + answer.note if answer.note else ""}')
+
+    def _send_file(self, source: BinaryIO, start: int, length: int) -> None:
+        """`length` bytes from `start`: sendfile(2) where the socket allows it (the kernel
+        moves the page cache to the socket, nothing passes through Python), else copied in
+        chunks; never the whole file in memory."""
+        try:
+            self.connection.sendfile(source, start, length)
+        except (AttributeError, ValueError):  # not a plain socket (tests, TLS wrappers)
+            source.seek(start)
+            left = length
+            while left > 0:
+                data = source.read(min(CHUNK, left))
+                if not data:
+                    break
+                self.wfile.write(data)
+                left -= len(data)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Errors BaseHTTPRequestHandler reports itself (bad request lines, timeouts).
@@ -170,6 +209,29 @@ class App:
         return Answer(200, file=target, note=f"kickstart of {hosts[0]}")
 
 
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """The first and last byte a `Range` header asks for, "unsatisfiable" (answer 416), or
+    None (answer the whole file: no header, a unit other than bytes, or several ranges,
+    which a server may answer in full)."""
+    if header is None:
+        return None
+    found = RANGE.fullmatch(header.strip())
+    if not found or found.group(1) == found.group(2) == "":
+        return None
+    first, last = found.group(1), found.group(2)
+    if first == "":  # the last N bytes
+        count = int(last)
+        if count == 0 or size == 0:
+            return "unsatisfiable"
+        return max(0, size - count), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None  # not a valid range: ignored, as RFC 9110 14.2 says
+    if start >= size:
+        return "unsatisfiable"
+    return start, min(int(last), size - 1) if last else size - 1
+
+
 def _safe_relative(path: str) -> str | None:
     """The request path as a path under http/, or None if it could leave it or names a dot
     file. Percent-decoding comes first, so an encoded `..` or `/` is caught as well."""
@@ -180,7 +242,9 @@ def _safe_relative(path: str) -> str | None:
     if "\0" in decoded or "\\" in decoded or not decoded.startswith("/"):
         return None
     parts = decoded.split("/")[1:]
-    if any(part in ("..", ".") or part.startswith(".") for part in parts):
+    if any(part in ("..", ".") or part.startswith(".") for part in parts[:-1]) or \
+            parts[-1] in ("..", ".") or (parts[-1].startswith(".") and
+                                         parts[-1] not in TREE_DOT_FILES):
         return None
     relative = posixpath.normpath("/".join(p for p in parts if p))
     return None if relative in (".", "") else relative

@@ -12,6 +12,13 @@ and UEFI, once.
         boot.ipxe, ipxe/<mac>.ipxe       iPXE: chains the per-host script by MAC
         images/vmlinuz images/initrd.img the base's images/pxeboot/ kernel and initrd
       http/ks/<host>.cfg         served by HTTP (nginx or `ksbuild serve`)
+      http/images/vmlinuz initrd.img   the same kernel and initrd (hard links), for iPXE and
+                                 GRUB, which fetch them over HTTP: a 50 MB initrd over TFTP is
+                                 the slowest step of a PXE boot and the first to fail when many
+                                 machines boot at once. pxelinux has only TFTP.
+      http/centos/<release>/os/x86_64/  with pxe.install_tree: local, the base ISO as the
+                                 install tree (builder/pxe/installtree.py; installtree.json
+                                 records what was published, for the next rebuild)
       dnsmasq.conf nginx.conf    for the boot server (paths: pxe.tree_path or OUT)
       hosts.json                 the index: each host's MAC and install entries (state.py)
       state/installed/<host>     hosts that have installed (written at run time)
@@ -42,12 +49,14 @@ from urllib.parse import urlsplit
 
 from builder import kickstart
 from builder.errors import InputError
+from builder.media import flavor as media_flavor
+from builder.media import isofs
 from builder.output import atomic_dir, write_bytes
-from builder.pxe import grubimage
+from builder.pxe import grubimage, installtree
 from builder.pxe import menus as pxemenus
 from builder.pxe import state as pxestate
 from builder.pxe.config import PxeSettings
-from builder.site import Host, Site
+from builder.site import MEDIA_RELEASES, Host, Site
 
 DEFAULT_SETTINGS = PxeSettings(
     server=None, install_tree=None, boot_args=(), menu_timeout=5, tree_path=None,
@@ -68,6 +77,7 @@ ISO_FILES = {
 }
 ISO_SHIM = "/EFI/BOOT/BOOTX64.EFI"
 ISO_GRUB = "/EFI/BOOT/grubx64.efi"
+TFTP_MAX = 1000  # concurrent TFTP transfers dnsmasq serves (its default: 50)
 NGINX_LOG_DIR = "/var/log/nginx"
 NGINX_PID = "/run/ksbuild-nginx.pid"
 FILE_MODE = 0o644
@@ -83,6 +93,9 @@ class Options:
     server: str | None = None  # --server; wins over the site's pxe.server
     reinstall: tuple[str, ...] = ()  # hosts to switch back to install
     jobs: int | None = None
+    # The tree this build replaces, if not `out` itself (ksbuild build builds beside it): its
+    # published install tree is hard-linked instead of copied where unchanged.
+    previous: Path | None = None
 
 
 @dataclass
@@ -94,6 +107,7 @@ class Result:
     grub_commands: str
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
+    install_tree: installtree.Published | None = None  # with pxe.install_tree: local
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +141,21 @@ def pxe_site(site: Site, settings: PxeSettings) -> Site:
         return site
     hosts = tuple(replace(host, source=settings.install_tree) for host in site.hosts)
     return replace(site, hosts=hosts)
+
+
+def local_install_tree(site: Site, settings: PxeSettings, server: str,
+                       base: BaseIso) -> tuple[PxeSettings, str | None]:
+    """With pxe.install_tree: local, the settings with the published tree's URL as the install
+    tree, and its folder under http/; the base must carry what every host installs."""
+    if settings.install_tree != "local":
+        return settings, None
+    what = str(base.path)
+    found = media_flavor.detect(lambda path: isofs.read(base.iso, path), what)
+    media_flavor.check_install_source(found, site.hosts, what, "pxe.install_tree: local")
+    release = site.media.release if site.media and site.media.release else \
+        installtree.full_release(found.release, MEDIA_RELEASES)
+    folder = installtree.folder_for(release)
+    return replace(settings, install_tree=f"{server}/{folder}/"), folder
 
 
 def server_url(server: str) -> str:
@@ -318,7 +347,8 @@ def server_configs(site: Site, settings: PxeSettings, server: str, tree: Path) -
     listen, name = nginx_listen(server)
     return {
         "dnsmasq.conf": pxemenus.render("dnsmasq.conf.j2", tree=tree, dhcp=settings.dhcp,
-                                        leases=dhcp_leases(site, settings)),
+                                        leases=dhcp_leases(site, settings),
+                                        tftp_max=TFTP_MAX),
         "nginx.conf": pxemenus.render("nginx.conf.j2", tree=tree, listen=listen,
                                       server_name=name, log_dir=NGINX_LOG_DIR,
                                       pid_file=NGINX_PID),
@@ -333,6 +363,8 @@ def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings) -> str:
         writer.copy(source, f"tftp/{name}")
     for relative, iso_path in ISO_FILES.items():
         base.copy(iso_path, writer.root / relative)
+        # The same bytes for the HTTP side (one copy on disk).
+        os.link(writer.root / relative, writer.root / "http" / relative.split("/", 1)[1])
     for given, iso_path, name in ((settings.shim, ISO_SHIM, "BOOTX64.EFI"),
                                   (settings.grub, ISO_GRUB, "grubx64.efi")):
         if given is not None:
@@ -370,6 +402,8 @@ def build_tree(options: Options) -> Result:
         seconds[name] = now - mark
         mark = now
 
+    with BaseIso(options.base) as base:
+        settings, tree_folder = local_install_tree(site, settings, server, base)
     hosts = {h.hostname: boot_host(h, server, settings) for h in site.hosts}
     configs = server_configs(site, settings, server, tree_path)
     phase("checks and server configs")
@@ -381,12 +415,17 @@ def build_tree(options: Options) -> Result:
     with pxestate.TreeLock(out) as lock, atomic_dir(out) as temp:
         writer = Writer(temp)
         for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
-                       str(pxestate.INSTALLED)):
+                       "http/images", str(pxestate.INSTALLED)):
             writer.folder(folder)
         with BaseIso(options.base) as base:
             grub_commands = _loaders(writer, base, settings)
-        phase("boot loaders, kernel, initrd")
-        menus = pxemenus.Menus(grub_commands, settings.menu_timeout)
+            phase("boot loaders, kernel, initrd")
+            published = None
+            if tree_folder is not None:
+                published = _publish(base, temp, tree_folder, options.previous or out,
+                                     settings.verify_packages == "all")
+                phase("install tree published and verified")
+        menus = pxemenus.Menus(grub_commands, settings.menu_timeout, http_root=server)
         for relative, text in {**menus.shared(), **configs}.items():
             writer.text(relative, text)
         indexed = []
@@ -408,7 +447,17 @@ def build_tree(options: Options) -> Result:
     phase("state carried over, tree renamed into place")
     return Result(out, len(hosts), sorted(keep), sorted(set(reinstall) & before), grub_commands,
                   [f"{name} had not installed; it installs anyway" for name in reinstall
-                   if name not in before], seconds)
+                   if name not in before], seconds, published)
+
+
+def _publish(base: BaseIso, temp: Path, folder: str, previous: Path,
+             all_packages: bool) -> installtree.Published:
+    fd = base.handle.fileno()
+    published = installtree.publish(base.iso, fd, installtree.iso_identity(fd), temp, folder,
+                                    previous if previous.is_dir() else None)
+    published.packages, published.packages_hashed = installtree.verify(
+        temp / "http" / folder, all_packages, what=f"{base.path} (as http/{folder})")
+    return published
 
 
 # ---------------------------------------------------------------------------------------------
