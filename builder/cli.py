@@ -228,6 +228,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from builder.errors import InputError
+    from builder.pxe import events, statusview
+    from builder.pxe import tree as pxe
+
+    if args.watch is not None and args.watch <= 0:
+        raise InputError(f"--watch {args.watch}: give the seconds between updates (more than 0)")
+    tree = pxe.require_tree(args.tree)
+
+    def summary() -> dict[str, object]:
+        return events.summary(events.load_fleet(tree), time.time())
+
+    if args.json:
+        print(json.dumps(summary(), indent=None if args.watch else 2, sort_keys=True),
+              flush=True)
+        while args.watch:
+            time.sleep(args.watch)
+            print(json.dumps(summary(), sort_keys=True), flush=True)
+        return 0
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a file or a pipe: whole lines, not 80 columns
+    if args.watch is None:
+        console.print(statusview.view(summary()))
+        return 0
+    with Live(statusview.view(summary()), console=console, auto_refresh=False,
+              screen=False) as live:
+        while True:
+            time.sleep(args.watch)
+            live.update(statusview.view(summary()), refresh=True)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from builder import site
 
@@ -394,6 +432,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="0.0.0.0:8080",
                        help="HOST:PORT to listen on (default 0.0.0.0:8080; port 0: any free)")
     serve.set_defaults(handler=cmd_serve)
+
+    status = sub.add_parser(
+        "status", help="each host's install state, from a PXE tree's events",
+        description="Show every host of TREE: its state (kickstart fetched, installer started, "
+                    "installing packages, installed, booted with its network up, failed, "
+                    "degraded), since when, for how long, its last message, and the counts "
+                    "per state. Read from TREE/state/events (no server needed).")
+    status.add_argument("tree", type=Path, help="a tree written by `ksbuild pxe`")
+    status.add_argument("--json", action="store_true",
+                        help="JSON on stdout (with --watch: one line per update)")
+    status.add_argument("--watch", type=float, nargs="?", const=2.0, default=None,
+                        metavar="SECONDS", help="redraw every SECONDS (default 2) until Ctrl-C")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 

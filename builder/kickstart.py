@@ -31,7 +31,8 @@ from builder.secrets import sha512_crypt
 from builder.site import Bridge, Host, Site
 
 # The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
-POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay", "pxe_done")
+POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay", "firstboot",
+                "pxe_done")
 # ifcfg UUIDs: stable across builds, different for every (host, device).
 UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
 
@@ -125,6 +126,12 @@ def network_lines(host: Host) -> list[str]:
     return lines
 
 
+def firstboot_bridges(host: Host) -> str:
+    """The network the first-boot report expects: `name address|dhcp slave,...` a line."""
+    return "\n".join(f"{b.name} {b.address or 'dhcp'} {','.join(b.slaves)}"
+                     for b in host.bridges)
+
+
 def root_password_hash(host: Host) -> str:
     if host.root_password_hash:
         return host.root_password_hash
@@ -143,7 +150,8 @@ def _base64_lines(data: bytes) -> list[str]:
 def managed_paths(host: Host) -> set[str]:
     """Files the %post steps write from the site's data; an overlay must not override them,
     or the installed host would silently disagree with its site file."""
-    paths = {"/etc/hostname", "/etc/selinux/config"}
+    paths = {"/etc/hostname", "/etc/selinux/config", "/usr/local/sbin/ksbuild-firstboot",
+             "/etc/systemd/system/ksbuild-firstboot.service"}
     paths |= {f"/etc/sysconfig/network-scripts/ifcfg-{i.device}" for i in ifcfg_files(host)}
     return paths
 
@@ -193,6 +201,9 @@ class Renderer:
             "overlay": overlay,
             "b64": _base64_lines,
             "pxe_done_url": None,  # set by builder/pxe/tree.py for PXE installs
+            "pxe_events_url": None,  # likewise: %pre, %onerror and the first-boot unit report
+            "firstboot_bridges": firstboot_bridges(host),
+            "firstboot_gateway": next((str(b.gateway) for b in host.bridges if b.gateway), ""),
         }
 
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:

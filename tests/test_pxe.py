@@ -106,10 +106,15 @@ def test_kickstarts_are_the_sites_with_the_done_step(tree: Path, tmp_path: Path)
     loaded = site.load(tmp_path / "site.yaml")
     renderer = kickstart.Renderer(loaded)
     for host in loaded.hosts:
-        expected = renderer.render_host(host, {"pxe_done_url": f"{GUEST_SERVER}/done/"
-                                                               f"{host.hostname}"})
+        expected = renderer.render_host(host, {
+            "pxe_done_url": f"{GUEST_SERVER}/done/{host.hostname}",
+            "pxe_events_url": f"{GUEST_SERVER}/events/{host.hostname}"})
         assert (tree / f"http/ks/{host.hostname}.cfg").read_text() == expected
-        assert "step=pxe_done" not in renderer.render_host(host)  # only PXE installs report
+        # Only PXE installs report (done, %pre, %onerror, the first-boot unit).
+        plain = renderer.render_host(host)
+        assert "step=pxe_done" not in plain and "/events/" not in plain
+        for section in ("%pre", "%onerror", "step=firstboot"):
+            assert section not in plain and section in expected, section
 
 
 def test_install_tree_replaces_each_hosts_source(tmp_path: Path) -> None:

@@ -12,13 +12,23 @@ nginx and dnsmasq with the tree's generated configs).
                         404 for an unknown MAC, 409 if the MACs name different hosts
     POST /done/<host>   the host has installed: its pxelinux, GRUB and iPXE entries switch to
                         local boot (builder/pxe/state.py)
+    POST /events/<host>/<state>
+                        what a host reports during its install and at first boot (%pre,
+                        %onerror, the first-boot unit): builder/pxe/events.py records it
+    GET  /status        the fleet's status page (read-only); /status.json its data
+
+Serving a kickstart and a done call are recorded as events too. Behind nginx (the generated
+nginx.conf proxies /ks, /done, /events and /status here), the client is the X-Real-IP nginx
+sets; it is believed only from a loopback peer.
 
 Each request is answered in its own thread and logged through a callback (cli.py prints).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import json
 import os
 import posixpath
 import re
@@ -29,14 +39,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlsplit
 
 from builder.errors import InputError, KsbuildError
+from builder.pxe import events as pxeevents
 from builder.pxe import state as pxestate
+from builder.pxe import statuspage
 
 MAC_HEADER = re.compile(r"x-rhn-provisioning-mac-[0-9]+", re.I)
 MAC = re.compile(r"(?:[0-9a-f]{2}[:-]){5}[0-9a-f]{2}", re.I)
 DONE = re.compile(r"/done/([A-Za-z0-9.-]{1,253})")
+EVENT = re.compile(r"/events/([A-Za-z0-9.-]{1,253})/([a-z]{1,20})")
+KICKSTART = re.compile(r"/ks/([A-Za-z0-9.-]{1,253})\.cfg")
+MAX_EVENT_BODY = 8192  # bytes: the longest field (a log tail) is 4096 characters
 CHUNK = 1 << 16
 # The dot files of an install tree, which anaconda fetches from inst.repo.
 TREE_DOT_FILES = frozenset({".treeinfo", ".discinfo"})
@@ -62,19 +77,32 @@ class Handler(http.server.BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT
 
     def do_GET(self) -> None:
-        self._send(self.server.app.get(self._path(), self.headers.items()), body=True)
+        self._send(self.server.app.get(self._path(), self.headers.items(), client=self._client(),
+                                       query=urlsplit(self.path).query), body=True)
 
     def do_HEAD(self) -> None:
         self._send(self.server.app.get(self._path(), self.headers.items()), body=False)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
+        data = b""
+        if length > MAX_EVENT_BODY:
+            self._send(Answer(413, b"body too long\n", note="body too long"), body=True)
+            self.close_connection = True
+            return
         if length > 0:
-            self.rfile.read(min(length, 1 << 16))  # a done call carries no body of use
-        self._send(self.server.app.post(self._path(), self.client_address[0]), body=True)
+            data = self.rfile.read(length)
+        self._send(self.server.app.post(self._path(), self._client(), body=data), body=True)
 
     def _path(self) -> str:
         return urlsplit(self.path).path
+
+    def _client(self) -> str:
+        peer = self.client_address[0]
+        forwarded = self.headers.get("X-Real-IP", "")
+        if forwarded and peer in ("127.0.0.1", "::1") and len(forwarded) <= 64:
+            return forwarded
+        return peer
 
     def _send(self, answer: Answer, body: bool) -> None:
         source: BinaryIO | None = None
@@ -153,15 +181,24 @@ class App:
         self.http = self.tree / "http"
         self.log = log
         pxestate.read_index(self.tree)  # fail at start, not at the first request
+        self.fleet = pxeevents.Fleet(self.tree)
 
-    def get(self, path: str, headers: list[tuple[str, str]]) -> Answer:
+    def get(self, path: str, headers: list[tuple[str, str]], client: str = "",
+            query: str = "") -> Answer:
         if path == "/ks":
-            return self._ks_by_mac(headers)
-        if DONE.fullmatch(path):
+            return self._served_kickstart(self._ks_by_mac(headers), headers, client)
+        if DONE.fullmatch(path) or EVENT.fullmatch(path):
             return Answer(405, b"use POST\n")
-        return self._file(path)
+        if path in ("/status", "/status/"):
+            return Answer(200, statuspage.page(), content_type="text/html; charset=utf-8")
+        if path == "/status.json":
+            return self._status_json(query)
+        return self._served_kickstart(self._file(path), headers, client)
 
-    def post(self, path: str, client: str) -> Answer:
+    def post(self, path: str, client: str, body: bytes = b"") -> Answer:
+        event = EVENT.fullmatch(path)
+        if event:
+            return self._event(event.group(1).lower(), event.group(2), client, body)
         found = DONE.fullmatch(path)
         if not found:
             return Answer(404, b"not found\n")
@@ -171,7 +208,46 @@ class App:
         except InputError:
             return Answer(404, b"no such host in this PXE tree\n", note="unknown host")
         what = "now boots from its disk" if changed else "already boots from its disk"
+        self.fleet.record(name, "installed", "%post done; boots from its disk next", client)
         return Answer(200, f"{name} {what}\n".encode(), note=f"{name} {what}")
+
+    def _event(self, name: str, state: str, client: str, body: bytes) -> Answer:
+        if state not in pxeevents.HOST_STATES:
+            return Answer(404, b"no such state\n", note=f"unknown state {state[:20]}")
+        try:
+            fields = pxeevents.validate_fields(_form(body))
+            message = fields.pop("message", "")
+            event = self.fleet.record(name, state, message, client, fields)
+        except InputError as exc:
+            status = 404 if "no host named" in str(exc) else 400
+            return Answer(status, f"{exc}\n".encode(), note=f"event refused: {exc}")
+        return Answer(200, f"recorded {name} {state} #{event.seq}\n".encode(),
+                      note=f"{name} {state}")
+
+    def _status_json(self, query: str) -> Answer:
+        since = 0
+        for key, values in parse_qs(query, max_num_fields=4).items():
+            if key == "since" and values[0].isdigit() and len(values[0]) < 19:
+                since = int(values[0])
+        self.fleet.refresh()
+        data = json.dumps(self.fleet.snapshot(since), separators=(",", ":")).encode()
+        return Answer(200, data, content_type="application/json")
+
+    def _served_kickstart(self, answer: Answer, headers: list[tuple[str, str]],
+                          client: str) -> Answer:
+        """Record a kickstart fetched (by name or by MAC), with the MAC headers seen."""
+        if answer.status != 200 or answer.file is None:
+            return answer
+        found = KICKSTART.fullmatch("/ks/" + answer.file.name)
+        if not found or answer.file.parent.name != "ks":
+            return answer
+        macs = " ".join(value.strip()[:40] for name, value in headers
+                        if MAC_HEADER.fullmatch(name))[:400]
+        # A kickstart file of a host the index does not know is not ours to report.
+        with contextlib.suppress(InputError):
+            self.fleet.record(found.group(1), "kickstart", "kickstart fetched", client,
+                              {"macs": macs} if macs else {})
+        return answer
 
     def _file(self, path: str) -> Answer:
         relative = _safe_relative(path)
@@ -230,6 +306,21 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
     if start >= size:
         return "unsatisfiable"
     return start, min(int(last), size - 1) if last else size - 1
+
+
+def _form(body: bytes) -> dict[str, str]:
+    """An application/x-www-form-urlencoded body as {name: value}; InputError if it is not
+    one, or names a field twice."""
+    try:
+        text = body.decode("utf-8", errors="strict")
+        pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=bool(text),
+                          errors="strict", max_num_fields=len(pxeevents.FIELDS))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"not a form body: {exc}") from None
+    form = dict(pairs)
+    if len(form) != len(pairs):
+        raise InputError("a field given twice")
+    return form
 
 
 def _safe_relative(path: str) -> str | None:

@@ -52,6 +52,7 @@ from builder.errors import InputError
 from builder.media import flavor as media_flavor
 from builder.media import isofs
 from builder.output import atomic_dir, write_bytes
+from builder.pxe import events as pxeevents
 from builder.pxe import grubimage, installtree
 from builder.pxe import menus as pxemenus
 from builder.pxe import state as pxestate
@@ -80,6 +81,7 @@ ISO_GRUB = "/EFI/BOOT/grubx64.efi"
 TFTP_MAX = 1000  # concurrent TFTP transfers dnsmasq serves (its default: 50)
 NGINX_LOG_DIR = "/var/log/nginx"
 NGINX_PID = "/run/ksbuild-nginx.pid"
+SERVE_BACKEND = "127.0.0.1:8081"  # where nginx.conf expects `ksbuild serve` (loopback only)
 FILE_MODE = 0o644
 DONE_LOG_STATE = Path("state") / "done-log.position"  # how far --done-log has read
 DIR_MODE = 0o755
@@ -351,7 +353,7 @@ def server_configs(site: Site, settings: PxeSettings, server: str, tree: Path) -
                                         tftp_max=TFTP_MAX),
         "nginx.conf": pxemenus.render("nginx.conf.j2", tree=tree, listen=listen,
                                       server_name=name, log_dir=NGINX_LOG_DIR,
-                                      pid_file=NGINX_PID),
+                                      pid_file=NGINX_PID, backend=SERVE_BACKEND),
     }
 
 
@@ -409,7 +411,8 @@ def build_tree(options: Options) -> Result:
     phase("checks and server configs")
     texts = kickstart.render_site(
         pxe_site(site, settings), jobs=options.jobs,
-        extra=lambda host: {"pxe_done_url": hosts[host.hostname].done_url})
+        extra=lambda host: {"pxe_done_url": hosts[host.hostname].done_url,
+                            "pxe_events_url": f"{server}/events/{host.hostname}"})
     phase("kickstarts (render + validate)")
 
     with pxestate.TreeLock(out) as lock, atomic_dir(out) as temp:
@@ -442,6 +445,7 @@ def build_tree(options: Options) -> Result:
         before = pxestate.installed(out) & set(hosts)
         keep = before - set(reinstall)
         pxestate.carry_over(out, temp, {n: h.mac for n, h in hosts.items()}, keep)
+        pxeevents.carry_over(out, temp)
         if (out / DONE_LOG_STATE).is_file():
             shutil.copyfile(out / DONE_LOG_STATE, temp / DONE_LOG_STATE)
     phase("state carried over, tree renamed into place")
