@@ -539,11 +539,18 @@ def _host(merged: Located, raw: Located) -> Host:
 def _firewall(parsed: dict[str, Any] | None, merged: Located) -> Firewall:
     if parsed is None:
         return Firewall(enabled=True, services=("ssh",))
-    if not parsed["enabled"] and "services" in merged.value["firewall"].value:
-        raise merged.value["firewall"].value["services"].error(
-            "services are opened only when the firewall is enabled")
+    written = merged.value["firewall"].value
+    # A host that disables the firewall drops the services it inherits; only services written
+    # next to `enabled: false`, in the same mapping, contradict it.
+    if not parsed["enabled"] and "services" in written and _same_mapping(
+            written["services"], written["enabled"]):
+        raise written["services"].error("services are opened only when the firewall is enabled")
     services = parsed["services"] if parsed["enabled"] else ()
     return Firewall(enabled=parsed["enabled"], services=services)
+
+
+def _same_mapping(one: Located, other: Located) -> bool:
+    return one.path.rpartition(".")[0] == other.path.rpartition(".")[0]
 
 
 def _check_password(host: Host, merged: Located) -> None:

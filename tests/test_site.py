@@ -52,6 +52,19 @@ def test_defaults_merge_and_host_overrides(tmp_path: Path) -> None:
     assert second.bridges[1].address is not None and second.bridges[1].gateway is None
 
 
+def test_host_disables_the_firewall_over_defaults_with_services(tmp_path: Path) -> None:
+    """Issue 10 item 10: the inherited services go with the firewall; only services written
+    next to `enabled: false` are a contradiction."""
+    doc = site_doc()
+    doc["defaults"]["firewall"] = {"enabled": True, "services": ["ssh", "libvirt"]}
+    doc["hosts"][0]["firewall"] = {"enabled": False}
+    host = site.load(write_site(tmp_path, doc)).hosts[0]
+    assert not host.firewall.enabled and host.firewall.services == ()
+    doc["hosts"][0]["firewall"] = {"enabled": False, "services": ["ssh"]}
+    assert re.search(r"hosts\[0\]\.firewall\.services: services are opened only when the "
+                     "firewall is enabled", load_error(tmp_path, doc))
+
+
 def test_manual_recipe_gateway_is_refused_with_file_line_and_path(tmp_path: Path) -> None:
     doc = site_doc()
     doc["hosts"].append({"hostname": "bad.example.com",
