@@ -7,12 +7,14 @@ Nothing here may reach anything but loopback: an audit hook refuses other addres
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
 import random
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -107,6 +109,10 @@ class Rule:
     no_length: bool = False  # never send Content-Length (the body ends when the socket closes)
     errors_503: int = 0
     delay: float = 0.0  # seconds per 64 KiB written
+    redirect: str | None = None  # answer 301 with this Location
+    endless: int = 0  # a body without length that repeats the file up to this many bytes
+    drip: float = 0.0  # seconds between single bytes of the body
+    header_drip: float = 0.0  # seconds between single bytes of the headers
 
 
 @dataclass
@@ -127,10 +133,11 @@ class Server:
     lock: threading.Lock = field(default_factory=threading.Lock)
     got_request: threading.Event = field(default_factory=threading.Event)
     port: int = 0
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        return f"{self.scheme}://127.0.0.1:{self.port}/"
 
     def gets(self, path: str) -> list[Seen]:
         with self.lock:
@@ -161,9 +168,17 @@ class Handler(BaseHTTPRequestHandler):
             state.seen.append(seen)
             rule = state.rules.setdefault(path, Rule())
         state.got_request.set()
+        if rule.redirect is not None:
+            seen.status = 301
+            self.send_response(301)
+            self.send_header("Location", rule.redirect)
+            self.send_header("Content-Length", "0")
+            return self.end_headers()
         data = state.files.get(path)
         if data is None:
             return self._status(seen, 404)
+        if rule.endless or rule.drip or rule.header_drip:
+            return self._misbehave(seen, rule, data)
         with state.lock:
             if rule.errors_503:
                 rule.errors_503 -= 1
@@ -203,6 +218,28 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.shutdown(socket.SHUT_RDWR)
             self.close_connection = True
 
+    def _misbehave(self, seen: Seen, rule: Rule, data: bytes) -> None:
+        seen.status = 200
+        head = b"HTTP/1.1 200 OK\r\n"
+        if rule.endless:
+            head += b"Connection: close\r\n\r\n"
+        else:
+            head += f"Content-Length: {len(data)}\r\nX-Padding: {'x' * 200}\r\n\r\n".encode()
+        self.close_connection = True
+        try:
+            for index in range(len(head)):
+                self.wfile.write(head[index:index + 1])
+                time.sleep(rule.header_drip)
+            while rule.endless and seen.sent < rule.endless:
+                self.wfile.write(data)
+                seen.sent += len(data)
+            for index in range(len(data) if rule.drip else 0):
+                self.wfile.write(data[index:index + 1])
+                seen.sent += 1
+                time.sleep(rule.drip)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def _range_start(self, rule: Rule, data: bytes) -> int | None:
         header = self.headers.get("Range")
         if rule.ignore_range or not header:
@@ -233,18 +270,49 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
+@contextlib.contextmanager
+def running_server(tls: ssl.SSLContext | None = None) -> Iterator[Server]:
     state = Server()
     handler = type("BoundHandler", (Handler,), {"server_state": state})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     httpd.daemon_threads = True
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
+        state.scheme = "https"
     state.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield state
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with running_server() as state:
+        yield state
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1: (certificate, key)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path],
+               monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
+    """An https server on 127.0.0.1 whose certificate requests trusts (REQUESTS_CA_BUNDLE)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*certificate)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(certificate[0]))
+    with running_server(context) as state:
+        yield state
 
 
 def payload(seed: int = 1, size: int = SIZE) -> bytes:
@@ -634,6 +702,112 @@ def test_cli_fetches_pxeboot_files(server: Server, tmp_path: Path,
     assert code == 0
     vmlinuz, initrd_path, treeinfo = capsys.readouterr().out.splitlines()
     assert Path(vmlinuz).read_bytes() == kernel and Path(initrd_path).read_bytes() == initrd
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile servers: redirects to plain http, plain http mirrors, endless bodies, drips.
+
+
+def test_redirect_from_https_to_plain_http_is_refused(tls_server: Server, server: Server,
+                                                     tmp_path: Path) -> None:
+    """An https mirror answering 301 to http: the .treeinfo whose checksums vouch for the
+    kernel came over http, and "sha256 verified" was printed for a swapped kernel."""
+    kernel, initrd = payload(2, 5000), payload(3, 6000)
+    tree = serve_tree(server, kernel, initrd, TREEINFO.format(kernel=sha(kernel),
+                                                              initrd=sha(initrd)))
+    https_tree = tls_server.url + "7.9.2009/os/x86_64/"
+    tls_server.rules["/7.9.2009/os/x86_64/.treeinfo"] = Rule(redirect=tree + ".treeinfo")
+    with pytest.raises(KsbuildError, match=r"\.treeinfo: redirected from https to plain http "
+                       r"\(http://127\.0\.0\.1:\d+/7\.9\.2009/os/x86_64/\.treeinfo\)"):
+        fetch.fetch_pxeboot(https_tree, cache_dir=tmp_path, options=FAST)
+    assert server.seen == []  # nothing was asked over plain http
+    data = payload()
+    path, url = serve_iso(server, data)
+    tls_server.rules["/isos/base.iso"] = Rule(redirect=url)
+    with pytest.raises(KsbuildError, match="redirected from https to plain http"):
+        get(url_media(tls_server.url + "isos/base.iso", sha(data)), tmp_path)
+    assert server.gets(path) == []
+
+
+def test_redirects_that_keep_or_gain_tls_are_followed(tls_server: Server, server: Server,
+                                                      tmp_path: Path) -> None:
+    data = payload()
+    tls_server.files["/isos/base.iso"] = data
+    tls_server.rules["/old/base.iso"] = Rule(redirect="/isos/base.iso")  # relative, https
+    server.rules["/moved/base.iso"] = Rule(redirect=tls_server.url + "old/base.iso")
+    result = get(url_media(server.url + "moved/base.iso", sha(data)), tmp_path)
+    assert result.read_bytes() == data
+    server.rules["/loop"] = Rule(redirect="/loop")
+    with pytest.raises(KsbuildError, match="more than 10 redirects"):
+        get(url_media(server.url + "loop", sha(data)), tmp_path / "2")
+
+
+def test_plain_http_mirror_warns_when_nothing_else_vouches(server: Server, tls_server: Server,
+                                                          tmp_path: Path) -> None:
+    kernel, initrd = payload(2, 5000), payload(3, 6000)
+    treeinfo = TREEINFO.format(kernel=sha(kernel), initrd=sha(initrd))
+    tree = serve_tree(server, kernel, initrd, treeinfo)
+    log = Log()
+    fetch.fetch_pxeboot(tree, cache_dir=tmp_path, options=FAST, progress=log.progress)
+    warnings = [line for line in log.lines if line.startswith("WARNING: ")]
+    assert len(warnings) == 1 and "plain http" in warnings[0], log.lines
+    quiet = Log()  # a pinned .treeinfo vouches for itself
+    fetch.fetch_pxeboot(tree, cache_dir=tmp_path, options=FAST, progress=quiet.progress,
+                        treeinfo_sha256=sha(treeinfo.encode()))
+    serve_tree(tls_server, kernel, initrd, treeinfo)  # and https vouches for the files
+    fetch.fetch_pxeboot(fetch.tree_url(tls_server.url, "7.9.2009"), cache_dir=tmp_path,
+                        options=FAST, progress=quiet.progress)
+    assert not any("WARNING" in line for line in quiet.lines), quiet.lines
+    # An ISO whose only checksum is the http mirror's own sha256sum.txt.
+    data = payload()
+    name = "CentOS-7-x86_64-Minimal-2003.iso"
+    server.files[f"/7.8.2003/isos/x86_64/{name}"] = data
+    server.files["/7.8.2003/isos/x86_64/sha256sum.txt"] = f"{sha(data)}  {name}\n".encode()
+    media = site.Media("7.8.2003", "Minimal", None, None, None, None, origin="test")
+    log = Log()
+    get(media, tmp_path, log, mirror=server.url)
+    assert any(line.startswith("WARNING: ") and "sha256sum.txt" in line for line in log.lines)
+
+
+def test_endless_body_stops_at_the_ceiling(server: Server, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body without a length that never ends: 5 GB were written for a pinned 3 MB file."""
+    data = payload()
+    path, url = serve_iso(server, data)
+    server.rules[path] = Rule(endless=40 * SIZE)
+    monkeypatch.setattr(fetch, "ISO_LIMIT", 2 * SIZE, raising=False)
+    with pytest.raises(KsbuildError, match=rf"sent more than {2 * SIZE} bytes, any such file "
+                       "can have; the file was not kept"):
+        get(url_media(url, sha(data)), tmp_path)
+    assert no_leftovers(tmp_path) == []
+    assert len(server.gets(path)) == 1
+
+
+def test_drip_is_stopped_by_the_deadline(server: Server, tmp_path: Path) -> None:
+    """A byte every 0.2 s never trips a 5 s read timeout; the per-file deadline stops it, also
+    when it is the headers that drip."""
+    data = payload(4, 4096)
+    path, url = serve_iso(server, data)
+    for rule in (Rule(drip=0.2), Rule(header_drip=0.2)):
+        server.rules[path] = rule
+        options = FetchOptions(connect_timeout=5, read_timeout=5, retries=3, backoff=0.01,
+                               deadline=2)
+        started = time.monotonic()
+        with pytest.raises(KsbuildError, match=r"not done within 2 s, the deadline for one "
+                           r"file \(KSBUILD_FETCH_DEADLINE\)"):
+            get(url_media(url, sha(data)), tmp_path, options=options)
+        assert time.monotonic() - started < 4
+
+
+def test_deadline_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fetch.deadline_from_env({}) == fetch.DEFAULT_DEADLINE
+    assert fetch.deadline_from_env({"KSBUILD_FETCH_DEADLINE": "90"}) == 90
+    for bad in ("0", "-1", "abc", "1e9", "nan"):
+        with pytest.raises(InputError, match=rf"KSBUILD_FETCH_DEADLINE='{bad}': expected"):
+            fetch.deadline_from_env({"KSBUILD_FETCH_DEADLINE": bad})
+    monkeypatch.setenv("KSBUILD_FETCH_DEADLINE", "junk")
+    with pytest.raises(InputError, match="KSBUILD_FETCH_DEADLINE"):
+        fetch.resolve_media(url_media("http://127.0.0.1:9/x.iso", "a" * 64), cache_dir=Path("/"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,13 +16,19 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
 
 from builder import __version__
 from builder.errors import InputError, KsbuildError
@@ -49,6 +55,14 @@ KNOWN_SHA256 = {
 
 CHUNK = 1 << 20
 SMALL_LIMIT = 1 << 20  # sha256sum.txt and .treeinfo are a few KiB; refuse anything huge
+# Ceilings for a body whose length nobody told us: above any CentOS 7 ISO (Everything-2009,
+# the largest, is under 10 GiB) and any kernel or initrd (an initrd is ~60 MiB).
+ISO_LIMIT = 16 << 30
+BOOT_FILE_LIMIT = 1 << 30
+MAX_REDIRECTS = 10
+DEADLINE_ENV = "KSBUILD_FETCH_DEADLINE"
+DEFAULT_DEADLINE = 4 * 3600.0  # a DVD ISO at 500 kB/s takes 2.5 h
+SMALL_DEADLINE = 120.0
 SHA256 = re.compile(r"[0-9a-f]{64}")
 SAFE_NAME = re.compile(r"[A-Za-z0-9_+][A-Za-z0-9._+-]{0,200}")
 
@@ -60,6 +74,18 @@ class FetchOptions:
     retries: int = 4  # further attempts after the first one fails
     backoff: float = 0.5  # seconds before the first retry, doubled for each next one (7.5 s in all)
     backoff_max: float = 30.0
+    # Seconds one file may take in all, retries included (a server that drips a byte every
+    # few seconds never trips read_timeout). None: $KSBUILD_FETCH_DEADLINE, else 4 hours.
+    deadline: float | None = None
+
+
+def deadline_from_env(environ: dict[str, str] | os._Environ[str] = os.environ) -> float:
+    value = environ.get(DEADLINE_ENV, "").strip()
+    if not value:
+        return DEFAULT_DEADLINE
+    if not re.fullmatch(r"[0-9]{1,7}(?:\.[0-9]+)?", value) or float(value) <= 0:
+        raise InputError(f"{DEADLINE_ENV}={value!r}: expected seconds (a positive number)")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -149,13 +175,13 @@ def resolve_media(media: Media, *, cache_dir: Path | None = None, mirror: str | 
             assert media.sha256 is not None  # the site grammar requires it with url
             name = _file_name(media.url, "base.iso")
             fetcher.offline_hint = _offline_hint(name)
-            return fetcher.fetch(media.url, media.sha256, name, cache)
+            return fetcher.fetch(media.url, media.sha256, name, cache, ISO_LIMIT)
         assert media.release is not None and media.flavor is not None
         name = iso_name(media.release, media.flavor)
         url = iso_url(choose_mirror(mirror, media), media.release, media.flavor)
         fetcher.offline_hint = _offline_hint(name)
         expected = media.sha256 or _expected_iso_sha256(fetcher, url, name, cache)
-        return fetcher.fetch(url, expected, name, cache)
+        return fetcher.fetch(url, expected, name, cache, ISO_LIMIT)
 
 
 def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
@@ -170,6 +196,8 @@ def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
         fetcher.offline_hint = (f"PXE boot files need a reachable install tree "
                                 f"(--mirror or {MIRROR_ENV}, or a local mirror's URL)")
         url = base + ".treeinfo"
+        if treeinfo_sha256 is None:
+            _warn_if_plain_http(fetcher.progress, url, "the kernel and initrd")
         data = fetcher.get_small(url, missing_ok=False)
         assert data is not None
         digest = hashlib.sha256(data).hexdigest()
@@ -180,8 +208,9 @@ def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
         if not treeinfo.is_file():
             write_bytes(treeinfo, data)
         return PxeBootFiles(
-            vmlinuz=fetcher.fetch(base + kernel, sums[kernel], "vmlinuz", cache),
-            initrd=fetcher.fetch(base + initrd, sums[initrd], "initrd.img", cache),
+            vmlinuz=fetcher.fetch(base + kernel, sums[kernel], "vmlinuz", cache, BOOT_FILE_LIMIT),
+            initrd=fetcher.fetch(base + initrd, sums[initrd], "initrd.img", cache,
+                                 BOOT_FILE_LIMIT),
             treeinfo=treeinfo,
         )
 
@@ -262,9 +291,24 @@ def _expected_iso_sha256(fetcher: _Fetcher, url: str, name: str, cache: Path) ->
                                   f"the official sha256 ksbuild knows")
         return known
     if published:
+        _warn_if_plain_http(fetcher.progress, sums_url, name)
         return published
     raise KsbuildError(f"cannot verify {name}: {sums_url} does not list it and ksbuild knows "
                        f"no sha256 for it; pin one in the site file (media: {{..., sha256: ...}})")
+
+
+def _warn_if_plain_http(progress: Progress, url: str, vouches_for: str) -> None:
+    """A checksum list fetched over plain http vouches for nothing: whoever can change the
+    files on the way can change the list too."""
+    if urlsplit(url).scheme == "http":
+        progress.note(f"WARNING: {url} comes over plain http and nothing else vouches for "
+                      f"{vouches_for}: anyone on the way could swap both; use an https mirror "
+                      "or pin the sha256")
+
+
+def _printable(text: str) -> str:
+    """A server's text made safe for a terminal: control characters escaped."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)[:300]
 
 
 def _offline_hint(name: str) -> str:
@@ -302,8 +346,14 @@ class _Fetcher:
         self.options = options or FetchOptions()
         self.progress: Progress = progress or Silent()
         self.offline_hint = f"check the network or use a reachable mirror (--mirror, {MIRROR_ENV})"
+        self.deadline = (self.options.deadline if self.options.deadline is not None
+                         else deadline_from_env())
+        self.watchdog = _Watchdog()
         self.session = requests.Session()
         self.session.headers["User-Agent"] = f"ksbuild/{__version__}"
+        adapter = _watched_adapter(self.watchdog)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
 
     def __enter__(self) -> _Fetcher:
         return self
@@ -314,15 +364,24 @@ class _Fetcher:
     # -- retries ------------------------------------------------------------------------------
 
     def retrying(self, url: str, name: str, attempt: Callable[[], T],
-                 discard: Callable[[], None] = lambda: None) -> T:
-        """Run `attempt` until it succeeds, retrying a bounded number of times with backoff.
-        Giving up after a network failure keeps the partial file for a later resume; giving
-        up on bytes that do not verify calls `discard`."""
+                 discard: Callable[[], None] = lambda: None, seconds: float | None = None) -> T:
+        """Run `attempt` until it succeeds, retrying a bounded number of times with backoff,
+        all within `seconds` (default: the deadline of a file). Giving up after a network
+        failure keeps the partial file for a later resume; giving up on bytes that do not
+        verify calls `discard`."""
+        seconds = self.deadline if seconds is None else seconds
+        ends = time.monotonic() + seconds
         failures = 0
         while True:
+            self.watchdog.arm(ends - time.monotonic())
             try:
                 return attempt()
             except _Retry as exc:
+                if time.monotonic() >= ends or self.watchdog.fired:
+                    raise KsbuildError(f"{url}: not done within {seconds:g} s, the deadline "
+                                       f"for one file ({DEADLINE_ENV}); gave up",
+                                       hint="a partial download is kept and resumed next time"
+                                       ) from None
                 failures += 1
                 if failures > self.options.retries:
                     if exc.network:
@@ -331,18 +390,33 @@ class _Fetcher:
                     discard()
                     raise KsbuildError(f"{url}: {exc.reason} (gave up after {failures} "
                                        f"attempts; the file was not kept)") from None
-                delay = min(self.options.backoff * 2 ** (failures - 1), self.options.backoff_max)
+                delay = min(self.options.backoff * 2 ** (failures - 1), self.options.backoff_max,
+                            max(0.0, ends - time.monotonic()))
                 self.progress.note(f"{name}: {exc.reason}; retry {failures} of "
                                    f"{self.options.retries} in {delay:.1f} s")
                 time.sleep(delay)
+            finally:
+                self.watchdog.disarm()
 
     def get(self, url: str, headers: dict[str, str] | None = None) -> requests.Response:
-        try:
-            response = self.session.get(
-                url, headers=headers, stream=True, allow_redirects=True,
-                timeout=(self.options.connect_timeout, self.options.read_timeout))
-        except requests.RequestException as exc:
-            raise _Retry(_reason(exc)) from None
+        """The response to GET `url`, following redirects here rather than in requests, so
+        that none goes from https to plain http (the .treeinfo that vouches for the kernel
+        would then come unprotected while "sha256 verified" is still printed)."""
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                response = self.session.get(
+                    url, headers=headers, stream=True, allow_redirects=False,
+                    timeout=(self.options.connect_timeout, self.options.read_timeout))
+            except requests.RequestException as exc:
+                raise _Retry(_reason(exc)) from None
+            if not response.is_redirect:
+                break
+            target = urljoin(url, response.headers["Location"])
+            response.close()
+            _check_redirect(url, target)
+            url = target
+        else:
+            raise KsbuildError(f"{url}: more than {MAX_REDIRECTS} redirects")
         if response.status_code == 429 or response.status_code >= 500:
             response.close()
             raise _Retry(f"HTTP {response.status_code} {response.reason}")
@@ -370,12 +444,13 @@ class _Fetcher:
                     raise _Retry(_reason(exc)) from None
                 return bytes(body)
 
-        return self.retrying(url, name, attempt)
+        return self.retrying(url, name, attempt, seconds=min(self.deadline, SMALL_DEADLINE))
 
     # -- big files ----------------------------------------------------------------------------
 
-    def fetch(self, url: str, sha256: str, name: str, cache: Path) -> Path:
-        """`<cache>/<sha256>/<name>`, downloaded from `url` unless already there."""
+    def fetch(self, url: str, sha256: str, name: str, cache: Path, limit: int) -> Path:
+        """`<cache>/<sha256>/<name>`, downloaded from `url` unless already there. `limit`:
+        the most bytes the file may have when the server gives no length."""
         folder = cache / sha256
         final = folder / name
         if final.is_file():
@@ -393,16 +468,16 @@ class _Fetcher:
             self.progress.note(f"{name}: fetching {url}")
             part = _Partial(folder / f"{name}.part")
             if part.size == 0 or part.digest() != sha256:
-                self.retrying(url, name, lambda: self._attempt(url, part, sha256),
+                self.retrying(url, name, lambda: self._attempt(url, part, sha256, limit),
                               discard=part.discard)
             part.promote(final)
         self.progress.note(f"{name}: sha256 verified, {final}")
         return final
 
-    def _attempt(self, url: str, part: _Partial, sha256: str) -> None:
+    def _attempt(self, url: str, part: _Partial, sha256: str, limit: int) -> None:
         """One request for the rest of the file; returns once the whole file verifies."""
         try:
-            length_known = self._receive(url, part)
+            length_known = self._receive(url, part, limit)
         except _BeyondEnd:
             length_known = True
         digest = part.digest()
@@ -420,8 +495,9 @@ class _Fetcher:
         raise _Retry("the partial file from an earlier run does not match; starting over",
                      network=False)
 
-    def _receive(self, url: str, part: _Partial) -> bool:
-        """Append the server's bytes to `part`; True if the body's full length was known."""
+    def _receive(self, url: str, part: _Partial, limit: int) -> bool:
+        """Append the server's bytes to `part`, never more than the length the server gave
+        (else `limit`); True if the body's full length was known."""
         offset = part.size
         headers = {"Accept-Encoding": "identity"}  # byte ranges of the file, not of a gzip
         if offset:
@@ -434,11 +510,14 @@ class _Fetcher:
             total = self._start_position(response, part, offset)
             part.remember(url, response.headers)
             self.progress.start(part.final_name, total, part.size)
+            most = total if total is not None else limit
             try:
                 with part.appending() as append:
                     for chunk in response.iter_content(CHUNK):
-                        append(chunk)
+                        append(chunk[:most + 1 - part.size])
                         self.progress.advance(part.size)
+                        if part.size > most:
+                            break
             except requests.RequestException as exc:
                 self.progress.finish(ok=False)
                 raise _Retry(_reason(exc)) from None
@@ -449,6 +528,11 @@ class _Fetcher:
                 self.progress.finish(ok=False)
                 raise
             self.progress.finish()
+        if part.size > most:
+            part.discard()
+            said = "the length it gave" if total is not None else "any such file can have"
+            raise KsbuildError(f"{url}: the server sent more than {most} bytes, {said}; the "
+                               "file was not kept")
         if total is not None and part.size != total:
             raise _Retry(f"the body ended at {part.size} of {total} bytes")
         return total is not None
@@ -471,6 +555,84 @@ class _Fetcher:
             part.reset()
         length = response.headers.get("Content-Length", "")
         return int(length) if length.isdigit() else None
+
+
+def _check_redirect(source: str, target: str) -> None:
+    scheme = urlsplit(target).scheme
+    if scheme not in ("http", "https"):
+        raise KsbuildError(f"{source}: redirected to {_printable(target)}, not an http(s) URL")
+    if urlsplit(source).scheme == "https" and scheme == "http":
+        raise KsbuildError(f"{source}: redirected from https to plain http "
+                           f"({_printable(target)}); refusing to fetch it unprotected",
+                           hint="give the mirror's plain http URL yourself (--mirror) if you "
+                                "really mean to use it without TLS")
+
+
+class _Watchdog:
+    """Shuts down the sockets of a fetch when its deadline passes. A blocked read wakes only
+    when its socket is shut down, and a server that drips a byte every few seconds (or
+    streams an endless body) never trips the read timeout."""
+
+    def __init__(self) -> None:
+        self.sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.timer: threading.Timer | None = None
+        self.fired = False
+
+    def track(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.add(sock)
+            if self.fired:
+                _shut(sock)
+
+    def arm(self, seconds: float) -> None:
+        self.disarm()
+        self.fired = False
+        self.timer = threading.Timer(max(0.0, seconds), self.fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def fire(self) -> None:
+        with self.lock:
+            self.fired = True
+            for sock in list(self.sockets):
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched_adapter(watchdog: _Watchdog) -> requests.adapters.HTTPAdapter:
+    """An adapter whose connections tell `watchdog` their sockets (urllib3 pools take their
+    connection class from a class attribute, and the pool manager its pool classes from
+    pool_classes_by_scheme)."""
+
+    class Connection(urllib3.connection.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            watchdog.track(self.sock)
+
+    class TLSConnection(urllib3.connection.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            watchdog.track(self.sock)
+
+    class Pool(urllib3.connectionpool.HTTPConnectionPool):
+        ConnectionCls = Connection
+
+    class TLSPool(urllib3.connectionpool.HTTPSConnectionPool):
+        ConnectionCls = TLSConnection
+
+    adapter = requests.adapters.HTTPAdapter()
+    adapter.poolmanager.pool_classes_by_scheme = {"http": Pool, "https": TLSPool}
+    return adapter
 
 
 def _check_status(response: requests.Response, url: str) -> None:
