@@ -31,8 +31,10 @@ from builder.secrets import sha512_crypt
 from builder.site import Bridge, Host, Site
 
 # The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
-POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "overlay", "firstboot",
+POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "sshkeys", "overlay", "firstboot",
                 "pxe_done")
+# Written by the sshkeys step when the site gives root_ssh_keys.
+ROOT_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 # ifcfg UUIDs: stable across builds, different for every (host, device).
 UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
 
@@ -153,6 +155,8 @@ def managed_paths(host: Host) -> set[str]:
     paths = {"/etc/hostname", "/etc/selinux/config", "/usr/local/sbin/ksbuild-firstboot",
              "/etc/systemd/system/ksbuild-firstboot.service"}
     paths |= {f"/etc/sysconfig/network-scripts/ifcfg-{i.device}" for i in ifcfg_files(host)}
+    if host.root_ssh_keys:
+        paths.add(ROOT_AUTHORIZED_KEYS)
     return paths
 
 

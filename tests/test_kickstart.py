@@ -243,3 +243,21 @@ def test_overlay_cannot_override_what_the_site_sets(tmp_path: Path, path: str) -
     target.write_text("x\n")
     with pytest.raises(site.InputError, match=f"overlay file /{path} of .* would override"):
         render(tmp_path, site_doc(overlays="overlays"))
+
+
+def test_root_ssh_keys_pass_validation_and_go_in_by_post(tmp_path: Path) -> None:
+    """Issue 10 item 3: the RHEL7 handler of pykickstart 3.x has no `sshkey` (1.99.66.22's
+    has), so a kickstart with the command never validated; the keys go in from %post."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKsb admin@example.com"
+    doc = site_doc()
+    doc["defaults"]["root_ssh_keys"] = [key]
+    for text in render(tmp_path, doc).values():
+        assert not re.search(r"^sshkey", text, re.M)
+        assert f"printf '%s\\n' '{key}' >> \"$dir/authorized_keys\"" in text
+    with pytest.raises(KsbuildError, match="Unknown command: sshkey"):
+        kickstart.Validator().validate(f'sshkey --username=root "{key}"\n', "x.cfg")
+    overlay = tmp_path / "overlays" / "common" / "root" / ".ssh" / "authorized_keys"
+    overlay.parent.mkdir(parents=True)
+    overlay.write_text(key + "\n")
+    with pytest.raises(site.InputError, match="overlay file /root/.ssh/authorized_keys"):
+        render(tmp_path, site_doc(overlays="overlays", defaults=doc["defaults"]))

@@ -110,9 +110,12 @@ GENERATED = {
          ]},
         {"hostname": "kvm2.example.com", "selinux": "permissive",
          "firewall": {"enabled": False},
+         "root_ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKsb admin@example.com",
+                           "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCksb= backup"],
          "bridge": {"name": "br0", "slaves": ["eno1"], "address": "192.168.7.12/24",
                     "gateway": "192.168.7.1", "dns": ["192.168.7.1"]}},
         {"hostname": "kvm3.example.com", "selinux": "disabled",
+         "root_ssh_keys": ["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYksb"],
          "firewall": {"enabled": True},
          "bridges": [{"name": "virbr9", "slaves": ["ens3"], "address": "172.16.5.13/20"}]},
     ],
@@ -215,7 +218,8 @@ def test_shellcheck_and_bash_n_catch_broken_templates(tmp_path: Path, template: 
 
 def test_the_stubs_pass_shellcheck() -> None:
     stubs = sorted(STUBS.iterdir())
-    assert [s.name for s in stubs] == ["curl", "firewall-offline-cmd", "sleep", "systemctl"]
+    assert [s.name for s in stubs] == ["curl", "firewall-offline-cmd", "restorecon", "sleep",
+                                       "systemctl"]
     lint = run(["shellcheck", "--severity=style", *stubs], check=False)
     assert lint.returncode == 0, lint.stdout.decode()
 
@@ -326,6 +330,10 @@ MUTATIONS = [
     ("post/bridge.sh.j2", "rm -f ifcfg-{{ bridge.name }}_slave_*",
      "rm -f ifcfg-{{ bridge.name }}-slave-*", "kvm1", "unexpected file"),
     ("post/bridge.sh.j2", "cat > ifcfg-", "cat >> ifcfg-", "kvm1", "is set twice"),
+    ("post/sshkeys.sh.j2", 'chmod 0600 "$dir/authorized_keys"', ":", "kvm2",
+     "authorized_keys is not a file with mode 0600"),
+    ("post/sshkeys.sh.j2", 'restorecon -R "$dir"', 'echo "$dir"', "kvm2", "not relabelled"),
+    ("post/sshkeys.sh.j2", "printf '%s\\n'", "printf '%s '", "kvm2", "expected the site's keys"),
     ("post/overlay.sh.j2", "chmod {{ '%04o' % file.mode }}", ": {{ '%04o' % file.mode }}",
      "kvm1", "expected 0600"),
     ("post/overlay.sh.j2", "chmod {{ '%04o' % dir.mode }}", ": {{ '%04o' % dir.mode }}",

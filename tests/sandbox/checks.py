@@ -38,13 +38,36 @@ exec /usr/bin/env -0
 
 # What a ksbuild %post may change besides the overlay's files (and the scripts' logs).
 CHANGES_ALLOWED = ("etc/hostname", "etc/selinux/config", SCRIPTS + "/", SYSTEMD + "/",
-                   "etc/firewalld/zones/")
+                   "etc/firewalld/zones/", "root/.ssh", "root/.ssh/authorized_keys")
 
 
 def check_host(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:
     return [*check_hostname(box.target, host), *check_selinux(box.target, host),
             *check_network(box, host), *check_firewall(box, host),
+            *check_ssh_keys(box, host, overlay),
             *check_overlay(box.target, overlay), *check_nothing_else(box, overlay)]
+
+
+def check_ssh_keys(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:
+    """root_ssh_keys end up as anaconda's `sshkey` would leave them: exactly those keys, one a
+    line, in /root/.ssh/authorized_keys 0600 under /root/.ssh 0700, relabelled for sshd."""
+    folder, keys = box.target / "root/.ssh", box.target / "root/.ssh/authorized_keys"
+    if not host.root_ssh_keys:
+        from_overlay = any(item.path.startswith("/root/.ssh") for item in overlay.files)
+        return [] if from_overlay or not folder.exists() else [
+            "/root/.ssh exists though the site gives no root_ssh_keys"]
+    problems = []
+    if folder.is_symlink() or not folder.is_dir() or folder.stat().st_mode & 0o7777 != 0o700:
+        problems.append("/root/.ssh is not a folder with mode 0700")
+    if keys.is_symlink() or not keys.is_file() or keys.stat().st_mode & 0o7777 != 0o600:
+        return [*problems, "/root/.ssh/authorized_keys is not a file with mode 0600"]
+    written = keys.read_text(encoding="utf-8")
+    if written != "".join(key + "\n" for key in host.root_ssh_keys):
+        problems.append(f"/root/.ssh/authorized_keys holds {written!r}, expected the site's "
+                        f"keys {list(host.root_ssh_keys)}")
+    if ["restorecon", "-R", "/root/.ssh"] not in box.calls():
+        problems.append("/root/.ssh was not relabelled (restorecon -R /root/.ssh)")
+    return problems
 
 
 def check_hostname(target: Path, host: Host) -> list[str]:
