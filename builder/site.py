@@ -96,6 +96,7 @@ class Host:
     bridges: tuple[Bridge, ...]
     storage: Storage
     kernel_args: tuple[str, ...]
+    after_install: str  # "poweroff" or "reboot": ISO and rendered kickstarts; PXE reboots
 
     @property
     def short_name(self) -> str:
@@ -275,6 +276,13 @@ HOST_FIELDS: dict[str, Field] = {
     "kernel_args": Field(List(Str(r"[A-Za-z0-9_.-]+(?:=[A-Za-z0-9_.,:/-]+)?",
                                   what="a kernel argument"), "extra kernel arguments"),
                          default=()),
+    "after_install": Field(Enum(
+        ("poweroff", "reboot"),
+        "what an ISO (or a rendered kickstart) install does at its end. poweroff: the machine "
+        "stays off until someone removes the medium. reboot: it boots again at once, and a "
+        "machine that boots the ISO first (a USB stick, most virtual media: `reboot --eject` "
+        "ejects only CDs) installs itself again, every time, wiping its disks. PXE installs "
+        "always reboot (install-once switching sends them to their disk)"), default="poweroff"),
 }
 HOST = Map(HOST_FIELDS, "one KVM host")
 DEFAULTS = Map({k: v for k, v in HOST_FIELDS.items() if k not in ("hostname", "mac")},

@@ -40,7 +40,7 @@ def test_example_kickstart_content() -> None:
     for line in ["install", "url --url=https://vault.centos.org/7.9.2009/os/x86_64/",
                  "lang en_US.UTF-8", "keyboard --vckeymap=us", "timezone Asia/Shanghai --isUtc",
                  "selinux --disabled", "firewall --disabled", "autopart --type=lvm",
-                 "bootloader --location=mbr", "reboot --eject",
+                 "bootloader --location=mbr", "poweroff --eject",
                  "network --hostname=cdh-host.c7.jevoncode.com",
                  "@^virtualization-host-environment"]:
         assert line in text.splitlines(), line
@@ -261,3 +261,15 @@ def test_root_ssh_keys_pass_validation_and_go_in_by_post(tmp_path: Path) -> None
     overlay.write_text(key + "\n")
     with pytest.raises(site.InputError, match="overlay file /root/.ssh/authorized_keys"):
         render(tmp_path, site_doc(overlays="overlays", defaults=doc["defaults"]))
+
+
+def test_iso_kickstarts_power_off_unless_the_site_asks_to_reboot(tmp_path: Path) -> None:
+    """Issue 10 item 5: a machine booting the ISO from a USB stick or virtual media (which
+    `reboot --eject` does not eject) would reinstall itself after every reboot."""
+    doc = site_doc()
+    first, second = render(tmp_path, doc).values()
+    for text in (first, second):
+        assert "\npoweroff --eject\n" in text and not re.search(r"^reboot", text, re.M)
+    doc["hosts"][1]["after_install"] = "reboot"
+    first, second = render(tmp_path, doc).values()
+    assert "\npoweroff --eject\n" in first and "\nreboot --eject\n" in second

@@ -90,6 +90,8 @@ def test_tree_has_every_loader_entry_and_kickstart(tree: Path) -> None:
         assert texts["ipxe"].startswith("#!ipxe\n")
         ks = (tree / f"http/ks/{hostname}.cfg").read_text()
         assert f"done_url={GUEST_SERVER}/done/{hostname}\n" in ks
+        # PXE installs reboot (issue 10 item 5): the done step switches them to local boot.
+        assert "\nreboot --eject\n" in ks and "\npoweroff" not in ks
         assert not is_local(tree, mac)
     # Only the per-host files and the fallbacks: nothing for a MAC not in the site.
     assert sorted(p.name for p in (tree / "tftp/pxelinux.cfg").iterdir()) == [
