@@ -7,15 +7,20 @@ Everything built is cached like tests/fixtures (names carry a digest of what the
 from __future__ import annotations
 
 import hashlib
+import http.client
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 
 from builder import site
+from builder.pxe import serve
+from builder.pxe import state as pxestate
 from builder.pxe import tree as pxe
 from builder.run import run
 from tests.fixtures.cache import cached_file, digest
@@ -160,3 +165,51 @@ def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
             data = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
             found[str(path.relative_to(root))] = (mode, data)
     return found
+
+
+class EventServer:
+    """`ksbuild serve` on a free loopback port, in this process."""
+
+    def __init__(self, tree: Path) -> None:
+        self.lines: list[str] = []
+        self.server = serve.start(tree, "127.0.0.1:0", self.lines.append)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = serve.run_in_thread(self.server)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def event(self, host: str, state: str, **fields: str) -> tuple[int, bytes]:
+        return self.request("POST", f"/events/{host}/{state}", urlencode(fields).encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+
+    def status(self, since: int = 0) -> dict[str, object]:
+        code, body = self.request("GET", f"/status.json?since={since}")
+        assert code == 200, body
+        data: dict[str, object] = json.loads(body)
+        return data
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+def fleet_tree(folder: Path, count: int) -> tuple[Path, list[str]]:
+    """A PXE tree of `count` hosts with only what `ksbuild serve` and the events need (the
+    index and http/): big fleets for the page and load tests without rendering kickstarts."""
+    names = [f"host{n:05d}.example.com" for n in range(count)]
+    hosts = [pxestate.IndexedHost(name, ":".join(f"{b:02x}" for b in
+                                                 (0x52, 0x54, 1, n >> 16, n >> 8 & 255, n & 255)),
+                                  {})
+             for n, name in enumerate(names)]
+    (folder / "http").mkdir(parents=True, exist_ok=True)
+    (folder / pxestate.INDEX).write_bytes(pxestate.index_data(GUEST_SERVER, hosts))
+    return folder, names

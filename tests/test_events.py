@@ -4,20 +4,18 @@ over a restart and a rebuild, bounded per host, and refused when malformed. Loop
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlencode
 
 import pytest
 
-from builder.pxe import events, serve
+from builder.pxe import events
 from tests.conftest import REPO
-from tests.pxe_support import GUEST_SERVER, HOSTS, build, write_site
+from tests.pxe_support import GUEST_SERVER, HOSTS, EventServer, build, write_site
 
 H1, MAC1, _ = HOSTS[0]
 H2, MAC2, _ = HOSTS[1]
@@ -29,44 +27,9 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "pxe"
 
 
-class Running:
-    """`ksbuild serve` on a free loopback port, in this process."""
-
-    def __init__(self, tree: Path) -> None:
-        self.lines: list[str] = []
-        self.server = serve.start(tree, "127.0.0.1:0", self.lines.append)
-        self.port = self.server.socket.getsockname()[1]
-        self.thread = serve.run_in_thread(self.server)
-
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
-
-    def event(self, host: str, state: str, **fields: str) -> tuple[int, bytes]:
-        return self.request("POST", f"/events/{host}/{state}", urlencode(fields).encode(),
-                            {"Content-Type": "application/x-www-form-urlencoded"})
-
-    def status(self, since: int = 0) -> dict[str, object]:
-        code, body = self.request("GET", f"/status.json?since={since}")
-        assert code == 200, body
-        data: dict[str, object] = json.loads(body)
-        return data
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
 @pytest.fixture()
-def running(tree: Path) -> Iterator[Running]:
-    server = Running(tree)
+def running(tree: Path) -> Iterator[EventServer]:
+    server = EventServer(tree)
     try:
         yield server
     finally:
@@ -84,7 +47,7 @@ def ksbuild_status(tree: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
-def test_an_install_is_recorded_in_order_and_status_shows_it(running: Running,
+def test_an_install_is_recorded_in_order_and_status_shows_it(running: EventServer,
                                                             tree: Path) -> None:
     mac_header = {"X-RHN-Provisioning-MAC-0": f"eth0 {MAC1}"}
     assert running.request("GET", "/ks", headers=mac_header)[0] == 200
@@ -118,7 +81,7 @@ def test_an_install_is_recorded_in_order_and_status_shows_it(running: Running,
     assert "booted 1" in table.stdout and "pending 1" in table.stdout
 
 
-def test_status_json_sends_only_what_changed(running: Running) -> None:
+def test_status_json_sends_only_what_changed(running: EventServer) -> None:
     first = running.status()
     assert set(hosts_of(first)) == {H1, H2} and first["full"] is True
     version = first["version"]
@@ -143,13 +106,13 @@ def test_status_json_sends_only_what_changed(running: Running) -> None:
     (f"/events/{H1}/started", b"no-equals-sign", 400),
     (f"/events/{H1}/started", b"log=" + b"x" * 9000, 413),
 ])
-def test_malformed_or_unknown_events_are_refused(running: Running, tree: Path, path: str,
+def test_malformed_or_unknown_events_are_refused(running: EventServer, tree: Path, path: str,
                                                  body: bytes, expected: int) -> None:
     assert running.request("POST", path, body)[0] == expected
     assert not (tree / f"state/events/{H1}.jsonl").exists()
 
 
-def test_events_are_post_only_and_the_page_is_read_only(running: Running) -> None:
+def test_events_are_post_only_and_the_page_is_read_only(running: EventServer) -> None:
     assert running.request("GET", f"/events/{H1}/started")[0] == 405
     assert running.request("POST", "/status", b"")[0] == 404
     code, page = running.request("GET", "/status")
@@ -158,7 +121,7 @@ def test_events_are_post_only_and_the_page_is_read_only(running: Running) -> Non
     assert b"http://" not in page and b"https://" not in page and b"src=" not in page
 
 
-def test_concurrent_events_are_never_lost_or_interleaved(running: Running, tree: Path) -> None:
+def test_concurrent_events_are_never_lost_or_interleaved(running: EventServer, tree: Path) -> None:
     threads, each = 16, 25
     errors: list[str] = []
 
@@ -215,7 +178,7 @@ def test_a_rebuild_keeps_the_events(tree: Path, tmp_path: Path) -> None:
     assert [e.state for e in events.read_events(tree, H1)] == ["started"]
 
 
-def test_forwarded_client_is_believed_only_from_loopback(running: Running, tree: Path) -> None:
+def test_forwarded_client_is_believed_only_from_loopback(running: EventServer, tree: Path) -> None:
     # Behind nginx (a loopback peer) the host's own address is in X-Real-IP.
     running.request("POST", f"/events/{H1}/started", b"message=via+nginx",
                     {"X-Real-IP": "10.0.2.15"})
