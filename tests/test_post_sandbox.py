@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pykickstart.constants import KS_SCRIPT_ONERROR, KS_SCRIPT_PRE
+from pykickstart.parser import KickstartParser
+from pykickstart.version import RHEL7, makeVersion
 
 from builder.kickstart import Renderer, render_site, template_dir
 from builder.overlay import Overlay, OverlayDir, OverlayFile, OverlayTree
@@ -413,12 +416,16 @@ def test_without_errexit_or_erroronfail_a_failure_is_swallowed(tmp_path: Path,
 # --- the PXE step ----------------------------------------------------------------------------
 
 DONE_URL = "http://10.0.2.100:8080/ksbuild/done/52-54-00-12-34-56"
+EVENTS_URL = "http://10.0.2.100:8080/events/kvm1.example.com"
+FIRSTBOOT_UNIT = "etc/systemd/system/ksbuild-firstboot.service"
+FIRSTBOOT_SCRIPT = "usr/local/sbin/ksbuild-firstboot"
 
 
 def pxe_kickstart() -> tuple[Host, str]:
     site = load(EXAMPLE)
     host = site.hosts[0]
-    return host, Renderer(site).render_host(host, {"pxe_done_url": DONE_URL})
+    return host, Renderer(site).render_host(host, {"pxe_done_url": DONE_URL,
+                                                   "pxe_events_url": EVENTS_URL})
 
 
 def curl_calls(box: Sandbox) -> list[list[str]]:
@@ -453,6 +460,68 @@ def test_pxe_done_with_the_server_down_warns_and_finishes(tmp_path: Path) -> Non
 def test_no_pxe_done_step_without_pxe(tmp_path: Path) -> None:
     box = install(tmp_path / "box", next(iter(render_site(load(EXAMPLE)).values())))
     assert curl_calls(box) == []
+    assert not (box.target / FIRSTBOOT_UNIT).exists()
+
+
+def test_pxe_install_enables_the_first_boot_unit(tmp_path: Path) -> None:
+    host, kickstart = pxe_kickstart()
+    box = install(tmp_path / "box", kickstart)
+    unit = (box.target / FIRSTBOOT_UNIT).read_text()
+    assert "ExecStart=/usr/local/sbin/ksbuild-firstboot\n" in unit
+    assert "After=network-online.target\n" in unit and "Type=oneshot\n" in unit
+    wanted = box.target / "etc/systemd/system/multi-user.target.wants/ksbuild-firstboot.service"
+    assert wanted.is_symlink() and str(wanted.readlink()) == "/" + FIRSTBOOT_UNIT
+    assert box.run(["systemctl", "is-enabled", "ksbuild-firstboot.service"]) == (0, "enabled\n")
+    script = box.target / FIRSTBOOT_SCRIPT
+    assert script.stat().st_mode & 0o777 == 0o755
+    text = script.read_text()
+    assert f"url={EVENTS_URL}\n" in text and text.startswith("#!/bin/bash\n")
+    bridge = host.bridges[0]
+    assert f"expected='{bridge.name} {bridge.address} {','.join(bridge.slaves)}'\n" in text
+    assert check_host(box, host, overlay_of(load(EXAMPLE), host)) == []
+
+
+def test_pre_onerror_and_first_boot_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    """The scripts a PXE install adds besides its %post: %pre, %onerror (as pykickstart's
+    RHEL7 grammar reads them) and the first-boot script the %post writes."""
+    _, kickstart = pxe_kickstart()
+    handler = makeVersion(RHEL7)
+    KickstartParser(handler, followIncludes=False).readKickstartFromString(kickstart)
+    extra = {script.type: script.script for script in handler.scripts
+             if script.type in (KS_SCRIPT_PRE, KS_SCRIPT_ONERROR)}
+    assert set(extra) == {KS_SCRIPT_PRE, KS_SCRIPT_ONERROR}
+    assert f"{EVENTS_URL}/started" in extra[KS_SCRIPT_PRE]
+    assert f"{EVENTS_URL}/failed" in extra[KS_SCRIPT_ONERROR]
+    box = install(tmp_path / "box", kickstart)
+    scripts = {"pre": extra[KS_SCRIPT_PRE], "onerror": extra[KS_SCRIPT_ONERROR],
+               "firstboot": (box.target / FIRSTBOOT_SCRIPT).read_text()}
+    problems = []
+    for name, body in scripts.items():
+        path = tmp_path / f"{name}.sh"
+        path.write_text(body)
+        for argv in (["bash", "-n", path],
+                     ["shellcheck", "--shell=bash", "--severity=style", path]):
+            done = run(argv, check=False)
+            if done.returncode:
+                problems.append(f"{name}: {argv[0]}: {(done.stdout + done.stderr).decode()}")
+    assert problems == []
+
+
+def test_a_failing_post_step_reports_failed(tmp_path: Path) -> None:
+    """Anaconda runs no %onerror for a failing %post --erroronfail: its ERR trap reports."""
+    _, kickstart = pxe_kickstart()
+    broken = kickstart.replace("step=bridge\n", "step=bridge\nfalse\n", 1)
+    assert broken != kickstart
+    box = Sandbox(tmp_path / "box")
+    box.seed_anaconda_network(broken)
+    result = box.install(broken)
+    assert result.stopped_by is not None
+    # One curl call; its log= argument holds the log's lines, so read the call log whole.
+    calls = (box.target / ".sandbox/calls").read_text()
+    assert calls.count("curl\t") == 1
+    assert "\tmessage=%post step bridge failed (status 1)\t" in calls
+    assert calls.endswith(f"\t{EVENTS_URL}/failed\n")
+    assert "log=ksbuild: %post step hostname\n" in calls  # the tail of the %post's log
 
 
 # --- the sandbox itself ----------------------------------------------------------------------

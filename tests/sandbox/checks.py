@@ -38,7 +38,8 @@ exec /usr/bin/env -0
 
 # What a ksbuild %post may change besides the overlay's files (and the scripts' logs).
 CHANGES_ALLOWED = ("etc/hostname", "etc/selinux/config", SCRIPTS + "/", SYSTEMD + "/",
-                   "etc/firewalld/zones/", "root/.ssh", "root/.ssh/authorized_keys")
+                   "etc/firewalld/zones/", "root/.ssh", "root/.ssh/authorized_keys",
+                   "usr/local/sbin/ksbuild-firstboot")
 
 
 def check_host(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:

@@ -127,7 +127,8 @@ LINKS: dict[str, str] = {
         "/usr/lib/systemd/system/firewalld.service",
 }
 
-DIRS = ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "etc/firewalld/zones",
+# usr/local/sbin: CentOS 7's `filesystem` package has it (the first-boot script goes there).
+DIRS = ("usr/bin", "usr/sbin", "usr/lib", "usr/lib64", "usr/local/sbin", "etc/firewalld/zones",
         "etc/firewalld/services", "etc/systemd/system", "dev", "proc", "root", "tmp",
         "var/log", ".sandbox")
 
