@@ -29,9 +29,9 @@
                                      #   auto: linuxefi if the shipped GRUB has that command
       dhcp:                          # optional; without it dnsmasq serves TFTP only and an
                                      #   existing DHCP server points clients at it
-        mode: server                 # server: dnsmasq hands out addresses (each host its
-                                     #   static address as a fixed lease); proxy: another
-                                     #   DHCP server does, dnsmasq adds the boot answers
+        mode: server                 # dnsmasq hands out addresses (each host its static
+                                     #   address as a fixed lease). `proxy` is refused:
+                                     #   CentOS 7's GRUB cannot boot from proxy answers
         interface: eth1              # the NIC dnsmasq serves on (required)
         subnet: 10.1.0.0/24          # the network served (required)
         range: {start: 10.1.0.100, end: 10.1.0.199}   # dynamic pool (server mode, optional)
@@ -106,9 +106,10 @@ ADDRESS = Str(IPV4, what="an IPv4 address", convert=ipv4_address)
 
 DHCP = Map(
     {
-        "mode": Field(Enum(("server", "proxy"), "server: dnsmasq hands out the addresses; "
-                           "proxy: an existing DHCP server does, dnsmasq adds the boot "
-                           "answers"), default="server"),
+        "mode": Field(Enum(("server", "proxy"), "server: dnsmasq hands out the addresses. "
+                           "proxy (an existing DHCP server hands them out) is refused: "
+                           "CentOS 7's GRUB cannot boot UEFI machines from proxy answers"),
+                      default="server"),
         "interface": Field(Str(IFACE, "the boot server's NIC dnsmasq answers on (required: "
                                "a DHCP server must not answer on every network it sees)",
                                what="an interface name"), required=True),
@@ -198,10 +199,15 @@ def _dhcp(parsed: dict[str, Any] | None, given: Located | None) -> Dhcp | None:
     subnet: ipaddress.IPv4Network = parsed["subnet"]
     where = given.value
     if parsed["mode"] == "proxy":
-        for key in ("range", "router", "dns", "lease_time"):
-            if key in where:
-                raise where[key].error("proxy mode hands out no addresses: the existing DHCP "
-                                       f"server sets {key}")
+        # rhboot/grub2 rhel-7.9 grub-core/net/drivers/efi/efinet.c:833 configures the network
+        # from the PXE mode's DhcpAck only (never its ProxyOffer); proxy offers reached GRUB
+        # upstream in 2021. A UEFI machine
+        # would load GRUB from the proxy's answer and then stop at a grub> prompt.
+        raise where["mode"].error(
+            "proxy DHCP cannot boot UEFI machines: CentOS 7's GRUB reads its TFTP server and "
+            "boot file only from the DHCP server's own answer and would stop at a grub> "
+            "prompt; use mode: server, or leave out `dhcp` and point the network's DHCP "
+            "server at this machine (next-server, boot file per client architecture)")
     pool = None
     if parsed["range"] is not None:
         start, end = parsed["range"]["start"], parsed["range"]["end"]
