@@ -50,9 +50,9 @@ BOOT_TIMEOUT = 240
 class Lab:
     """A tree, `ksbuild serve` for it on 127.0.0.1, and boots against both."""
 
-    def __init__(self, tmp_path: Path, grub: str) -> None:
+    def __init__(self, tmp_path: Path, grub: str, **pxe_keys: str) -> None:
         site_path = write_site(tmp_path, {"server": GUEST_SERVER, "menu_timeout": 1,
-                                          "grub": str(grub_image(grub))})
+                                          "grub": str(grub_image(grub)), **pxe_keys})
         self.tree = tmp_path / "pxe"
         self.result = build(site_path, self.tree, base=centos_iso())
         self.proc = subprocess.Popen(
@@ -97,6 +97,20 @@ class Lab:
 @pytest.fixture()
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     started = Lab(tmp_path, getattr(request, "param", "centos"))
+    try:
+        yield started
+    finally:
+        if started.proc.poll() is None:
+            started.stop()
+
+
+@pytest.fixture()
+def local_tree_lab(tmp_path: Path) -> Iterator[Lab]:
+    """The base DVD published as the install tree; the kernel and initrd exist for HTTP only
+    (the TFTP copies are removed), so a boot that gets them got them over HTTP."""
+    started = Lab(tmp_path, "centos", install_tree="local")
+    for name in ("vmlinuz", "initrd.img"):
+        (started.tree / "tftp/images" / name).unlink()
     try:
         yield started
     finally:
@@ -154,3 +168,22 @@ def test_upstream_grub_gets_linux_and_initrd(lab: Lab) -> None:
     entry = (lab.tree / f"tftp/grub.cfg-01-{MAC1.replace(':', '-')}").read_text()
     assert re.search(r"^\s+linux /images/vmlinuz ", entry, re.M)
     assert_installs(lab, lab.boot("pxe-uefi", "grubx64.efi", MAC1), H1, MAC1)
+
+
+@pytest.mark.parametrize(("mode", "bootfile"), [("pxe-bios", "boot.ipxe"),
+                                                ("pxe-uefi", "grubx64.efi")])
+def test_kernel_over_http_and_the_install_tree_on_the_boot_server(
+        local_tree_lab: Lab, mode: str, bootfile: str) -> None:
+    lab = local_tree_lab
+    result = lab.boot(mode, bootfile, MAC1)
+    assert_installs(lab, result, H1, MAC1)
+    for name in ("vmlinuz", "initrd.img"):
+        assert any(f'"GET /images/{name} HTTP/1.1" 200' in line for line in lab.lines), lab.lines
+    # The guest read the install tree from inst.repo on the boot server, byte for byte.
+    repo = f"{GUEST_SERVER}/centos/7.9.2009/os/x86_64/"
+    assert f"inst.repo={repo}" in (result.cmdline or "").split()
+    published = lab.tree / "http/centos/7.9.2009/os/x86_64"
+    assert result.repo_files == {
+        name: hashlib.sha256((published / name).read_bytes()).hexdigest()
+        for name in (".treeinfo", "repodata/repomd.xml")}, result.describe()
+    assert "[general]\nname = CentOS-7\n" in result.log
