@@ -166,7 +166,7 @@ def test_ipxe_scripts_install_by_mac_and_send_strangers_to_disk(lab: Lab) -> Non
 def test_upstream_grub_gets_linux_and_initrd(lab: Lab) -> None:
     assert lab.result.grub_commands == "linux"
     entry = (lab.tree / f"tftp/grub.cfg-01-{MAC1.replace(':', '-')}").read_text()
-    assert re.search(r"^\s+linux /images/vmlinuz ", entry, re.M)
+    assert re.search(r"^\s+linux \(http,10\.0\.2\.100\)/images/vmlinuz ", entry, re.M)
     assert_installs(lab, lab.boot("pxe-uefi", "grubx64.efi", MAC1), H1, MAC1)
 
 
