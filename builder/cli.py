@@ -223,6 +223,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        # Closing takes serve.STOP_GRACE seconds at most; a second Ctrl-C must not cut it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.server_close()  # waits for the requests in flight
     say("ksbuild serve: stopped")
     return 0

@@ -3,6 +3,7 @@ once, log lines, and a clean stop on Ctrl-C. Loopback only."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -11,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -293,5 +295,150 @@ def test_command_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
         proc, first = start_cli(tmp_path / "pxe", "--listen", f"127.0.0.1:{port}")
         assert proc.wait(timeout=60) == 1 and "cannot listen" in first
+        if proc.stderr:
+            proc.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile clients: idle and dripping connections, malformed requests, escape sequences.
+
+
+def raw_connection(port: int, data: bytes = b"") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if data:
+        sock.sendall(data)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(OSError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_idle_connections_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """3,000 idle connections made 3,001 threads: now a fixed pool answers, a bounded number
+    wait, the rest get 503 at once, and idle ones are cut at the deadline."""
+    monkeypatch.setattr(serve, "MAX_WORKERS", 4, raising=False)
+    monkeypatch.setattr(serve, "MAX_QUEUED", 4, raising=False)
+    monkeypatch.setattr(serve, "REQUEST_TIMEOUT", 2.0)
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    before = threading.active_count()
+    started = time.monotonic()
+    running = Running(tmp_path / "pxe")
+    idle = []
+    try:
+        idle = [raw_connection(running.port) for _ in range(40)]
+        time.sleep(0.5)
+        assert threading.active_count() - before <= 4 + 2  # the pool, the reaper, the loop
+        answers = [read_all(sock) for sock in idle]  # each ends: 503 or cut at a deadline
+        refused = sum(answer.startswith(b"HTTP/1.1 503 ") for answer in answers)
+        assert set(answers) <= {b"", serve.BUSY}
+        assert refused >= 20, refused  # 4 answered and 4 waiting; the rest mostly refused
+        assert answers[:4] == [b""] * 4
+        assert time.monotonic() - started < 25  # every idle one was cut, none held for good
+        assert running.request("GET", f"/ks/{H1}.cfg")[0] == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        running.stop()
+    assert any(" 503: 4 connections busy and 4 waiting" in line for line in running.lines)
+
+
+def test_a_dripping_client_is_cut_at_the_deadline(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A byte every 0.5 s never trips the per-read timeout; the request's deadline does."""
+    monkeypatch.setattr(serve, "REQUEST_TIMEOUT", 2.0)
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    running = Running(tmp_path / "pxe")
+    try:
+        sock = raw_connection(running.port, b"GET /ks/" + H1.encode() + b".cfg HTTP/1.1\r\n")
+        started = time.monotonic()
+        cut = False
+        with sock:
+            for byte in b"X-Padding: " + b"x" * 40:
+                time.sleep(0.5)
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    cut = True
+                    break
+            if not cut:
+                sock.settimeout(1)
+                with contextlib.suppress(OSError):
+                    cut = sock.recv(100) == b""
+        assert cut and time.monotonic() - started < 5
+    finally:
+        running.stop()
+
+
+@pytest.mark.parametrize("header", ["Content-Length: abc", "Content-Length: -1",
+                                    "Content-Length: 1e3", "Transfer-Encoding: chunked"])
+def test_malformed_post_gets_400(running: Running, header: str,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`Content-Length: abc` got no reply and a traceback."""
+    sock = raw_connection(running.port, f"POST /events/{H1}/started HTTP/1.1\r\nHost: x\r\n"
+                                        f"{header}\r\n\r\n".encode())
+    with sock:
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.0 400 ") or answer.startswith(b"HTTP/1.1 400 "), answer
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_control_bytes_are_escaped_in_the_log(running: Running) -> None:
+    """Request lines are logged: raw escape sequences would reach the terminal."""
+    for line in (b"GET /\x1b[2J\x1b]0;owned\x07 HTTP/1.1", b"\x1b[31mGARBAGE\x9b"):
+        with raw_connection(running.port, line + b"\r\nHost: x\r\n\r\n") as sock:
+            read_all(sock)
+    time.sleep(0.2)
+    logged = "\n".join(running.lines)
+    assert "\\x1b[2J\\x1b]0;owned\\x07" in logged, running.lines
+    assert "\\x1b[31mGARBAGE" in logged, running.lines
+    assert not any(ord(c) < 32 or 0x7f <= ord(c) < 0xa0 for c in logged.replace("\n", ""))
+
+
+def test_forwarded_client_must_be_an_address(running: Running) -> None:
+    running.request("POST", f"/done/{H1}", {"X-Real-IP": "\x1b[2Jnot-an-address"})
+    marker = running.tree / "state/installed" / H1
+    assert marker.read_text() == "installed: reported by 127.0.0.1\n"
+
+
+def test_sigterm_stops_within_seconds_despite_dripping_clients(tmp_path: Path) -> None:
+    """5 clients sending a byte every 2 s kept the server alive for over 80 s after SIGTERM."""
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    proc, first = start_cli(tmp_path / "pxe", "--listen", "127.0.0.1:0")
+    stop = threading.Event()
+    clients: list[socket.socket] = []
+    try:
+        found = re.search(r"on http://127\.0\.0\.1:([0-9]+)/", first)
+        assert found, first
+        port = int(found.group(1))
+
+        def drip() -> None:
+            sock = raw_connection(port, b"POST /events/x/started HTTP/1.1\r\n")
+            clients.append(sock)
+            with contextlib.suppress(OSError):
+                while not stop.wait(2):
+                    sock.sendall(b"X")
+
+        threads = [threading.Thread(target=drip, daemon=True) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        time.sleep(1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert time.monotonic() - started < 6
+        rest = proc.stderr.read() if proc.stderr else ""
+        assert rest.rstrip().endswith("ksbuild serve: stopped") and "Traceback" not in rest
+    finally:
+        stop.set()
+        for sock in clients:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         if proc.stderr:
             proc.stderr.close()

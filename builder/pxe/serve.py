@@ -21,16 +21,24 @@ Serving a kickstart and a done call are recorded as events too. Behind nginx (th
 nginx.conf proxies /ks, /done, /events and /status here), the client is the X-Real-IP nginx
 sets; it is believed only from a loopback peer.
 
-Each request is answered in its own thread and logged through a callback (cli.py prints).
+Connections are answered by a pool of MAX_WORKERS threads; up to MAX_QUEUED more wait for a
+free one, beyond that a connection gets 503 at once. Each request has an overall deadline
+(REQUEST_TIMEOUT to arrive, plus time in proportion to what is sent back), enforced by
+shutting its socket down: a client dripping a byte every few seconds holds a thread for
+REQUEST_TIMEOUT at most. On stop, waiting connections are closed, requests in flight get
+STOP_GRACE seconds. A malformed request gets 400. Every log line is logged through a
+callback (cli.py prints) with control characters escaped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.server
+import ipaddress
 import json
 import os
 import posixpath
+import queue
 import re
 import socket
 import threading
@@ -57,6 +65,12 @@ CHUNK = 1 << 16
 TREE_DOT_FILES = frozenset({".treeinfo", ".discinfo"})
 RANGE = re.compile(r"bytes=([0-9]{0,18})-([0-9]{0,18})")
 REQUEST_TIMEOUT = 30.0  # seconds a client may take to send its request; then it is dropped
+MIN_SEND_RATE = 32 * 1024  # bytes/s: a response may take REQUEST_TIMEOUT + size / this
+MAX_WORKERS = 64  # connections answered at once
+MAX_QUEUED = 512  # connections waiting for a worker; more get 503
+STOP_GRACE = 3.0  # seconds requests in flight get to finish on stop
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\n\r\nbusy\n")
 
 Log = Callable[[str], None]
 
@@ -83,8 +97,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._send(self.server.app.get(self._path(), self.headers.items()), body=False)
 
+    def handle_one_request(self) -> None:
+        # Each request on a kept-alive connection gets its own deadline, from its first byte.
+        self.server.deadlines.set(self.connection, REQUEST_TIMEOUT)
+        super().handle_one_request()
+
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        given = self.headers.get("Content-Length", "0").strip() or "0"
+        if "Transfer-Encoding" in self.headers or not re.fullmatch(r"[0-9]{1,9}", given):
+            self.close_connection = True
+            what = "no Content-Length: bytes" if "Transfer-Encoding" in self.headers \
+                else "a bad Content-Length"
+            self._send(Answer(400, b"bad request: send the body with a Content-Length\n",
+                              note=what), body=True)
+            return
+        length = int(given)
         data = b""
         if length > MAX_EVENT_BODY:
             self._send(Answer(413, b"body too long\n", note="body too long"), body=True)
@@ -99,9 +126,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _client(self) -> str:
         peer = self.client_address[0]
-        forwarded = self.headers.get("X-Real-IP", "")
+        forwarded = self.headers.get("X-Real-IP", "").strip()
         if forwarded and peer in ("127.0.0.1", "::1") and len(forwarded) <= 64:
-            return forwarded
+            with contextlib.suppress(ValueError):  # only an address; it lands in events
+                return str(ipaddress.ip_address(forwarded))
         return peer
 
     def _send(self, answer: Answer, body: bool) -> None:
@@ -136,18 +164,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes */{size}")
             if answer.status == 405:
                 self.send_header("Allow", "POST")
+            # Logged before the client can have the answer: whoever sees the answer finds
+            # the line in the log.
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self.server.app.log(printable(
+                f'{stamp} {self.client_address[0]} "{self.requestline}" '
+                f'{answer.status} {length}{" " + answer.note if answer.note else ""}'))
             self.end_headers()
+            self.server.deadlines.set(self.connection, REQUEST_TIMEOUT + length / MIN_SEND_RATE)
             if body and source is not None:
                 self._send_file(source, start, length)
             elif body:
                 self.wfile.write(answer.body)
-            size = length
         finally:
             if source is not None:
                 source.close()
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        self.server.app.log(f'{stamp} {self.client_address[0]} "{self.requestline}" '
-                            f'{answer.status} {size}{" " + answer.note if answer.note else ""}')
 
     def _send_file(self, source: BinaryIO, start: int, length: int) -> None:
         """`length` bytes from `start`: sendfile(2) where the socket allows it (the kernel
@@ -167,7 +198,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         # Errors BaseHTTPRequestHandler reports itself (bad request lines, timeouts).
-        self.server.app.log(f"{self.client_address[0]} {format % args}")
+        self.server.app.log(printable(f"{self.client_address[0]} {format % args}"))
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass  # _send logs every answer with what it did
@@ -323,6 +354,14 @@ def _form(body: bytes) -> dict[str, str]:
     return form
 
 
+def printable(text: str) -> str:
+    """`text` with control characters (and backslashes) escaped: a request line may carry
+    terminal escape sequences, and log lines go to a terminal."""
+    return "".join(c if c.isprintable() and c != "\\" else
+                   ("\\\\" if c == "\\" else f"\\x{ord(c):02x}" if ord(c) < 256 else
+                    f"\\u{ord(c):04x}") for c in text)
+
+
 def _safe_relative(path: str) -> str | None:
     """The request path as a path under http/, or None if it could leave it or names a dot
     file. Percent-decoding comes first, so an encoded `..` or `/` is caught as well."""
@@ -341,11 +380,54 @@ def _safe_relative(path: str) -> str | None:
     return None if relative in (".", "") else relative
 
 
-class Server(http.server.ThreadingHTTPServer):
-    # On shutdown, wait for the requests in flight (each bounded by REQUEST_TIMEOUT): a done
-    # call must not be cut off between its marker and its entries.
-    daemon_threads = False
-    block_on_close = True
+class Deadlines:
+    """Shuts down each connection's socket when its deadline passes: a blocked read or write
+    then returns at once, however slowly the client trickles (a per-read timeout never
+    trips while a byte comes every few seconds)."""
+
+    def __init__(self) -> None:
+        self.due: dict[socket.socket, float] = {}
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._reap, name="ksbuild-serve-deadlines",
+                                       daemon=True)
+        self.thread.start()
+
+    def set(self, sock: socket.socket, seconds: float) -> None:
+        with self.lock:
+            self.due[sock] = time.monotonic() + seconds
+
+    def forget(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.due.pop(sock, None)
+
+    def cut_all(self, how: int) -> None:
+        with self.lock:
+            for sock in self.due:
+                _shutdown(sock, how)
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _reap(self) -> None:
+        while not self.stopped.wait(0.25):
+            now = time.monotonic()
+            with self.lock:
+                late = [sock for sock, due in self.due.items() if due <= now]
+                for sock in late:
+                    del self.due[sock]
+                    _shutdown(sock, socket.SHUT_RDWR)
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(how)
+
+
+class Server(http.server.HTTPServer):
+    """An HTTP server whose connections a fixed pool of threads answers (see the module's
+    docstring for the bounds)."""
+
     request_queue_size = 1024  # 200 installers booting at once must not overflow the backlog
     allow_reuse_address = True
 
@@ -353,7 +435,69 @@ class Server(http.server.ThreadingHTTPServer):
         self.app = app
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
+        # Before binding: a failed bind calls server_close, which stops these.
+        self.deadlines = Deadlines()
+        self.waiting: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(MAX_QUEUED)
+        self.workers = [threading.Thread(target=self._work, name=f"ksbuild-serve-{n}")
+                        for n in range(MAX_WORKERS)]
+        for worker in self.workers:
+            worker.start()
         super().__init__(address, Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            self.waiting.put_nowait((request, client_address))
+        except queue.Full:
+            self._refuse(request, client_address)
+
+    def _refuse(self, request: socket.socket, client_address: Any) -> None:
+        with contextlib.suppress(OSError):
+            request.setblocking(False)
+            request.send(BUSY)  # a few bytes into an empty socket buffer: never blocks
+        self.shutdown_request(request)
+        self.app.log(printable(f"{client_address[0]} 503: {MAX_WORKERS} connections busy and "
+                               f"{MAX_QUEUED} waiting"))
+
+    def _work(self) -> None:
+        while (item := self.waiting.get()) is not None:
+            request, client_address = item
+            self.deadlines.set(request, REQUEST_TIMEOUT)
+            try:
+                self.finish_request(request, client_address)
+            except Exception as exc:  # noqa: BLE001 - one line per failed connection
+                self.handle_error(request, client_address, exc)
+            finally:
+                self.deadlines.forget(request)
+                self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any,
+                     exc: BaseException | None = None) -> None:
+        """One log line, no traceback: mostly a client gone or cut off at its deadline."""
+        what = f"{type(exc).__name__}: {exc}" if exc is not None else "error"
+        self.app.log(printable(f"{client_address[0]} connection ended: {what}"))
+
+    def server_close(self) -> None:
+        """Stop listening; close the connections still waiting; give those in flight
+        STOP_GRACE seconds (reads end at once: a request half sent is not awaited; a done
+        call being recorded is not cut, since the App never touches the socket), then cut."""
+        super().server_close()
+        while True:
+            try:
+                item = self.waiting.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                self.shutdown_request(item[0])
+        self.deadlines.cut_all(socket.SHUT_RD)
+        for _ in self.workers:
+            self.waiting.put(None)
+        ends = time.monotonic() + STOP_GRACE
+        for worker in self.workers:
+            worker.join(max(0.0, ends - time.monotonic()))
+        self.deadlines.cut_all(socket.SHUT_RDWR)
+        for worker in self.workers:
+            worker.join()
+        self.deadlines.stop()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
