@@ -285,7 +285,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     if password != getpass.getpass("again: "):
         say("ksbuild: the two passwords differ")
         return 2
-    print(secrets.sha512_crypt(password))
+    print(secrets.sha512_crypt_random(password))
     return 0
 
 

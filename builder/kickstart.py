@@ -141,7 +141,7 @@ def root_password_hash(host: Host) -> str:
     password = os.environ.get(host.root_password_env)
     if not password:
         raise InputError(f"environment variable {host.root_password_env} is not set or empty")
-    return sha512_crypt(password)
+    return sha512_crypt(password, host.salt_seed or host.hostname)
 
 
 def _base64_lines(data: bytes) -> list[str]:

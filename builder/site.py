@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,9 @@ class Host:
     storage: Storage
     kernel_args: tuple[str, ...]
     after_install: str  # "poweroff" or "reboot": ISO and rendered kickstarts; PXE reboots
+    # The site's salt_seed, else its first host's name: mixed into the salt of a password
+    # from root_password_env, so equal passwords hash differently in different sites.
+    salt_seed: str = ""
 
     @property
     def short_name(self) -> str:
@@ -325,6 +328,10 @@ SITE_FIELDS: dict[str, Field] = {
         "pxe": Field(Bool("a PXE tree; default: true when `pxe` and `media` are given")),
     }, "what `ksbuild build` makes besides the kickstarts")),
     "pxe": Field(PXE),
+    "salt_seed": Field(Str(r"[A-Za-z0-9._+@:-]+", "mixed into the salt of root_password_env "
+                           "hashes, so that equal passwords hash differently in other sites "
+                           "(default: the first host's name)",
+                           what="a seed (letters, digits and ._+@:-)", max_length=128)),
 }
 SITE = Map(SITE_FIELDS, "a ksbuild site file")
 SITE_WITHOUT_HOSTS = Map({k: v for k, v in SITE_FIELDS.items() if k != "hosts"})
@@ -518,6 +525,8 @@ def load(path: Path | str) -> Site:
     defaults = doc.value.get("defaults", Located({}, "defaults", str(path), doc.line))
     hosts = tuple(_host(merge(defaults, raw), raw) for raw in raw_hosts.value)
     _check_fleet(hosts, raw_hosts.value)
+    seed = doc.value["salt_seed"].value if "salt_seed" in doc.value else hosts[0].hostname
+    hosts = tuple(replace(host, salt_seed=seed) for host in hosts)
     overlays = doc.value.get("overlays")
     media = _media(path, doc.value.get("media"))
     pxe = parse_pxe(path, doc.value.get("pxe"))

@@ -125,6 +125,41 @@ def test_root_password_from_environment_is_hashed(tmp_path: Path,
     assert render(tmp_path, doc) == rendered  # same salt every build: reproducible
 
 
+def test_equal_passwords_hash_differently_in_other_sites(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The salt came from the password alone: equal passwords gave equal hashes in every site
+    in the world. Now the site's salt_seed (else its first host's name) goes into it too."""
+    monkeypatch.setenv("KSBUILD_TEST_PW", "plain-Secret-42")
+
+    def hashes(folder: str, **changes: object) -> set[str]:
+        doc = site_doc(**changes)
+        del doc["defaults"]["root_password_hash"]
+        doc["defaults"]["root_password_env"] = "KSBUILD_TEST_PW"
+        (tmp_path / folder).mkdir(exist_ok=True)
+        texts = render(tmp_path / folder, doc).values()
+        found = {re.search(r"^rootpw --iscrypted (\S+)$", t, re.M).group(1)  # type: ignore
+                 for t in texts}
+        assert all(sha512_crypt.verify("plain-Secret-42", h) for h in found)
+        return found
+
+    first = hashes("a")
+    assert len(first) == 1  # one site: one hash for its shared password (built once)
+    assert hashes("b") == first  # reproducible
+    assert hashes("c", salt_seed="lab-7f3c") != first
+    assert hashes("d", salt_seed="lab-7f3c") == hashes("c", salt_seed="lab-7f3c")
+    other = site_doc()
+    other["hosts"].reverse()  # another first host: another site as far as the salt goes
+    assert hashes("e", hosts=other["hosts"]) != first
+    assert "'a b' is not a seed" in str(pytest.raises(site.InputError, render, tmp_path / "a",
+                                                      site_doc(salt_seed="a b")).value)
+
+
+def test_hash_password_salts_at_random() -> None:
+    from builder import secrets
+
+    assert secrets.sha512_crypt_random("x") != secrets.sha512_crypt_random("x")
+
+
 def test_reused_validator_matches_a_fresh_handler(tmp_path: Path) -> None:
     """The validator restores pykickstart's command state between kickstarts; a kickstart
     parsed after others must give exactly what a brand-new handler gives."""
