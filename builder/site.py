@@ -422,7 +422,7 @@ def _construct(node: yaml.Node, path: str, file: str, loader: _Loader) -> Any:
     """A scalar's value; a tag it cannot carry (`!!int abc`, `!!timestamp x`) is one line."""
     try:
         return loader.construct_object(node)
-    except (ValueError, TypeError, AttributeError, OverflowError):
+    except (ValueError, TypeError, AttributeError, OverflowError, KeyError, IndexError):
         raise InputError(f"{file}:{_node_line(node)}: {path or '(top)'}: {node.value!r} cannot "
                          f"be read as {node.tag.rsplit(':', 1)[-1]}") from None
 

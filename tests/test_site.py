@@ -6,12 +6,17 @@ import copy
 import ipaddress
 import json
 import re
+import select
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -179,6 +184,7 @@ def _alias_bomb(levels: int, width: int = 9) -> str:
     ("hosts:\n" + "".join("  " * i + "- \n" for i in range(1, 200)) + "\n",
      r":\d+: nested more than 64 levels deep"),
     ("hosts: !!int abc\n", r":1: hosts: 'abc' cannot be read as int"),
+    ("hosts: !!bool maybe\n", r":1: hosts: 'maybe' cannot be read as bool"),
     ("hosts:\n  - hostname: !!timestamp 2020-13-45\n",
      r":2: hosts\[0\]\.hostname: '2020-13-45' cannot be read as timestamp"),
     ("hosts:\n  - hostname: !!timestamp abc\n",
@@ -309,6 +315,150 @@ def test_generated_bad_sites_refused_and_schema_agrees(tmp_path: Path,
         assert schema_ok, f"loader accepts what the schema refuses: {doc}"
     if not schema_ok:
         assert not accepted
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile YAML, generated: aliases, tags, nesting, control characters and stray bytes. Each
+# file is loaded in a child process under a memory limit (RLIMIT_AS) and a time limit per
+# file; it must load or be refused in one line, never crash, hang or exhaust memory.
+
+CASE_SECONDS = 5.0  # a refused bomb takes ~0.1 s; before the fix one took 18 s, 1.3 GB
+CASE_MEMORY = 1 << 30  # address space of the child; a 7-level bomb needed more
+WORKER = """
+import json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
+from builder import site
+from builder.errors import InputError
+for line in sys.stdin:
+    started = time.monotonic()
+    try:
+        site.load(line.strip())
+        result = ["ok", ""]
+    except InputError as exc:
+        result = ["refused", str(exc)]
+    except MemoryError:
+        result = ["memory", ""]
+    except BaseException as exc:
+        result = ["crash", repr(exc)[:300]]
+    result.append(time.monotonic() - started)
+    print(json.dumps(result), flush=True)
+"""
+
+
+class LoaderChild:
+    """A child process that loads site files, one per line of its stdin, and answers each with
+    its outcome; the parent waits CASE_SECONDS at most for each answer."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(CASE_MEMORY)],
+                                     cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+
+    def load(self, path: Path) -> tuple[str, str, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{path}\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], CASE_SECONDS)
+        if not ready:
+            self.close()
+            pytest.fail(f"loading {path} took more than {CASE_SECONDS} s: "
+                        f"{path.read_bytes()[:300]!r}")
+        line = self.proc.stdout.readline()
+        assert line, f"the loader process died on {path.read_bytes()[:300]!r}"
+        outcome, message, seconds = json.loads(line)
+        return outcome, message, seconds
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def loader_child() -> Iterator[LoaderChild]:
+    child = LoaderChild()
+    yield child
+    child.close()
+
+
+SITE_TEXT = yaml.safe_dump(BASE, sort_keys=False)
+TAGS = ["!!int abc", "!!int 0x", "!!int 99999999999999999999999", "!!float x", "!!float 1e99999",
+        "!!timestamp 2020-99-99", "!!timestamp abc", "!!binary '@@@'", "!!bool maybe",
+        "!!null x", "!!str 5", "!!python/object:os.system x", "!!python/name:os.system ''",
+        "!custom x", "!!set {a: 1}", "!!omap [a]", "!!pairs [[a, b]]", "!!merge x", "!!seq x",
+        "!!map x", "!<tag:yaml.org,2002:int> z", "!!int [1, 2]", "!!timestamp {a: 1}"]
+
+
+@st.composite
+def hostile_yaml(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["bomb", "self", "tag", "nesting", "control", "bytes",
+                                 "garbage"]))
+    lines = SITE_TEXT.splitlines()
+    if kind == "bomb":
+        levels, width = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+        bomb = _alias_bomb(levels, width).splitlines()[:-2]
+        where = draw(st.sampled_from(["hosts", "defaults", "pxe", "media"]))
+        text = "\n".join(bomb + [f"{where}: *a{levels}"] +
+                         [line for line in lines if not line.startswith(where + ":")])
+    elif kind == "self":
+        text = draw(st.sampled_from([
+            "a: &a [*a]", "a: &a {b: *a}", "a: &a {<<: *a}", "a: &a [[[[*a]]]]",
+            "a: &a {b: [c, {d: *a}]}", "a: &a [x, &b [y, *a, *b]]", "hosts: &h [*h, *h]",
+        ])) + "\n" + SITE_TEXT
+    elif kind == "tag":
+        index = draw(st.integers(0, len(lines) - 1))
+        key = lines[index].split(":", 1)[0] if ":" in lines[index] else "  - x"
+        lines[index] = f"{key}: {draw(st.sampled_from(TAGS))}"
+        text = "\n".join(lines)
+    elif kind == "nesting":
+        depth = draw(st.integers(1, 3000))
+        style = draw(st.sampled_from(["flow list", "flow map", "block"]))
+        if style == "flow list":
+            value = "[" * depth + "]" * depth
+        elif style == "flow map":
+            value = "{a: " * depth + "1" + "}" * depth
+        else:
+            value = "\n" + "".join("  " * (i + 1) + "- \n" for i in range(min(depth, 400)))
+        text = f"{SITE_TEXT}pxe: {value}\n"
+    elif kind == "control":
+        position = draw(st.integers(0, len(SITE_TEXT)))
+        char = draw(st.sampled_from([chr(c) for c in [*range(0, 9), 11, 12, *range(14, 32),
+                                                      127, *range(0x80, 0xA0), 0xFFFE,
+                                                      0xFFFF]]))
+        text = SITE_TEXT[:position] + char + SITE_TEXT[position:]
+    elif kind == "bytes":
+        data = SITE_TEXT.encode()
+        position = draw(st.integers(0, len(data)))
+        return data[:position] + draw(st.binary(min_size=1, max_size=4)) + data[position:]
+    else:
+        text = draw(st.text(alphabet=st.sampled_from(list("[]{}&*!:,-?|># %@`'\"\nab01")),
+                            max_size=300))
+    return text.encode("utf-8")
+
+
+@settings(max_examples=400, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=hostile_yaml())
+def test_hostile_yaml_loads_or_is_refused_in_bounded_time_and_memory(
+        tmp_path: Path, loader_child: LoaderChild, data: bytes) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_bytes(data)
+    outcome, message, _seconds = loader_child.load(path)
+    assert outcome in ("ok", "refused"), (outcome, message, data[:300])
+    if outcome == "refused":
+        assert "\n" not in message and message.startswith(f"{path}:"), message
+
+
+def test_the_fuzz_bounds_catch_a_bomb_and_a_crash(tmp_path: Path,
+                                                  loader_child: LoaderChild) -> None:
+    """The harness itself: a loader that crashes or eats memory is reported, not missed."""
+    path = tmp_path / "missing-dir" / "site.yaml"
+    outcome, message, _ = loader_child.load(path)
+    assert outcome == "refused" and "no such file" in message
+    child = subprocess.run([sys.executable, "-c", WORKER.replace("site.load(line.strip())",
+                                                                 "bytearray(2 << 30)"),
+                            str(CASE_MEMORY)], input="x\n", capture_output=True, text=True,
+                           cwd=REPO, timeout=60)
+    assert json.loads(child.stdout)[0] == "memory"
 
 
 def test_shipped_schema_is_generated_from_the_grammar() -> None:
