@@ -13,30 +13,27 @@ import importlib.resources
 import multiprocessing
 import os
 import shlex
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from builder import __version__
+from builder import __version__, network
 from builder.errors import InputError, KsbuildError
+from builder.ifcfg import anaconda_leftovers, ifcfg_files, network_lines
 from builder.output import atomic_dir
 from builder.overlay import Overlay, OverlayTree
 from builder.secrets import sha512_crypt
-from builder.site import Bridge, Host, Site
+from builder.site import Host, Site
 
 # The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
-POST_SCRIPTS = ("hostname", "selinux", "firewall", "bridge", "sshkeys", "overlay", "firstboot",
-                "pxe_done")
+POST_SCRIPTS = ("hostname", "selinux", "firewall", "network", "sshkeys", "overlay",
+                "firstboot", "pxe_done")
 # Written by the sshkeys step when the site gives root_ssh_keys.
 ROOT_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
-# ifcfg UUIDs: stable across builds, different for every (host, device).
-UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
 
 
 def template_dir() -> Path:
@@ -65,69 +62,6 @@ def template_environment(folder: Path) -> jinja2.Environment:
     return env
 
 
-def ifcfg_uuid(hostname: str, device: str) -> str:
-    return str(uuid.uuid5(UUID_NAMESPACE, f"{hostname}/{device}"))
-
-
-@dataclass(frozen=True)
-class Ifcfg:
-    """One /etc/sysconfig/network-scripts/ifcfg-<device> file, as ordered KEY=value lines."""
-
-    device: str
-    lines: tuple[tuple[str, str], ...]
-
-
-def ifcfg_files(host: Host) -> tuple[Ifcfg, ...]:
-    files: list[Ifcfg] = []
-    for bridge in host.bridges:
-        for slave in bridge.slaves:
-            files.append(Ifcfg(slave, (
-                ("TYPE", "Ethernet"), ("NAME", slave), ("DEVICE", slave),
-                ("UUID", ifcfg_uuid(host.hostname, slave)), ("ONBOOT", "yes"),
-                ("BOOTPROTO", "none"), ("BRIDGE", bridge.name),
-            )))
-        files.append(Ifcfg(bridge.name, _bridge_lines(host, bridge)))
-    return tuple(files)
-
-
-def _bridge_lines(host: Host, bridge: Bridge) -> tuple[tuple[str, str], ...]:
-    lines = [
-        ("TYPE", "Bridge"), ("NAME", bridge.name), ("DEVICE", bridge.name),
-        ("UUID", ifcfg_uuid(host.hostname, bridge.name)), ("ONBOOT", "yes"),
-        ("BOOTPROTO", "static" if bridge.address else "dhcp"),
-    ]
-    if bridge.address:
-        lines += [("IPADDR", str(bridge.address.ip)),
-                  ("PREFIX", str(bridge.address.network.prefixlen))]
-    if bridge.gateway:
-        lines += [("GATEWAY", str(bridge.gateway)), ("DEFROUTE", "yes")]
-    lines += [(f"DNS{n}", str(server)) for n, server in enumerate(bridge.dns, 1)]
-    lines += [("STP", "yes" if bridge.stp else "no"), ("DELAY", "0")]
-    return tuple(lines)
-
-
-def network_lines(host: Host) -> list[str]:
-    """The install-time `network` commands: one per bridge, then the host name."""
-    lines = []
-    for bridge in host.bridges:
-        words = [f"--device={bridge.name}", f"--bridgeslaves={','.join(bridge.slaves)}"]
-        if bridge.address:
-            words += ["--bootproto=static", f"--ip={bridge.address.ip}",
-                      f"--netmask={bridge.address.netmask}"]
-        else:
-            words.append("--bootproto=dhcp")
-        if bridge.gateway:
-            words.append(f"--gateway={bridge.gateway}")
-        if bridge.dns:
-            words.append(f"--nameserver={','.join(str(d) for d in bridge.dns)}")
-        if bridge.stp:
-            words.append("--bridgeopts=stp=yes")
-        words += ["--onboot=yes", "--activate"]
-        lines.append("network " + " ".join(words))
-    lines.append(f"network --hostname={host.hostname}")
-    return lines
-
-
 def firstboot_bridges(host: Host) -> str:
     """The network the first-boot report expects: `name address|dhcp slave,...` a line."""
     return "\n".join(f"{b.name} {b.address or 'dhcp'} {','.join(b.slaves)}"
@@ -154,7 +88,7 @@ def managed_paths(host: Host) -> set[str]:
     or the installed host would silently disagree with its site file."""
     paths = {"/etc/hostname", "/etc/selinux/config", "/usr/local/sbin/ksbuild-firstboot",
              "/etc/systemd/system/ksbuild-firstboot.service"}
-    paths |= {f"/etc/sysconfig/network-scripts/ifcfg-{i.device}" for i in ifcfg_files(host)}
+    paths |= {f"/etc/sysconfig/network-scripts/{i.filename}" for i in ifcfg_files(host)}
     if host.root_ssh_keys:
         paths.add(ROOT_AUTHORIZED_KEYS)
     return paths
@@ -201,7 +135,9 @@ class Renderer:
             "site_name": self.site.path.name,
             "root_hash": root_password_hash(host),
             "network_lines": network_lines(host),
+            "kernel_args": (*host.kernel_args, *network.kernel_args(host.nic_names)),
             "ifcfgs": ifcfg_files(host),
+            "leftovers": anaconda_leftovers(host),
             "overlay": overlay,
             "b64": _base64_lines,
             "pxe_done_url": None,  # set by builder/pxe/tree.py for PXE installs

@@ -165,6 +165,39 @@ class List(Node):
 
 
 @dataclass
+class Dict(Node):
+    """A mapping from names the user chooses (a pattern) to values of one node: devices keyed
+    by name merge key by key (a host overrides one device of the defaults), where a list
+    would be replaced whole."""
+
+    key: Str
+    item: Node
+    description: str = ""
+    max_items: int = 64
+
+    def parse(self, loc: Located) -> Any:
+        if not isinstance(loc.value, dict):
+            raise loc.error(f"expected a mapping, got {type_name(loc.value)}")
+        if len(loc.value) > self.max_items:
+            raise loc.error(f"has {len(loc.value)} entries, at most {self.max_items}")
+        parsed = {}
+        for key, item in loc.value.items():
+            self.key.parse(Located(key, item.path, item.file, item.line))
+            parsed[key] = self.item.parse(item)
+        return parsed
+
+    def json_schema(self) -> dict[str, Any]:
+        return {
+            "type": "object",
+            "propertyNames": {"pattern": f"^(?:{self.key.pattern})$",
+                              "maxLength": self.key.max_length},
+            "additionalProperties": self.item.json_schema(),
+            "maxProperties": self.max_items,
+            "description": self.description,
+        }
+
+
+@dataclass
 class Field:
     node: Node
     default: Any = None

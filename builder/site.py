@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from builder import network as net
 from builder.errors import InputError
+from builder.network import NETWORK, Network
 from builder.pxe.config import PXE, PxeSettings
 from builder.pxe.config import parse as parse_pxe
 from builder.schema import (
@@ -60,6 +62,7 @@ class Bridge:
     gateway: ipaddress.IPv4Address | None
     dns: tuple[ipaddress.IPv4Address, ...]
     stp: bool
+    forward_delay: int | None = None  # seconds, with stp (DEFAULT_FORWARD_DELAY if None)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,8 @@ class Host:
     # The site's salt_seed, else its first host's name: mixed into the salt of a password
     # from root_password_env, so equal passwords hash differently in different sites.
     salt_seed: str = ""
+    nic_names: str = "predictable"  # or "eth": net.ifnames=0 biosdevname=0
+    network: Network = Network((), (), None)  # every host's network, legacy bridges included
 
     @property
     def short_name(self) -> str:
@@ -212,6 +217,8 @@ BRIDGE = Map(
             default=(),
         ),
         "stp": Field(Bool("spanning tree on the bridge"), default=False),
+        "forward_delay": Field(Int(2, 30, "seconds, with stp (default 15); NetworkManager "
+                                   "refuses 0 with STP on")),
     },
     "a Linux bridge with the host's address, so guests sit on the LAN",
     build=Bridge,
@@ -275,6 +282,11 @@ HOST_FIELDS: dict[str, Field] = {
     "bridge": Field(BRIDGE),
     "bridges": Field(List(BRIDGE, "several bridges; `bridge` is the one-bridge shorthand",
                           max_items=16)),
+    "network": Field(NETWORK),
+    "nic_names": Field(Enum(("predictable", "eth"), "NIC names: the kernel's predictable "
+                            "names (em1, eno1, enp3s0f0), or eth0, eth1... by adding "
+                            "net.ifnames=0 biosdevname=0 to the installer and the installed "
+                            "kernel"), default="predictable"),
     "storage": Field(STORAGE),
     "kernel_args": Field(List(Str(r"[A-Za-z0-9_.-]+(?:=[A-Za-z0-9_.,:/-]+)?",
                                   what="a kernel argument"), "extra kernel arguments"),
@@ -344,8 +356,11 @@ def json_schema() -> dict[str, Any]:
     schema["title"] = "ksbuild site file"
     # `bridge` and `bridges` are two spellings of one thing: never both.
     host_schema = schema["properties"]["hosts"]["items"]
-    host_schema["not"] = {"required": ["bridge", "bridges"]}
-    schema["properties"]["defaults"]["not"] = {"required": ["bridge", "bridges"]}
+    # `network` is the other way to say it: never beside them.
+    exclusive = {"anyOf": [{"required": pair} for pair in (
+        ["bridge", "bridges"], ["network", "bridge"], ["network", "bridges"])]}
+    host_schema["not"] = exclusive
+    schema["properties"]["defaults"]["not"] = exclusive
     # media: exactly one of release (with flavor, mirror), path or url (with sha256).
     def media_kind(required: list[str], banned: list[str]) -> dict[str, Any]:
         return {"required": required, "not": {"anyOf": [{"required": [k]} for k in banned]}}
@@ -542,6 +557,13 @@ def _host(merged: Located, raw: Located) -> Host:
     if fields.pop("bridge") is not None:
         bridges = (HOST_FIELDS["bridge"].node.parse(merged.value["bridge"]),)
     fields["bridges"] = bridges
+    parsed_network = fields.pop("network")
+    if parsed_network is not None and bridges:
+        raise merged.value["network"].error("give `network` or `bridge`/`bridges`, not both")
+    if parsed_network is not None:
+        fields["network"] = net.build(parsed_network, merged.value["network"], fields["mac"])
+    else:
+        fields["network"] = net.from_bridges(bridges, fields["mac"])
     fields["firewall"] = _firewall(fields["firewall"], merged)
     fields["packages"] = fields["packages"] or PACKAGES.build(  # type: ignore[misc]
         environment="virtualization-host-environment", groups=(), extra=())
@@ -594,6 +616,9 @@ def _check_bridges(host: Host, merged: Located) -> None:
             if device in devices:
                 raise where.error(f"interface {device} is used twice on this host")
             devices.add(device)
+        if bridge.forward_delay is not None and not bridge.stp:
+            raise where.value["forward_delay"].error(
+                "a forward delay needs stp: true (without STP it is 0)")
         if bridge.gateway is not None:
             gateways += 1
             if bridge.address is None:
@@ -622,9 +647,12 @@ def _check_fleet(hosts: tuple[Host, ...], raws: list[Located]) -> None:
     seen: dict[str, int] = {}
     for index, (host, raw) in enumerate(zip(hosts, raws)):
         keys = [("hostname", host.hostname)]
-        if host.mac:
-            keys.append(("mac", host.mac))
-        keys += [("address", str(b.address.ip)) for b in host.bridges if b.address]
+        macs = {host.mac} if host.mac else set()
+        keys += [("mac", mac) for mac in sorted(macs | set(host.network.macs))]
+        addresses = {a.ip for a in host.network.addresses}
+        if host.network.install and host.network.install.address:
+            addresses.add(host.network.install.address.ip)
+        keys += [("address", str(ip)) for ip in sorted(addresses)]
         for kind, value in keys:
             other = seen.setdefault(f"{kind}={value}", index)
             if other != index:

@@ -71,7 +71,7 @@ def test_manifest_lists_inputs_and_outputs_with_hashes(tmp_path: Path) -> None:
     assert document["source_date_epoch"] == 1700000000
     kinds = {(e["kind"], e["path"]) for e in document["inputs"]}
     assert ("site", "site.yaml") in kinds and ("overlay", "common/etc/motd") in kinds
-    assert ("template", "host.ks.j2") in kinds and ("template", "post/bridge.sh.j2") in kinds
+    assert ("template", "host.ks.j2") in kinds and ("template", "post/network.sh.j2") in kinds
     import hashlib
 
     for item in document["outputs"]:

@@ -46,7 +46,7 @@ def test_example_kickstart_content() -> None:
         assert line in text.splitlines(), line
     assert ("network --device=br0 --bridgeslaves=eth0 --bootproto=static --ip=192.168.1.108 "
             "--netmask=255.255.0.0 --gateway=192.168.1.1 --nameserver=192.168.1.1 "
-            "--onboot=yes --activate") in text
+            "--bridgeopts=stp=no --onboot=yes --activate") in text
     assert re.search(r"^rootpw --iscrypted \$6\$", text, re.M)
     slave, bridge = ifcfg(text, "eth0"), ifcfg(text, "br0")
     assert slave["BRIDGE"] == "br0" and "IPADDR" not in slave and slave["BOOTPROTO"] == "none"
@@ -84,7 +84,9 @@ def test_second_host_bridges_and_firewall(tmp_path: Path) -> None:
     text = render(tmp_path)["kvm2.example.com"]
     assert "--device=br0 --bridgeslaves=eno1,eno2" in text
     assert "--device=br1 --bridgeslaves=eno3 --bootproto=static --ip=10.2.0.12" in text
-    assert "--bridgeopts=stp=yes" in text
+    assert "--bridgeopts=stp=yes,forward-delay=15" in text
+    stp_bridge = next(name for name in ("br0", "br1") if ifcfg(text, name)["STP"] == "yes")
+    assert ifcfg(text, stp_bridge)["DELAY"] == "15"  # NM 1.18 refuses STP=yes with DELAY=0
     assert "firewall --enabled --service=ssh --service=libvirt" in text
     assert "selinux --enforcing" in text
     assert ifcfg(text, "eno2")["BRIDGE"] == "br0" and ifcfg(text, "eno3")["BRIDGE"] == "br1"

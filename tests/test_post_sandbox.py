@@ -28,13 +28,29 @@ from tests.sandbox.root import FILES, STUBS
 from tests.sandbox.tree import snapshot
 
 EXAMPLE = REPO / "kickstarts/site.yaml"
+FLEET = REPO / "kickstarts/fleet.yaml"  # the LACP + VLAN + bridges example
 HASH = ("$6$ksbuildexample$QjxFPRYKzPP5427c/UElsobtSR1I2HT8q//HWLvV5ohvqmL1n2TXss6FPP4xC3"
         "vpLTPXIonQUOmaMzB7L1JAv1")
 
 
-def install(folder: Path, kickstart: str, mode: str | None = None) -> Sandbox:
+def machine_nics(host: Host) -> dict[str, str]:
+    """The NICs of the machine a host installs on: kernel name -> MAC. NICs the site picks
+    by MAC get a slot name the site never mentions (the kernel's choice, as on real EL7
+    hardware); the host's install `mac` is one of them."""
+    nics: dict[str, str] = {}
+    for number, device in enumerate(host.network.devices):
+        if device.kind == "nic":
+            nics[device.device or f"enp{number + 1}s0f0"] = device.mac or (
+                f"52:54:00:ee:00:{number:02x}")
+    if host.mac and host.mac not in nics.values():
+        nics["eno9"] = host.mac
+    return nics
+
+
+def install(folder: Path, kickstart: str, mode: str | None = None,
+            host: Host | None = None) -> Sandbox:
     box = Sandbox(folder, mode)
-    box.seed_anaconda_network(kickstart)
+    box.seed_anaconda_network(kickstart, machine_nics(host) if host else None)
     result = box.install(kickstart)
     assert result.ok, result.report()
     return box
@@ -48,11 +64,13 @@ def overlay_of(site: Site, host: Host) -> Overlay:
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_example_site_post_leaves_what_it_claims(tmp_path: Path, mode: str) -> None:
-    site = load(EXAMPLE)
+@pytest.mark.parametrize("example", [EXAMPLE, FLEET], ids=["site", "fleet"])
+def test_example_site_post_leaves_what_it_claims(tmp_path: Path, mode: str,
+                                                 example: Path) -> None:
+    site = load(example)
     for hostname, kickstart in render_site(site).items():
         host = site.host(hostname)
-        box = install(tmp_path / hostname, kickstart, mode)
+        box = install(tmp_path / hostname, kickstart, mode, host)
         assert check_host(box, host, overlay_of(site, host)) == []
         assert (box.target / "root/ksbuild-post.log").read_text().endswith(
             "ksbuild: %post done\n")
@@ -121,6 +139,38 @@ GENERATED = {
          "root_ssh_keys": ["ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYksb"],
          "firewall": {"enabled": True},
          "bridges": [{"name": "virbr9", "slaves": ["ens3"], "address": "172.16.5.13/20"}]},
+        # The network model: bonds of NICs by MAC and by name, VLANs on a bond and on a
+        # NIC, bridges on a VLAN, a bond and a NIC, DHCP beside a static default route,
+        # MTUs, routes on two devices, DNS and search domains.
+        {"hostname": "kvm4.example.com", "mac": "52:54:00:04:00:01",
+         "network": {
+             "nics": {"nic1": {"mac": "52:54:00:04:00:01"}, "nic2": {"mac": "52:54:00:04:00:02"},
+                      "em3": {}, "em4": {"mac": "52:54:00:04:00:04", "device": "em4"},
+                      "p1p1": {"address": "203.0.113.4/28", "mtu": 9000}},
+             "bonds": {"bond0": {"slaves": ["nic1", "nic2"], "mode": "802.3ad",
+                                 "lacp_rate": "fast", "xmit_hash_policy": "layer2+3",
+                                 "mtu": 9000},
+                       "bond1": {"slaves": ["em3"], "mode": "active-backup",
+                                 "primary": "em3", "miimon": 200}},
+             "vlans": {"bond0.10": {"mtu": 1500}, "vlan20": {"parent": "bond0", "id": 20},
+                       "bond0.30": {"address": "198.51.100.4/24", "mtu": 9000},
+                       "em4.99": {"address": "dhcp"}},
+             "bridges": {"br-mgmt": {"ports": ["bond0.10"], "address": "192.0.2.4/24",
+                                     "gateway": "192.0.2.1"},
+                         "br-guest": {"ports": ["vlan20"], "stp": True, "forward_delay": 4},
+                         "br-lab": {"ports": ["bond1"], "address": "dhcp", "stp": True}},
+             "routes": [{"to": "10.20.0.0/16", "via": "192.0.2.254"},
+                        {"to": "10.30.0.0/16", "via": "192.0.2.253"},
+                        {"to": "10.40.0.0/16", "via": "198.51.100.1"}],
+             "dns": ["192.0.2.53"], "search": ["example.com", "lab.example.com"]}},
+        # DHCP holds the default route (named), a static address straight on a NIC.
+        {"hostname": "kvm5.example.com",
+         "network": {"nics": {"eno1": {"address": "dhcp"},
+                              "eno2": {"address": "192.0.2.5/25"}},
+                     "default_route": "eno1", "install": {"nic": "eno2",
+                                                          "address": "192.0.2.5/25"}}},
+        # No network at all: DHCP on the install NIC, and anaconda's file stays.
+        {"hostname": "kvm6.example.com", "mac": "52:54:00:06:00:01"},
     ],
 }
 
@@ -141,10 +191,10 @@ def generated_site(tmp_path: Path) -> Site:
 def test_generated_site_post_leaves_what_it_claims(tmp_path: Path,
                                                    generated_site: Site) -> None:
     kickstarts = render_site(generated_site)
-    assert len(kickstarts) == 3
+    assert len(kickstarts) == 6
     for hostname, kickstart in kickstarts.items():
         host = generated_site.host(hostname)
-        box = install(tmp_path / hostname, kickstart)
+        box = install(tmp_path / hostname, kickstart, host=host)
         assert check_host(box, host, expected_overlay(hostname)) == [], hostname
 
 
@@ -200,7 +250,7 @@ def script_problems(folder: Path, kickstarts: dict[str, str]) -> list[str]:
 
 def test_every_post_passes_bash_n_and_shellcheck(tmp_path: Path, generated_site: Site) -> None:
     kickstarts = all_kickstarts(generated_site)
-    assert sum(len(post_scripts(text)) for text in kickstarts.values()) == 5
+    assert sum(len(post_scripts(text)) for text in kickstarts.values()) == 8
     assert script_problems(tmp_path, kickstarts) == []
 
 
@@ -275,7 +325,7 @@ def break_network_scripts(target: Path) -> None:
 
 
 @pytest.mark.parametrize(("breakage", "step"), [(break_hostname, "hostname"),
-                                                (break_network_scripts, "bridge")])
+                                                (break_network_scripts, "network")])
 def test_a_failing_step_stops_the_install_loudly(tmp_path: Path, breakage: Callable[[Path], None],
                                                  step: str) -> None:
     site = load(EXAMPLE)
@@ -328,11 +378,16 @@ MUTATIONS = [
      "systemctl disable firewalld.service", "kvm2", "is not a mask"),
     ("post/firewall.sh.j2", "systemctl enable firewalld.service",
      "systemctl start firewalld.service", "kvm1", "does nothing in the installer's chroot"),
-    ("post/bridge.sh.j2", "cd /etc/sysconfig/network-scripts",
-     "cd /etc/sysconfig/network-script", "kvm1", stop_message("bridge")),
-    ("post/bridge.sh.j2", "rm -f ifcfg-{{ bridge.name }}_slave_*",
-     "rm -f ifcfg-{{ bridge.name }}-slave-*", "kvm1", "unexpected file"),
-    ("post/bridge.sh.j2", "cat > ifcfg-", "cat >> ifcfg-", "kvm1", "is set twice"),
+    ("post/network.sh.j2", "cd /etc/sysconfig/network-scripts",
+     "cd /etc/sysconfig/network-script", "kvm1", stop_message("network")),
+    ("post/network.sh.j2", 'rm -f -- "$file"', ': -- "$file"', "kvm1", "unexpected file"),
+    ("post/network.sh.j2", "cat > {{ ifcfg.filename }}", "cat >> {{ ifcfg.filename }}",
+     "kvm4", "a second run changed the tree"),
+    # anaconda's files for NICs picked by MAC: found by HWADDR, or by DEVICE through sysfs
+    ("post/network.sh.j2", '[[ "$macs" == *" $mac "* ]]', "false", "kvm4",
+     "ifcfg-enp2s0f0: unexpected file"),
+    ("post/network.sh.j2", 'mac=$(cat "/sys/class/net/$device/address")', "mac=", "kvm4",
+     "ifcfg-enp1s0f0: unexpected file"),
     ("post/sshkeys.sh.j2", 'chmod 0600 "$dir/authorized_keys"', ":", "kvm2",
      "authorized_keys is not a file with mode 0600"),
     ("post/sshkeys.sh.j2", 'restorecon -R "$dir"', 'echo "$dir"', "kvm2", "not relabelled"),
@@ -366,7 +421,7 @@ def every_problem(folder: Path, site: Site, templates: Path,
     for host in hosts or site.hosts:
         kickstart = renderer.render_host(host)
         box = Sandbox(folder / host.hostname)
-        box.seed_anaconda_network(kickstart)
+        box.seed_anaconda_network(kickstart, machine_nics(host))
         result = box.install(kickstart)
         if not result.ok:
             problems.append(result.report())

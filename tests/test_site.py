@@ -470,6 +470,6 @@ def test_schema_accepts_the_examples() -> None:
     import yaml
 
     validator = jsonschema.Draft202012Validator(SCHEMA)
-    for name in ("site.yaml",):
+    for name in ("site.yaml", "fleet.yaml"):
         validator.validate(yaml.safe_load((REPO / "kickstarts" / name).read_text()))
     validator.validate(BASE)

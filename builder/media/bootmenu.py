@@ -62,10 +62,13 @@ class MenuEdit:
     timeout: int  # seconds
     keep_media_check: bool = False
     ks_path: str = "/ks.cfg"
+    installer_args: tuple[str, ...] = ()  # added before inst.ks= (e.g. net.ifnames=0)
 
     @property
     def ks_arg(self) -> str:
-        return f"inst.ks=hd:LABEL={escape_label(self.new_label)}:{self.ks_path}"
+        """What every installer entry gets at the end of its kernel arguments."""
+        return " ".join([*self.installer_args,
+                         f"inst.ks=hd:LABEL={escape_label(self.new_label)}:{self.ks_path}"])
 
 
 def is_installer_args(args: str) -> bool:

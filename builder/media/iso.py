@@ -43,9 +43,10 @@ from builder.media.flavor import Flavor, check_cdrom_hosts, detect
 from builder.media.isofs import KS_PATH, Edit, apply_overlay, read
 from builder.media.kickstarts import check_source_labels
 from builder.media.writer import Writer, frozen_clock, write_image
+from builder.network import ETH_NAMES_ARGS
 from builder.output import atomic_file
 from builder.progress import Progress, Silent
-from builder.site import Site
+from builder.site import Host, Site
 
 ISOLINUX_CFG = "/isolinux/isolinux.cfg"
 GRUB_CFG = "/EFI/BOOT/grub.cfg"
@@ -81,6 +82,7 @@ class RepackOptions:
     keep_media_check: bool = False
     overlay: Path | None = None  # a folder whose files go onto the ISO at their paths
     epoch: int | None = None  # SOURCE_DATE_EPOCH; None: the base's creation time
+    installer_args: tuple[str, ...] = ()  # more kernel arguments on every installer entry
 
 
 @dataclass(frozen=True)
@@ -235,7 +237,8 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
     if options.overlay is not None:
         apply_overlay(edit, options.overlay)
     _edit_menus(iso, edit, bootmenu.MenuEdit(old_volid, volid, options.timeout,
-                                             options.keep_media_check, KS_PATH), what)
+                                             options.keep_media_check, KS_PATH,
+                                             options.installer_args), what)
     payload = options.payload(volid, flavor)
     for path, data in sorted(payload.extra.items()):
         edit.add(path, data, 0o100444)
@@ -305,6 +308,16 @@ def _encode(text: str) -> bytes:
 # A site's ISO: which kickstarts, checked against the base (see builder.media.kickstarts).
 
 
+def installer_args(hosts: list[Host], what: str) -> tuple[str, ...]:
+    """The hosts' `nic_names: eth` gives the installer the same NIC names as the installed
+    host (net.ifnames=0 biosdevname=0); one ISO's menus serve all its hosts, so they agree."""
+    choices = {host.nic_names for host in hosts}
+    if len(choices) > 1:
+        raise InputError(f"{what}: the hosts on one ISO must agree on nic_names (found "
+                         f"{', '.join(sorted(choices))}); build one ISO per host")
+    return ETH_NAMES_ARGS if choices == {"eth"} else ()
+
+
 def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = None,
                    volid: str | None = None, timeout: int = 5, keep_media_check: bool = False,
                    progress: Progress | None = None, epoch: int | None = None,
@@ -334,5 +347,6 @@ def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = N
     options = RepackOptions(
         payload=payload, volid=volid, timeout=timeout, keep_media_check=keep_media_check,
         overlay=overlay if overlay is not None and overlay.is_dir() else None,
-        epoch=epoch if epoch is not None else source_date_epoch())
+        epoch=epoch if epoch is not None else source_date_epoch(),
+        installer_args=installer_args(hosts, what))
     return repack(base, output, options, progress)

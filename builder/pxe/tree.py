@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from builder import kickstart
+from builder import kickstart, network
 from builder.errors import InputError
 from builder.media import flavor as media_flavor
 from builder.media import isofs
@@ -308,7 +308,8 @@ def boot_host(host: Host, server: str, settings: PxeSettings) -> pxemenus.BootHo
     assert host.mac is not None
     tree = settings.install_tree or host.source
     args = [f"inst.ks={server}/ks/{host.hostname}.cfg", "inst.ks.sendmac", f"inst.repo={tree}",
-            "ip=dhcp", f"BOOTIF=01-{pxemenus.mac_dashes(host.mac)}", *settings.boot_args]
+            "ip=dhcp", f"BOOTIF=01-{pxemenus.mac_dashes(host.mac)}",
+            *network.kernel_args(host.nic_names), *settings.boot_args]
     return pxemenus.BootHost(host.hostname, host.mac, " ".join(args),
                              f"{server}/done/{host.hostname}")
 
@@ -320,8 +321,9 @@ def dhcp_leases(site: Site, settings: PxeSettings) -> list[str]:
         return []
     leases = []
     for host in sorted(site.hosts, key=lambda h: h.hostname):
-        addresses = [b.address.ip for b in host.bridges
-                     if b.address is not None and b.address.ip in dhcp.subnet]
+        install = host.network.install
+        given = [install.address] if install and install.address else []
+        addresses = [a.ip for a in (*given, *host.network.addresses) if a.ip in dhcp.subnet]
         if addresses:
             leases.append(f"{host.mac},{addresses[0]},{host.short_name}")
         elif dhcp.range is not None:

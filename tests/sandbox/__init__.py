@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tests.sandbox import isolation
 from tests.sandbox.root import build_root
-from tests.sandbox.scripts import PostScript, bridge_commands, post_scripts
+from tests.sandbox.scripts import PostScript, bridge_commands, install_device, post_scripts
 from tests.sandbox.tree import Tree, snapshot
 
 __all__ = ["InstallResult", "PostScript", "Sandbox", "ScriptRun", "post_scripts"]
@@ -88,12 +88,31 @@ class Sandbox:
         return status, (self.target / ".sandbox/out").read_text(encoding="utf-8",
                                                                 errors="replace")
 
-    def seed_anaconda_network(self, kickstart: str) -> None:
-        """The ifcfg files anaconda (CentOS 7) writes for `network --bridgeslaves=` before
-        %post runs: ifcfg-<bridge> and one ifcfg-<bridge>_slave_<n> per slave, each with
-        its own UUID (our %post must replace them, not add a second file per device), and
-        the installer's own DHCP connection on the first slave, copied to the target."""
+    def seed_anaconda_network(self, kickstart: str, nics: dict[str, str] | None = None) -> None:
+        """The ifcfg files anaconda (CentOS 7) writes before %post, on a machine whose NICs
+        are `nics` (kernel name -> MAC; also seen in /sys/class/net, which anaconda mounts
+        in the target):
+
+        - for `network --bridgeslaves=`: ifcfg-<bridge> and one ifcfg-<bridge>_slave_<n> per
+          slave, each with its own UUID, and the installer's own DHCP connection on the
+          first slave;
+        - for an install NIC given by MAC (`--device=<mac>`): ifcfg-<kernel name> with
+          DEVICE= only, ONBOOT=yes; every other NIC: ifcfg-<kernel name> with HWADDR= in
+          upper case (as NetworkManager writes it) and ONBOOT=no.
+        Our %post must replace them, not add a second file per device."""
         folder = self.target / "etc/sysconfig/network-scripts"
+        for name, mac in (nics or {}).items():
+            sysfs = self.target / "sys/class/net" / name
+            sysfs.mkdir(parents=True, exist_ok=True)
+            (sysfs / "address").write_text(mac + "\n")
+        install = install_device(kickstart)
+        for number, (name, mac) in enumerate((nics or {}).items()):
+            onboot = "yes" if mac == install else "no"
+            hwaddr = "" if mac == install else f"HWADDR={mac.upper()}\n"
+            (folder / f"ifcfg-{name}").write_text(
+                f"TYPE=Ethernet\nBOOTPROTO=dhcp\nDEFROUTE=yes\nIPV6INIT=yes\nNAME={name}\n"
+                f"UUID=00000000-0000-4000-8000-{number:012d}\nDEVICE={name}\n{hwaddr}"
+                f"ONBOOT={onboot}\n")
         bridges = bridge_commands(kickstart)
         if bridges:
             nic = bridges[0][1][0]

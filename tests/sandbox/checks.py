@@ -12,8 +12,9 @@ import uuid
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+from builder.network import Device, Network
 from builder.overlay import Overlay
-from builder.site import Bridge, Host
+from builder.site import Host
 from tests.sandbox import Sandbox
 from tests.sandbox.root import FILES, IFCFG_LO
 from tests.sandbox.tree import Tree, snapshot
@@ -25,7 +26,6 @@ FIREWALLD_UNIT = "/usr/lib/systemd/system/firewalld.service"
 # only prints "Running in chroot, ignoring request." and the script thinks it worked.
 RUNTIME_VERBS = {"start", "stop", "restart", "reload", "try-restart", "reload-or-restart",
                  "daemon-reload", "is-active", "status"}
-ADDRESS_KEYS = ("IPADDR", "PREFIX", "NETMASK", "GATEWAY", "DNS1")
 ASSIGNMENT = re.compile(r"[A-Z][A-Z0-9_]*=\S*")
 # Source an ifcfg file as initscripts do and print its variables (env -i: nothing else).
 SOURCE_IFCFG = """set -a
@@ -138,44 +138,68 @@ def _unquoted(line: str) -> str:
 
 
 def check_network(box: Sandbox, host: Host) -> list[str]:
+    """Every ifcfg and route file against the host's network model: one file per device and
+    nothing else (anaconda's files for the same devices are gone), the keys initscripts
+    reads for each kind, each file's own UUID, exactly the routes and the one default route
+    the site says."""
+    network = host.network
     folder = box.target / SCRIPTS
-    files = {path.name.removeprefix("ifcfg-"): path for path in folder.glob("ifcfg-*")}
-    bridges = {bridge.name: bridge for bridge in host.bridges}
-    slaves = {slave: bridge for bridge in host.bridges for slave in bridge.slaves}
-    expected = {"lo", *bridges, *slaves}
-    problems = [f"{SCRIPTS}/ifcfg-{name}: missing" for name in sorted(expected - set(files))]
-    problems += [f"{SCRIPTS}/ifcfg-{name}: unexpected file (left over from anaconda?)"
-                 for name in sorted(set(files) - expected)]
-    if "lo" in files and files["lo"].read_text(encoding="utf-8") != IFCFG_LO:
+    files = {path.name: path for path in folder.iterdir()
+             if path.name.startswith(("ifcfg-", "route-"))}
+    expected = {"ifcfg-lo", *(f"ifcfg-{d.name}" for d in network.devices),
+                *(f"route-{r.device}" for r in network.routes)}
+    problems = [f"{SCRIPTS}/{name}: missing" for name in sorted(expected - set(files))]
+    problems += [f"{SCRIPTS}/{name}: unexpected file (left over from anaconda?)"
+                 for name in sorted(set(files) - expected)
+                 if not _foreign_nic_left_alone(box, host, files[name])]
+    if "ifcfg-lo" in files and files["ifcfg-lo"].read_text(encoding="utf-8") != IFCFG_LO:
         problems.append(f"{SCRIPTS}/ifcfg-lo was changed")
-    devices: dict[str, str] = {}
     uuids: dict[str, str] = {}
-    for name, path in sorted(files.items()):
-        if name == "lo":
+    defaults = []
+    for device in network.devices:
+        path = files.get(f"ifcfg-{device.name}")
+        if path is None:
             continue
         values, found = read_ifcfg(box, path)
-        where = f"{SCRIPTS}/ifcfg-{name}"
-        found += _common_keys(where, name, values, path)
-        for key, seen, value in (("DEVICE", devices, values.get("DEVICE")),
-                                 ("UUID", uuids, values.get("UUID"))):
-            if value is not None and value in seen:
-                found.append(f"{where}: {key}={value} is also in ifcfg-{seen[value]}")
-            elif value is not None:
-                seen[value] = name
-        if name in slaves:
-            found += _slave_keys(where, values, slaves[name])
-        elif name in bridges:
-            found += _bridge_keys(where, values, bridges[name])
+        where = f"{SCRIPTS}/ifcfg-{device.name}"
+        found += _common_keys(where, device, values, path)
+        found += _kind_keys(where, device, values, network)
+        found += _layer3_keys(where, device, values)
+        value = values.get("UUID")
+        if value in uuids:
+            found.append(f"{where}: UUID={value} is also in ifcfg-{uuids[value]}")
+        uuids[value or ""] = device.name
+        if values.get("DEFROUTE", "yes") == "yes" and values.get("BOOTPROTO") == "dhcp" or (
+                values.get("GATEWAY") and values.get("DEFROUTE", "yes") == "yes"):
+            defaults.append(device.name)
         problems += found
+    wanted = [d.name for d in network.devices if d.default_route]
+    if defaults != wanted:
+        problems.append(f"the default route comes from {defaults}, the site says {wanted}")
+    problems += _route_files(box, network, files)
     return problems
 
 
-def _common_keys(where: str, name: str, values: dict[str, str], path: Path) -> list[str]:
-    problems = []
-    for key in ("DEVICE", "NAME"):
-        if values.get(key) != name:
-            problems.append(f"{where}: {key}={values.get(key)!r}, expected {name!r} (the "
-                            "file name)")
+def _foreign_nic_left_alone(box: Sandbox, host: Host, path: Path) -> bool:
+    """A file anaconda wrote that %post rightly keeps: another NIC of the machine, which the
+    site does not mention, left off (ONBOOT=no); or, on a host whose site gives no devices,
+    the install NIC's DHCP connection, on at boot (its only network)."""
+    values, problems = read_ifcfg(box, path)
+    sysfs = box.target / "sys/class/net" / values.get("DEVICE", "-") / "address"
+    mac = (values.get("HWADDR") or (sysfs.read_text().strip() if sysfs.is_file() else "")).lower()
+    network = host.network
+    if not network.devices:
+        install = network.install.device if network.install else None
+        return not problems and mac == install and values.get("ONBOOT") == "yes"
+    ours = values.get("DEVICE") in {d.device for d in network.devices} or mac in network.macs
+    return not problems and not ours and values.get("ONBOOT") == "no"
+
+
+def _common_keys(where: str, device: Device, values: dict[str, str], path: Path) -> list[str]:
+    problems = _expect(where, values, {"NAME": device.name, "DEVICE": device.device})
+    if (values.get("HWADDR") or "").lower() != (device.mac or ""):
+        problems.append(f"{where}: HWADDR={values.get('HWADDR')!r}, the site's MAC is "
+                        f"{device.mac!r}")
     try:
         uuid.UUID(values.get("UUID", ""))
     except ValueError:
@@ -184,6 +208,8 @@ def _common_keys(where: str, name: str, values: dict[str, str], path: Path) -> l
         problems.append(f"{where}: ONBOOT={values.get('ONBOOT')!r}, expected 'yes'")
     if path.stat().st_mode & 0o7777 != 0o644:
         problems.append(f"{where}: mode {path.stat().st_mode & 0o7777:04o}, expected 0644")
+    if values.get("MTU") != (str(device.mtu) if device.mtu else None):
+        problems.append(f"{where}: MTU={values.get('MTU')!r}, the site says {device.mtu}")
     return problems
 
 
@@ -194,32 +220,83 @@ def _expect(where: str, values: dict[str, str], wanted: dict[str, str | None]) -
             for key, value in wanted.items() if values.get(key) != value]
 
 
-def _slave_keys(where: str, values: dict[str, str], bridge: Bridge) -> list[str]:
-    problems = _expect(where, values, {"TYPE": "Ethernet", "BRIDGE": bridge.name,
-                                       **{key: None for key in ADDRESS_KEYS}})
-    if values.get("BOOTPROTO", "none") != "none":
-        problems.append(f"{where}: BOOTPROTO={values['BOOTPROTO']!r} on a bridge slave")
+def _kind_keys(where: str, device: Device, values: dict[str, str],
+               network: Network) -> list[str]:
+    master = network[device.master] if device.master else None
+    wanted: dict[str, str | None] = {
+        "TYPE": {"nic": "Ethernet", "bond": "Bond", "vlan": "Vlan", "bridge": "Bridge"}[
+            device.kind],
+        "MASTER": master.name if master and master.kind == "bond" else None,
+        "SLAVE": "yes" if master and master.kind == "bond" else None,
+        "BRIDGE": master.name if master and master.kind == "bridge" else None,
+        "VLAN": "yes" if device.kind == "vlan" else None,
+        "PHYSDEV": network[device.parent].device if device.parent else None,
+        "VLAN_ID": str(device.vlan_id) if device.vlan_id else None,
+    }
+    problems = _expect(where, values, wanted)
+    if device.kind == "bond":
+        options = dict(o.split("=", 1) for o in values.get("BONDING_OPTS", "").split())
+        if options != dict(device.bond_options) or values.get("BONDING_MASTER") != "yes":
+            problems.append(f"{where}: BONDING_OPTS={values.get('BONDING_OPTS')!r}, the site "
+                            f"says {dict(device.bond_options)}")
+    if device.kind == "bridge":
+        delay = int(values.get("DELAY", "-1"))
+        stp = values.get("STP", "no") == "yes"
+        if stp != device.stp:
+            problems.append(f"{where}: STP={values.get('STP')!r}, site says stp={device.stp}")
+        # NetworkManager 1.18 refuses a forward delay of 0 with STP on: 2-30 s then.
+        if (stp and not 2 <= delay <= 30) or (not stp and delay != 0) or (
+                stp and delay != device.forward_delay):
+            problems.append(f"{where}: DELAY={delay} with STP={'yes' if stp else 'no'}")
     return problems
 
 
-def _bridge_keys(where: str, values: dict[str, str], bridge: Bridge) -> list[str]:
-    wanted: dict[str, str | None] = {"TYPE": "Bridge", "BRIDGE": None}
-    if bridge.address:
-        wanted.update(BOOTPROTO="static", IPADDR=str(bridge.address.ip),
-                      PREFIX=str(bridge.address.network.prefixlen))
-    else:
-        wanted.update(BOOTPROTO="dhcp", IPADDR=None, PREFIX=None)
-    wanted["GATEWAY"] = str(bridge.gateway) if bridge.gateway else None
+def _layer3_keys(where: str, device: Device, values: dict[str, str]) -> list[str]:
+    wanted: dict[str, str | None] = {"IPADDR": None, "PREFIX": None, "GATEWAY": None}
+    if device.address:
+        wanted.update(BOOTPROTO="static", IPADDR=str(device.address.ip),
+                      PREFIX=str(device.address.network.prefixlen),
+                      GATEWAY=str(device.gateway) if device.gateway else None)
+    elif device.dhcp:
+        wanted["BOOTPROTO"] = "dhcp"
+    elif values.get("BOOTPROTO", "none") != "none":
+        return [f"{where}: BOOTPROTO={values['BOOTPROTO']!r} on a device without an address"]
     for number in range(1, 5):
-        dns = bridge.dns[number - 1] if number <= len(bridge.dns) else None
+        dns = device.dns[number - 1] if number <= len(device.dns) else None
         wanted[f"DNS{number}"] = str(dns) if dns else None
+    wanted["DOMAIN"] = " ".join(device.search) if device.search else None
     problems = _expect(where, values, wanted)
-    if values.get("STP", "no") != ("yes" if bridge.stp else "no"):
-        problems.append(f"{where}: STP={values.get('STP')!r}, site says stp={bridge.stp}")
     if "GATEWAY" in values and "IPADDR" in values and "PREFIX" in values:
-        network = ipaddress.ip_interface(f"{values['IPADDR']}/{values['PREFIX']}").network
-        if ipaddress.ip_address(values["GATEWAY"]) not in network:
-            problems.append(f"{where}: GATEWAY {values['GATEWAY']} is outside {network}")
+        subnet = ipaddress.ip_interface(f"{values['IPADDR']}/{values['PREFIX']}").network
+        if ipaddress.ip_address(values["GATEWAY"]) not in subnet:
+            problems.append(f"{where}: GATEWAY {values['GATEWAY']} is outside {subnet}")
+    return problems
+
+
+def _route_files(box: Sandbox, network: Network, files: dict[str, Path]) -> list[str]:
+    """route-<device>: ADDRESSn/NETMASKn/GATEWAYn, numbered from 0 without gaps (initscripts'
+    ifup-routes stops at the first missing number), each gateway in the device's subnet."""
+    problems = []
+    for name in sorted({route.device for route in network.routes}):
+        path = files.get(f"route-{name}")
+        if path is None:
+            continue
+        values, found = read_ifcfg(box, path)
+        routes = set()
+        for n in range(len(values) // 3):
+            try:
+                to = ipaddress.IPv4Network(f"{values[f'ADDRESS{n}']}/{values[f'NETMASK{n}']}")
+                routes.add((to, ipaddress.IPv4Address(values[f"GATEWAY{n}"])))
+            except (KeyError, ValueError) as exc:
+                found.append(f"{SCRIPTS}/route-{name}: route {n}: {exc}")
+        wanted = {(r.to, r.via) for r in network.routes if r.device == name}
+        if routes != wanted or len(values) != 3 * len(wanted):
+            found.append(f"{SCRIPTS}/route-{name}: routes {sorted(map(str, routes))}, the "
+                         f"site says {sorted(map(str, wanted))}")
+        subnet = network[name].address
+        found += [f"{SCRIPTS}/route-{name}: gateway {via} is outside {subnet}"
+                  for _, via in routes if subnet is None or via not in subnet.network]
+        problems += found
     return problems
 
 

@@ -36,3 +36,12 @@ def bridge_commands(kickstart: str) -> list[tuple[str, list[str]]]:
     KickstartParser(handler, followIncludes=False).readKickstartFromString(kickstart)
     return [(nd.device, nd.bridgeslaves.split(","))
             for nd in handler.network.network if nd.bridgeslaves]
+
+
+def install_device(kickstart: str) -> str | None:
+    """The MAC the first `network` line names with --device=, if it names one."""
+    handler = makeVersion(RHEL7)
+    KickstartParser(handler, followIncludes=False).readKickstartFromString(kickstart)
+    lines = handler.network.network
+    device = lines[0].device if lines else None
+    return device.lower() if device and ":" in device else None
