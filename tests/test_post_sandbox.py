@@ -565,7 +565,7 @@ def test_pre_onerror_and_first_boot_scripts_pass_shellcheck(tmp_path: Path) -> N
 def test_a_failing_post_step_reports_failed(tmp_path: Path) -> None:
     """Anaconda runs no %onerror for a failing %post --erroronfail: its ERR trap reports."""
     _, kickstart = pxe_kickstart()
-    broken = kickstart.replace("step=bridge\n", "step=bridge\nfalse\n", 1)
+    broken = kickstart.replace("step=network\n", "step=network\nfalse\n", 1)
     assert broken != kickstart
     box = Sandbox(tmp_path / "box")
     box.seed_anaconda_network(broken)
@@ -574,7 +574,7 @@ def test_a_failing_post_step_reports_failed(tmp_path: Path) -> None:
     # One curl call; its log= argument holds the log's lines, so read the call log whole.
     calls = (box.target / ".sandbox/calls").read_text()
     assert calls.count("curl\t") == 1
-    assert "\tmessage=%post step bridge failed (status 1)\t" in calls
+    assert "\tmessage=%post step network failed (status 1)\t" in calls
     assert calls.endswith(f"\t{EVENTS_URL}/failed\n")
     assert "log=ksbuild: %post step hostname\n" in calls  # the tail of the %post's log
 
