@@ -72,7 +72,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
             raise InputError("--pxeboot needs a release (--release or media.release)")
         tree = fetch.tree_url(fetch.choose_mirror(args.mirror, media), media.release)
         files = fetch.fetch_pxeboot(tree, cache_dir=args.cache_dir, progress=shown,
-                                    options=options)
+                                    options=options,
+                                    iso=fetch.verified_release_iso(media, args.cache_dir))
         print(f"{files.vmlinuz}\n{files.initrd}\n{files.treeinfo}")
         return 0
     iso = fetch.resolve_media(media, cache_dir=args.cache_dir, mirror=args.mirror,

@@ -685,12 +685,59 @@ def test_pxeboot_file_with_a_wrong_checksum_is_refused(server: Server, tmp_path:
     assert not list(tmp_path.rglob("initrd.img*"))
 
 
-def test_treeinfo_without_checksums_is_refused(server: Server, tmp_path: Path) -> None:
+def release_iso(folder: Path, kernel: bytes, initrd: bytes) -> Path:
+    """An ISO 9660 image with the release ISOs' images/pxeboot/ (all a voucher needs)."""
+    root = folder / "iso-root"
+    (root / "images/pxeboot").mkdir(parents=True)
+    (root / "images/pxeboot/vmlinuz").write_bytes(kernel)
+    (root / "images/pxeboot/initrd.img").write_bytes(initrd)
+    out = folder / "release.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-R", "-J", "-V", "CentOS 7 x86_64",
+                    "-o", str(out), str(root)], check=True, capture_output=True, timeout=60)
+    return out
+
+
+def test_treeinfo_without_checksums_needs_the_releases_iso(server: Server,
+                                                          tmp_path: Path) -> None:
+    """Issue 10 item 9: the 7.9.2009 .treeinfo has no [checksums]; with nothing to vouch for
+    the kernel and initrd they are refused, not fetched unverified."""
     kernel, initrd = payload(2, 1000), payload(3, 1000)
-    treeinfo = TREEINFO.split("[checksums]")[0]  # like the .treeinfo on the ISOs
+    treeinfo = TREEINFO.split("[checksums]")[0]  # like the 7.9.2009 tree's and the ISOs'
     tree = serve_tree(server, kernel, initrd, treeinfo)
-    with pytest.raises(KsbuildError, match="no sha256 for images/pxeboot/vmlinuz"):
+    with pytest.raises(KsbuildError, match=r"lists no checksum for images/pxeboot/vmlinuz .*"
+                                           r"fetch the release's ISO first"):
         fetch.fetch_pxeboot(tree, cache_dir=tmp_path, options=FAST)
+    assert not list(tmp_path.rglob("vmlinuz*"))
+
+
+def test_treeinfo_without_checksums_is_checked_against_the_iso(server: Server,
+                                                              tmp_path: Path) -> None:
+    kernel, initrd = payload(2, 70000), payload(3, 250000)
+    tree = serve_tree(server, kernel, initrd, TREEINFO.split("[checksums]")[0])
+    iso = release_iso(tmp_path, kernel, initrd)
+    files = fetch.fetch_pxeboot(tree, cache_dir=tmp_path / "cache", options=FAST, iso=iso)
+    assert files.vmlinuz.read_bytes() == kernel and files.initrd.read_bytes() == initrd
+    # The tree serving another kernel than the release's: refused.
+    server.files["/7.9.2009/os/x86_64/images/pxeboot/vmlinuz"] = payload(4, 70000)
+    with pytest.raises(KsbuildError, match="does not match"):
+        fetch.fetch_pxeboot(tree, cache_dir=tmp_path / "other", options=FAST, iso=iso)
+
+
+def test_cli_pxeboot_uses_a_cached_release_iso(server: Server, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Any official ISO of the release already in the cache vouches (every flavor carries the
+    same images/pxeboot/); the cache holds only verified files, named by their sha256."""
+    kernel, initrd = payload(2, 5000), payload(3, 6000)
+    serve_tree(server, kernel, initrd, TREEINFO.split("[checksums]")[0])
+    name = "CentOS-7-x86_64-Minimal-2009.iso"
+    cached = tmp_path / fetch.KNOWN_SHA256[name] / name
+    cached.parent.mkdir()
+    release_iso(tmp_path, kernel, initrd).rename(cached)
+    code = cli.main(["fetch", "--pxeboot", "--release", "7.9.2009", "--mirror", server.url,
+                     "--cache-dir", str(tmp_path)])
+    assert code == 0
+    vmlinuz, initrd_path, _treeinfo = capsys.readouterr().out.splitlines()
+    assert Path(vmlinuz).read_bytes() == kernel and Path(initrd_path).read_bytes() == initrd
 
 
 def test_cli_fetches_pxeboot_files(server: Server, tmp_path: Path,

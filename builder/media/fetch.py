@@ -186,10 +186,14 @@ def resolve_media(media: Media, *, cache_dir: Path | None = None, mirror: str | 
 
 def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
                   progress: Progress | None = None, options: FetchOptions | None = None,
-                  treeinfo_sha256: str | None = None) -> PxeBootFiles:
+                  treeinfo_sha256: str | None = None, iso: Path | None = None) -> PxeBootFiles:
     """The kernel and initrd of an install tree, each checked against the sha256 its .treeinfo
     lists in [checksums]. The .treeinfo itself is trusted as served (HTTPS), unless pinned by
-    `treeinfo_sha256`."""
+    `treeinfo_sha256`.
+
+    A .treeinfo without [checksums] (CentOS 7.9.2009's has none) vouches for nothing: then the
+    files must equal the copies in `iso`, a verified ISO of the same release (its kernel and
+    initrd are the tree's, from the same compose); without one they are refused."""
     base = tree if tree.endswith("/") else tree + "/"
     cache = cache_dir or default_cache_dir()
     with _Fetcher(options, progress) as fetcher:
@@ -204,6 +208,9 @@ def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
         if treeinfo_sha256 is not None and digest != treeinfo_sha256.lower():
             raise KsbuildError(f"{url}: sha256 {digest} is not the pinned {treeinfo_sha256}")
         kernel, initrd, sums = parse_treeinfo(data, url)
+        for path in (kernel, initrd):
+            if path not in sums:
+                sums[path] = _sha256_in_iso(iso, path, url)
         treeinfo = cache / digest / "treeinfo"
         if not treeinfo.is_file():
             write_bytes(treeinfo, data)
@@ -231,12 +238,57 @@ def parse_treeinfo(data: bytes, url: str) -> tuple[str, str, dict[str, str]]:
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._/-]*", path) or ".." in path.split("/"):
             raise KsbuildError(f"{url}: [{images}] names an odd path {path!r}")
         listed = parser.get("checksums", path, fallback="")
+        if not listed:
+            continue  # the caller needs another voucher (see fetch_pxeboot)
         algorithm, _, value = listed.partition(":")
         if algorithm != "sha256" or not SHA256.fullmatch(value.lower()):
             raise KsbuildError(f"{url}: [checksums] gives no sha256 for {path}, "
                                f"so it cannot be verified")
         sums[path] = value.lower()
     return kernel, initrd, sums
+
+
+def _sha256_in_iso(iso: Path | None, path: str, url: str) -> str:
+    """The sha256 of `path` in a verified ISO of the tree's release: what vouches for a boot
+    file when the .treeinfo lists no checksum for it."""
+    if iso is None:
+        raise KsbuildError(
+            f"{url} lists no checksum for {path} (the 7.9.2009 trees have no [checksums]), so "
+            "nothing vouches for it; fetch the release's ISO first (`ksbuild fetch`, checked "
+            "against its published sha256): its copy then vouches for the tree's")
+    import pycdlib
+    from pycdlib.pycdlibexception import PyCdlibException
+
+    from builder.media import isofs
+
+    image = pycdlib.PyCdlib()
+    try:
+        image.open(str(iso))
+        data = isofs.read(image, "/" + path)
+        image.close()
+    except PyCdlibException as exc:
+        raise KsbuildError(f"{iso}: not a readable ISO: {exc}") from None
+    if data is None:
+        raise KsbuildError(f"{iso} has no {path} to check {url}'s copy against")
+    return hashlib.sha256(data).hexdigest()
+
+
+def verified_release_iso(media: Media, cache_dir: Path | None = None) -> Path | None:
+    """An ISO of `media`'s release that is already here and verified: the site's own file,
+    or any official ISO of the release in the cache (every flavor carries the same
+    images/pxeboot/). None when there is none; nothing is downloaded."""
+    if media.path is not None:
+        return _local_iso(media)
+    cache = cache_dir or default_cache_dir()
+    if media.url is not None and media.sha256 is not None:
+        cached = cache / media.sha256 / _file_name(media.url, "base.iso")
+        return cached if cached.is_file() else None
+    for flavor in MEDIA_FLAVORS:
+        name = iso_name(media.release or "", flavor)
+        known = KNOWN_SHA256.get(name)
+        if known and (cache / known / name).is_file():
+            return cache / known / name
+    return None
 
 
 def published_sha256(text: str, name: str) -> str | None:
