@@ -15,6 +15,7 @@ import os
 import shlex
 import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,13 @@ from builder.ifcfg import anaconda_leftovers, ifcfg_files, network_lines
 from builder.output import atomic_dir
 from builder.overlay import Overlay, OverlayTree
 from builder.secrets import sha512_crypt
-from builder.site import Host, Site
+from builder.site import Host, Repo, Site
 
 # The %post steps, in the order they run; each is kickstarts/post/<name>.sh.j2.
-POST_SCRIPTS = ("hostname", "selinux", "firewall", "network", "sshkeys", "overlay",
+POST_SCRIPTS = ("hostname", "selinux", "firewall", "network", "sshkeys", "overlay", "repos",
                 "firstboot", "pxe_done")
+# Written by the repos step: the site's yum repos (stock files naming dead mirrors emptied).
+REPO_FILE = "/etc/yum.repos.d/ksbuild.repo"
 # Written by the sshkeys step when the site gives root_ssh_keys.
 ROOT_AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"
 
@@ -87,11 +90,25 @@ def managed_paths(host: Host) -> set[str]:
     """Files the %post steps write from the site's data; an overlay must not override them,
     or the installed host would silently disagree with its site file."""
     paths = {"/etc/hostname", "/etc/selinux/config", "/usr/local/sbin/ksbuild-firstboot",
-             "/etc/systemd/system/ksbuild-firstboot.service"}
+             "/etc/systemd/system/ksbuild-firstboot.service", REPO_FILE}
     paths |= {f"/etc/sysconfig/network-scripts/{i.filename}" for i in ifcfg_files(host)}
     if host.root_ssh_keys:
         paths.add(ROOT_AUTHORIZED_KEYS)
     return paths
+
+
+def host_repos(host: Host) -> list[Repo]:
+    """The host's repos with `baseurl: source` made its install tree's URL."""
+    repos = []
+    for repo in host.repos:
+        if repo.baseurl == "source":
+            if host.source == "cdrom":
+                raise InputError(f"host {host.hostname}: repo {repo.name}: `baseurl: source` "
+                                 "needs an http(s) install source, and the host installs from "
+                                 "cdrom; give the repo a URL")
+            repo = replace(repo, baseurl=host.source)
+        repos.append(repo)
+    return repos
 
 
 def _refuse_managed_paths(host: Host, overlay: Overlay, root: Path | None) -> None:
@@ -142,6 +159,7 @@ class Renderer:
             "b64": _base64_lines,
             "pxe_done_url": None,  # set by builder/pxe/tree.py for PXE installs
             "pxe_events_url": None,  # likewise: %pre, %onerror and the first-boot unit report
+            "repos": host_repos(host),
             "firstboot_bridges": firstboot_bridges(host),
             "firstboot_gateway": next((str(b.gateway) for b in host.bridges if b.gateway), ""),
         }

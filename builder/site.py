@@ -82,6 +82,18 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class Repo:
+    """A yum repository of the installed host (/etc/yum.repos.d/ksbuild.repo)."""
+
+    name: str  # the repo id
+    baseurl: str  # a URL, or "source": the host's install tree (e.g. the boot server's)
+    gpgcheck: bool
+    gpgkey: str | None
+    enabled: bool
+    install: bool  # also a kickstart `repo` line: used during the install
+
+
+@dataclass(frozen=True)
 class Host:
     hostname: str
     mac: str | None
@@ -105,6 +117,7 @@ class Host:
     salt_seed: str = ""
     nic_names: str = "predictable"  # or "eth": net.ifnames=0 biosdevname=0
     network: Network = Network((), (), None)  # every host's network, legacy bridges included
+    repos: tuple[Repo, ...] = ()  # the installed host's yum repos (DEFAULT_REPOS if not given)
 
     @property
     def short_name(self) -> str:
@@ -252,6 +265,33 @@ STORAGE = Map(
 
 STORAGE_DEFAULT = Storage(drives=(), clear=True, autopart="lvm", partitions=())
 
+# yum's $basearch and $releasever are allowed in a repo URL; file:// for a local mirror.
+REPO_URL = r"(?:https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?|file://)(?:/[A-Za-z0-9._~%+=,:@/$-]*)?"
+GPG_KEY_CENTOS7 = "file:///etc/pki/rpm-gpg/RPM-GPG-KEY-CentOS-7"  # centos-release ships it
+REPO = Map(
+    {
+        "name": Field(Str(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "the repo id, [name] in the file",
+                          what="a repo id"), required=True),
+        "baseurl": Field(Str(r"source|" + REPO_URL, "the repo's URL ($basearch allowed), or "
+                             "`source`: the host's install tree (with pxe.install_tree: "
+                             "local, the boot server's copy of the DVD)",
+                             what="an http(s) or file URL, or source", max_length=2048),
+                         required=True),
+        "gpgcheck": Field(Bool("check package signatures"), default=True),
+        "gpgkey": Field(Str(REPO_URL, "the signing key's URL", what="a URL",
+                            max_length=2048), default=GPG_KEY_CENTOS7),
+        "enabled": Field(Bool("yum uses the repo"), default=True),
+        "install": Field(Bool("also a kickstart `repo` line: the install takes packages (and "
+                              "updates) from it too"), default=False),
+    },
+    "a yum repository of the installed host",
+    build=Repo,
+)
+VAULT = "https://vault.centos.org/7.9.2009"
+DEFAULT_REPOS = tuple(Repo(name, f"{VAULT}/{name if name != 'base' else 'os'}/$basearch/",
+                           True, GPG_KEY_CENTOS7, True, False)
+                      for name in ("base", "updates", "extras"))
+
 # Every field a host has; `defaults` takes all of them but the ones that identify one host.
 HOST_FIELDS: dict[str, Field] = {
     "hostname": Field(Str(HOSTNAME, "fully qualified host name (RFC 1123)",
@@ -299,6 +339,11 @@ HOST_FIELDS: dict[str, Field] = {
         "ejects only CDs) installs itself again, every time, wiping its disks. PXE installs "
         "always reboot (install-once switching sends them to their disk)"), default="poweroff"),
 }
+HOST_FIELDS["repos"] = Field(List(REPO, "the installed host's yum repos, written to "
+                                       "/etc/yum.repos.d/ksbuild.repo; the stock CentOS repo "
+                                       "files, which point at dead mirrors, are emptied. "
+                                       "Default: os, updates and extras of 7.9.2009 on "
+                                       "vault.centos.org, gpgcheck on", max_items=64))
 HOST = Map(HOST_FIELDS, "one KVM host")
 DEFAULTS = Map({k: v for k, v in HOST_FIELDS.items() if k not in ("hostname", "mac")},
                "values every host gets unless it sets its own")
@@ -568,7 +613,9 @@ def _host(merged: Located, raw: Located) -> Host:
     fields["packages"] = fields["packages"] or PACKAGES.build(  # type: ignore[misc]
         environment="virtualization-host-environment", groups=(), extra=())
     fields["storage"] = fields["storage"] or STORAGE_DEFAULT
+    fields["repos"] = DEFAULT_REPOS if fields["repos"] is None else fields["repos"]
     host = Host(**fields)
+    _check_repos(host, merged)
     _check_password(host, merged)
     _check_bridges(host, merged)
     _check_storage(host, merged)
@@ -590,6 +637,15 @@ def _firewall(parsed: dict[str, Any] | None, merged: Located) -> Firewall:
 
 def _same_mapping(one: Located, other: Located) -> bool:
     return one.path.rpartition(".")[0] == other.path.rpartition(".")[0]
+
+
+def _check_repos(host: Host, merged: Located) -> None:
+    seen: set[str] = set()
+    for index, repo in enumerate(host.repos):
+        if repo.name in seen:
+            raise merged.value["repos"].value[index].value["name"].error(
+                f"repo {repo.name} is listed twice")
+        seen.add(repo.name)
 
 
 def _check_password(host: Host, merged: Located) -> None:

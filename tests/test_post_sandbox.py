@@ -400,6 +400,10 @@ MUTATIONS = [
      "/usr/share/zoneinfo/UTC: changed"),
     ("post/overlay.sh.j2", "mkdir -p {{ dir.path | sh }}", "mkdir {{ dir.path | sh }}",
      "kvm1", "the second run failed"),
+    ("post/repos.sh.j2", "(mirrorlist|mirror)\\.centos\\.org", "mirrors\\.centos\\.org",
+     "kvm1", "CentOS-Base.repo still names mirrorlist.centos.org"),
+    ("post/repos.sh.j2", "gpgcheck={{ 1 if repo.gpgcheck else 0 }}", "gpgcheck=0", "kvm1",
+     "expected the site's repos"),
 ]
 
 

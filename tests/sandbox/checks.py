@@ -6,6 +6,7 @@ Every check returns a list of problems, empty when all is well, so a test can sh
 
 from __future__ import annotations
 
+import configparser
 import ipaddress
 import re
 import uuid
@@ -39,14 +40,41 @@ exec /usr/bin/env -0
 # What a ksbuild %post may change besides the overlay's files (and the scripts' logs).
 CHANGES_ALLOWED = ("etc/hostname", "etc/selinux/config", SCRIPTS + "/", SYSTEMD + "/",
                    "etc/firewalld/zones/", "root/.ssh", "root/.ssh/authorized_keys",
-                   "usr/local/sbin/ksbuild-firstboot")
+                   "usr/local/sbin/ksbuild-firstboot", "etc/yum.repos.d/ksbuild.repo",
+                   "etc/yum.repos.d/CentOS-Base.repo", "etc/yum.repos.d/CentOS-fasttrack.repo")
+DEAD_MIRRORS = ("mirrorlist.centos.org", "mirror.centos.org")
 
 
 def check_host(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:
     return [*check_hostname(box.target, host), *check_selinux(box.target, host),
             *check_network(box, host), *check_firewall(box, host),
-            *check_ssh_keys(box, host, overlay),
+            *check_ssh_keys(box, host, overlay), *check_repos(box.target, host),
             *check_overlay(box.target, overlay), *check_nothing_else(box, overlay)]
+
+
+def check_repos(target: Path, host: Host) -> list[str]:
+    """/etc/yum.repos.d/ holds the site's repos (ksbuild.repo) and nothing that names the dead
+    CentOS mirrors; the stock files that do not name them are left as they were."""
+    folder = target / "etc/yum.repos.d"
+    problems = [f"{path.relative_to(target)} still names {mirror}"
+                for path in sorted(folder.glob("*.repo")) for mirror in DEAD_MIRRORS
+                if mirror in path.read_text(encoding="utf-8")]
+    media = folder / "CentOS-Media.repo"
+    if media.read_text(encoding="utf-8") != FILES["etc/yum.repos.d/CentOS-Media.repo"]:
+        problems.append("CentOS-Media.repo (no dead mirror in it) was changed")
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string((folder / "ksbuild.repo").read_text(encoding="utf-8"))
+    written = {name: dict(parser[name]) for name in parser.sections()}
+    expected = {repo.name: {"name": repo.name,
+                            "baseurl": host.source if repo.baseurl == "source" else repo.baseurl,
+                            "enabled": str(int(repo.enabled)), "gpgcheck": str(int(repo.gpgcheck)),
+                            **({"gpgkey": repo.gpgkey} if repo.gpgkey else {})}
+                for repo in host.repos}
+    if written != expected:
+        problems.append(f"ksbuild.repo holds {written}, expected the site's repos {expected}")
+    if (folder / "ksbuild.repo").stat().st_mode & 0o777 != 0o644:
+        problems.append("ksbuild.repo is not mode 0644")
+    return problems
 
 
 def check_ssh_keys(box: Sandbox, host: Host, overlay: Overlay) -> list[str]:
