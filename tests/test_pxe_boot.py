@@ -14,6 +14,7 @@ also shows that the host boots locally after /done and that a machine not in the
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -50,7 +51,7 @@ BOOT_TIMEOUT = 240
 class Lab:
     """A tree, `ksbuild serve` for it on 127.0.0.1, and boots against both."""
 
-    def __init__(self, tmp_path: Path, grub: str, **pxe_keys: str) -> None:
+    def __init__(self, tmp_path: Path, grub: str, **pxe_keys: object) -> None:
         site_path = write_site(tmp_path, {"server": GUEST_SERVER, "menu_timeout": 1,
                                           "grub": str(grub_image(grub)), **pxe_keys})
         self.tree = tmp_path / "pxe"
@@ -187,3 +188,34 @@ def test_kernel_over_http_and_the_install_tree_on_the_boot_server(
         name: hashlib.sha256((published / name).read_bytes()).hexdigest()
         for name in (".treeinfo", "repodata/repomd.xml")}, result.describe()
     assert "[general]\nname = CentOS-7\n" in result.log
+
+
+def test_a_pxe_install_reports_each_state_in_order(tmp_path: Path) -> None:
+    """The guest fetches its kickstart by MAC-named entry, then calls the URLs that kickstart
+    names, as its %pre, %post and first-boot unit would (tests/fixtures/initramfs/init with
+    ksbuild.test.events); `ksbuild status --json` shows the states in order."""
+    lab = Lab(tmp_path, "centos", boot_args=["ksbuild.test.events"])
+    try:
+        result = lab.boot("pxe-bios", "pxelinux.0", MAC1)
+        assert_installs(lab, result, H1, MAC1)
+        for what in ("started", "installed", "booted"):
+            assert f"KSBUILD-EVENT {what} ok" in result.log, result.describe()
+        done = subprocess.run([sys.executable, "-m", "builder", "status", str(lab.tree),
+                               "--json"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        status = json.loads(done.stdout)
+        host = {h["host"]: h for h in status["hosts"]}[H1]
+        assert host["path"] == ["kickstart", "started", "installed", "booted"], host
+        assert host["state"] == "booted" and host["message"] == "network up as configured"
+        assert status["counts"]["booted"] == 1
+        [booted] = [json.loads(line) for line in
+                    (lab.tree / f"state/events/{H1}.jsonl").read_text().splitlines()
+                    if '"booted"' in line]
+        # QEMU's user network with restrict=on offers no router: no default route to send.
+        assert booted["data"] == {"address": "eth0 10.0.2.15/24", "route": "",
+                                  "bridge": "none"}
+        # The %post's done call switched the host to local boot.
+        assert "localboot" in (lab.tree / f"tftp/pxelinux.cfg/01-{MAC1.replace(':', '-')}"
+                               ).read_text()
+    finally:
+        lab.stop()
