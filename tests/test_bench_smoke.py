@@ -14,6 +14,7 @@ from tests.conftest import REPO
     ("bench_kickstarts.py", ["--hosts", "300"], "total wall time"),
     ("bench_build.py", ["--hosts", "300"], "no-op rebuild"),
     ("bench_pxe.py", ["--hosts", "300"], "whole PXE tree"),
+    ("bench_installtree.py", ["--smoke"], "nginx:"),
     ("bench_post_sandbox.py", ["--repeat", "1"], "chroot"),
 ])
 def test_benchmark_runs(script: str, args: list[str], expected: str) -> None:

@@ -1,0 +1,334 @@
+#!/usr/bin/env python3
+"""Benchmark the local install tree (`pxe: {install_tree: local}`) and serving it.
+
+1. Publishing: `ksbuild pxe` with install_tree: local on a DVD-shaped ISO (Packages/ of ~1 MB
+   stand-in files of distinct bytes, as many as the size asks, a real repodata/, a 55 MB
+   initrd), against `cp` of the same ISO, in the same run (each warmed once, then the median of
+   --runs); and the rebuild with nothing changed (it hard-links, copies nothing). Goal: the
+   publish within 1.3x of cp.
+2. Serving, on loopback: `ksbuild serve` and nginx with the generated nginx.conf, side by side,
+   the same tree: N clients at once, each fetching the initrd and then packages adding up to
+   --megabytes, one connection per file (as anaconda's yum does without keep-alive). Reports
+   throughput and the p50/p99 time to the last byte of a file, per server.
+
+    .venv/bin/python bench/bench_installtree.py                 # 4 GiB, 200 clients x 200 MB
+    .venv/bin/python bench/bench_installtree.py --size 1 --clients 50 --megabytes 50
+    .venv/bin/python bench/bench_installtree.py --smoke         # 64 MiB, 10 clients x 4 MB
+
+The ISO is cached (~/.cache/ksbuild-tests) under a name that carries its size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures.cache import cached_file, digest  # noqa: E402
+from tests.fixtures.repo import write_repo  # noqa: E402
+from tests.fixtures.tree import comps_xml  # noqa: E402
+from tests.pxe_support import grub_image, write_site  # noqa: E402
+
+GIB = 1 << 30
+MIB = 1 << 20
+TREE = "centos/7.9.2009/os/x86_64"
+TREEINFO = """[general]
+name = CentOS-7
+family = CentOS
+timestamp = 1603729580.71
+variant =
+version = 7
+packagedir =
+arch = x86_64
+
+[stage2]
+mainimage = LiveOS/squashfs.img
+
+[images-x86_64]
+kernel = images/pxeboot/vmlinuz
+initrd = images/pxeboot/initrd.img
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# The DVD-shaped ISO.
+
+
+def dvd_iso(size: int, initrd_size: int) -> Path:
+    """A cached ISO of about `size` bytes shaped like the CentOS 7 DVD."""
+    key = digest(Path(__file__).read_bytes(), size, initrd_size, grub_image("centos").name)
+    return cached_file(f"bench-dvd-{size >> 20}M-{key}.iso",
+                       lambda out: _build_iso(out, size, initrd_size))
+
+
+def _build_iso(out: Path, size: int, initrd_size: int) -> None:
+    rng = random.Random(7)
+    block = rng.randbytes(4 * MIB)  # distinct bytes per file: a header + a slice of this
+    with tempfile.TemporaryDirectory(dir=out.parent) as temp:
+        root = Path(temp)
+        (root / "images/pxeboot").mkdir(parents=True)
+        (root / "images/pxeboot/vmlinuz").write_bytes(block[:6 * MIB // 1])
+        (root / "images/pxeboot/initrd.img").write_bytes(_data(block, b"initrd", initrd_size))
+        (root / "EFI/BOOT").mkdir(parents=True)
+        for name in ("BOOTX64.EFI", "grubx64.efi"):
+            shutil.copyfile(grub_image("centos"), root / "EFI/BOOT" / name)
+        (root / "LiveOS").mkdir()
+        (root / "LiveOS/squashfs.img").write_bytes(_data(block, b"squashfs", 4 * MIB))
+        (root / ".discinfo").write_text("1603728835.112345\n7.9\nx86_64\n")
+        (root / ".treeinfo").write_text(TREEINFO)
+        packages: dict[str, bytes] = {}
+        total, index = 0, 0
+        while total < size:
+            length = rng.randint(16 << 10, 2 * MIB)  # mean ~1 MB, as on the real DVD
+            name = f"bench-{index:05d}-1.0-1.el7.x86_64.rpm"
+            packages[name] = _data(block, name.encode(), length)
+            total += length
+            index += 1
+        write_repo(root, packages, comps_xml("DVD").encode())
+        packages.clear()
+        out.unlink()
+        subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(out), "-V",
+                        "CentOS 7 x86_64", "-R", "-J", "-joliet-long", str(root)], check=True,
+                       env={**os.environ, "SOURCE_DATE_EPOCH": "1604413529", "TZ": "UTC"})
+
+
+def _data(block: bytes, header: bytes, length: int) -> bytes:
+    start = int.from_bytes(hashlib.sha256(header).digest()[:4], "big") % (len(block) // 2)
+    body = (header + b"\n" + block[start:] + block)[:length]
+    return body + bytes(length - len(body))
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Publishing against cp.
+
+
+def timed(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return time.perf_counter() - start
+
+
+def bench_publish(iso: Path, work: Path, runs: int) -> tuple[Path, dict[str, float]]:
+    site = write_site(work, {"server": "http://127.0.0.1:8080", "install_tree": "local"})
+    tree = work / "pxe"
+    copy = work / "copy.iso"
+    ksbuild = [sys.executable, "-m", "builder", "pxe", str(site), "--base", str(iso), "-o",
+               str(tree)]
+    times: dict[str, list[float]] = {"cp": [], "ksbuild pxe (publish)": [],
+                                     "ksbuild pxe (rebuild, nothing changed)": []}
+    for round_ in range(runs + 1):  # round 0 warms the page cache and is not counted
+        copy.unlink(missing_ok=True)
+        shutil.rmtree(tree, ignore_errors=True)
+        subprocess.run(["sync"], check=True)
+        measured = {"cp": timed(["cp", str(iso), str(copy)])}
+        copy.unlink()
+        subprocess.run(["sync"], check=True)
+        measured["ksbuild pxe (publish)"] = timed(ksbuild)
+        measured["ksbuild pxe (rebuild, nothing changed)"] = timed(ksbuild)
+        if round_:
+            for name, seconds in measured.items():
+                times[name].append(seconds)
+    return tree, {name: statistics.median(values) for name, values in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Serving: ksbuild serve and nginx, N clients at once.
+
+
+@dataclass
+class Load:
+    seconds: float
+    bytes: int
+    latencies: list[float]
+    errors: int
+
+
+def fetch(port: int, path: str, buffer: bytearray) -> int:
+    """GET path on 127.0.0.1:port, one connection; the body's size (-1 on an error)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(f"GET /{path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+                     .encode())
+        view = memoryview(buffer)
+        got = sock.recv_into(view)
+        head_end = bytes(view[:got]).find(b"\r\n\r\n")
+        ok = bytes(view[:12]).split(b" ")[1:2] == [b"200"]
+        total = got
+        while got:
+            got = sock.recv_into(view)
+            total += got
+    return total - head_end - 4 if ok and head_end >= 0 else -1
+
+
+def run_load(port: int, clients: int, files: list[list[str]]) -> Load:
+    latencies: list[float] = []
+    counts = [0, 0]  # bytes, errors
+    lock = threading.Lock()
+    start_line = threading.Barrier(clients + 1)
+
+    def client(paths: list[str]) -> None:
+        buffer = bytearray(MIB)
+        start_line.wait()
+        mine, size, errors = [], 0, 0
+        for path in paths:
+            began = time.perf_counter()
+            try:
+                got = fetch(port, path, buffer)
+            except OSError:
+                got = -1
+            mine.append(time.perf_counter() - began)
+            if got < 0:
+                errors += 1
+            else:
+                size += got
+        with lock:
+            latencies.extend(mine)
+            counts[0] += size
+            counts[1] += errors
+
+    threads = [threading.Thread(target=client, args=(files[i],)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    start_line.wait()
+    began = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return Load(time.perf_counter() - began, counts[0], latencies, counts[1])
+
+
+def client_files(tree: Path, clients: int, megabytes: int) -> list[list[str]]:
+    """Per client: the initrd, then packages (a different run of the list for each client)
+    adding up to `megabytes`."""
+    packages = sorted((tree / "http" / TREE / "Packages").iterdir())
+    lists = []
+    for index in range(clients):
+        paths, size = ["images/initrd.img"], 0
+        position = index * 7
+        while size < megabytes * MIB:
+            package = packages[position % len(packages)]
+            paths.append(f"{TREE}/Packages/{package.name}")
+            size += package.stat().st_size
+            position += 1
+        lists.append(paths)
+    return lists
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the server did not start") from None
+            time.sleep(0.1)
+
+
+def start_serve(tree: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "builder", "serve", str(tree), "--listen",
+                             f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    wait_port(port, proc)
+    return proc, port
+
+
+def start_nginx(tree: Path, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """nginx with the tree's generated config; only the listen address, log folder and pid
+    file are changed (as tests/test_pxe_daemons.py does)."""
+    from builder.pxe import tree as pxe
+
+    port = free_port()
+    logs = work / "nginx-logs"
+    logs.mkdir(exist_ok=True)
+    conf = work / "nginx.conf"
+    conf.write_text((tree / "nginx.conf").read_text()
+                    .replace("listen 127.0.0.1:8080;", f"listen 127.0.0.1:{port};")
+                    .replace(pxe.NGINX_LOG_DIR, str(logs))
+                    .replace(pxe.NGINX_PID, str(logs / "nginx.pid")))
+    main = "daemon off;" + (" user root root;" if os.geteuid() == 0 else "")
+    proc = subprocess.Popen(["nginx", "-p", str(work), "-c", str(conf), "-e", "stderr", "-g",
+                             main], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, proc)
+    return proc, port
+
+
+def bench_serving(tree: Path, work: Path, clients: int, megabytes: int) -> dict[str, Load]:
+    files = client_files(tree, clients, megabytes)
+    results = {}
+    for name, start in (("ksbuild serve", lambda: start_serve(tree)),
+                        ("nginx", lambda: start_nginx(tree, work))):
+        proc, port = start()
+        try:
+            run_load(port, min(clients, 4), [f[:2] for f in files[:4]])  # warm-up
+            results[name] = run_load(port, clients, files)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return results
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=float, default=4, help="ISO size in GiB (default 4)")
+    parser.add_argument("--runs", type=int, default=3, help="measured publish runs (default 3)")
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--megabytes", type=int, default=200,
+                        help="packages each client fetches after the initrd (default 200)")
+    parser.add_argument("--initrd", type=int, default=55, help="initrd size in MB (default 55)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="64 MiB ISO, 1 run, 10 clients x 4 MB, a 2 MB initrd")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder")
+    args = parser.parse_args()
+    if args.smoke:
+        args.size, args.runs, args.clients, args.megabytes, args.initrd = 1 / 16, 1, 10, 4, 2
+    for tool in ("cp", "xorriso", "nginx"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    iso = dvd_iso(int(args.size * GIB), args.initrd * MIB)
+    with tempfile.TemporaryDirectory(prefix="ksbuild-bench-", dir=args.work) as temp:
+        work = Path(temp)
+        tree, medians = bench_publish(iso, work, args.runs)
+        files = sum(1 for p in (tree / "http" / TREE).rglob("*") if p.is_file())
+        print(f"ISO {iso.stat().st_size / GIB:.2f} GiB, {files} files; median of {args.runs}")
+        for name, seconds in medians.items():
+            print(f"  {name + ':':<42} {seconds:7.2f} s  {seconds / medians['cp']:5.2f}x cp")
+        print(f"serving: {args.clients} clients at once, each the initrd "
+              f"({args.initrd} MB) + {args.megabytes} MB of packages, one connection a file")
+        for name, load in bench_serving(tree, work, args.clients, args.megabytes).items():
+            print(f"  {name + ':':<16} {load.bytes / MIB / load.seconds:8.1f} MiB/s  "
+                  f"{load.seconds:7.1f} s  {len(load.latencies)} files  "
+                  f"p50 {percentile(load.latencies, 0.5) * 1000:8.1f} ms  "
+                  f"p99 {percentile(load.latencies, 0.99) * 1000:8.1f} ms  "
+                  f"errors {load.errors}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
