@@ -264,3 +264,21 @@ def test_nginx_serves_the_kickstarts_and_records_done(nginx: tuple[Path, int, Pa
     # The operator's command (or cron) applies what nginx recorded.
     assert pxe.apply_done_log(tree, log) == [f"{H1}: boots from its disk"]
     assert "localboot 0" in (tree / f"tftp/pxelinux.cfg/01-{MAC1.replace(':', '-')}").read_text()
+
+
+def test_nginx_serves_ranges_and_the_install_trees_dot_files(
+        nginx: tuple[Path, int, Path]) -> None:
+    tree, port, _logs = nginx
+    initrd = (tree / "http/images/initrd.img").read_bytes()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/images/initrd.img", headers={"Range": "bytes=100-"})
+        answer = connection.getresponse()
+        assert (answer.status, answer.read()) == (206, initrd[100:])
+        assert answer.headers["Content-Range"] == f"bytes 100-{len(initrd) - 1}/{len(initrd)}"
+    finally:
+        connection.close()
+    folder = tree / "http/centos/7.9.2009/os/x86_64"
+    folder.mkdir(parents=True)
+    (folder / ".treeinfo").write_text("[general]\n")
+    assert get(port, "GET", "/centos/7.9.2009/os/x86_64/.treeinfo")[:2] == (200, b"[general]\n")
