@@ -15,13 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from builder import build as ksbuild_build
 from builder.errors import InputError
 from builder.pxe import installtree
 from builder.run import run
+from tests import sitefiles
 from tests.conftest import REPO
 from tests.fixtures import centos_iso
 from tests.fixtures.tree import PACKAGES
 from tests.pxe_support import GUEST_SERVER, HOSTS, build, write_site
+from tests.sitefiles import site_doc
 
 H1, MAC1, _ = HOSTS[0]
 FOLDER = "centos/7.9.2009/os/x86_64"
@@ -150,3 +153,34 @@ def test_a_base_without_the_hosts_packages_is_refused(tmp_path: Path, flavor: st
         assert "a NetInstall ISO carries no packages" in message
     assert "pxe.install_tree: local" in message and "use the DVD or Everything ISO" in message
     assert not (tmp_path / "pxe").exists()
+
+
+def test_ksbuild_build_keeps_the_published_tree_when_a_host_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shutil.copyfile(centos_iso(), tmp_path / "base.iso")
+    document = site_doc(media={"path": "base.iso"}, outputs={"iso": "none", "pxe": True},
+                        pxe={"server": "http://10.1.0.5", "install_tree": "local"})
+    site_path = sitefiles.write_site(tmp_path, document)
+    options = ksbuild_build.Options(site=site_path, out=tmp_path / "out",
+                                    source_date_epoch=1700000000)
+    first = ksbuild_build.build(options)
+    package = f"pxe/http/{FOLDER}/Packages/{PACKAGES[0]}"
+    assert package in first.written
+    inode = (tmp_path / "out" / package).stat().st_ino
+    document["hosts"][1]["timezone"] = "Europe/Berlin"
+    sitefiles.write_site(tmp_path, document)
+    copied: list[str] = []
+    copy_out = installtree._copy_out
+
+    def counted(fd: int, item: installtree.IsoFile, target: Path) -> None:
+        copied.append(item.path)
+        copy_out(fd, item, target)
+
+    monkeypatch.setattr(installtree, "_copy_out", counted)
+    changed = ksbuild_build.build(options)
+    assert copied == []  # the tree is rebuilt beside the old one, from its hard links
+    assert "pxe/http/ks/kvm2.example.com.cfg" in changed.written
+    assert not [p for p in changed.written if f"/{FOLDER}/" in p]
+    assert (tmp_path / "out" / package).stat().st_ino == inode
+    kickstart = (tmp_path / "out/pxe/http/ks/kvm2.example.com.cfg").read_text()
+    assert f"\nurl --url=http://10.1.0.5/{FOLDER}/\n" in kickstart
