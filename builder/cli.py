@@ -201,11 +201,13 @@ def cmd_pxe(args: argparse.Namespace) -> int:
                                         reinstall=tuple(args.reinstall), jobs=args.jobs))
     say(f"wrote the PXE tree {result.out}: {result.hosts} host(s), "
         f"{len(result.installed)} installed (local boot), GRUB {result.grub_commands}")
-    tree = result.install_tree
-    if tree is not None:
-        say(f"install tree http/{tree.folder}/: {tree.files} files, {tree.size >> 20} MiB; "
-            f"copied {tree.copied} ({tree.copied_bytes >> 20} MiB), kept {tree.kept}; "
-            f"{tree.packages} packages verified by size, {tree.packages_hashed} by checksum")
+    published = result.install_tree
+    if published is not None:
+        say(f"install tree http/{published.folder}/: {published.files} files, "
+            f"{published.size >> 20} MiB; copied {published.copied} "
+            f"({published.copied_bytes >> 20} MiB), kept {published.kept}; "
+            f"{published.packages} packages verified by size, {published.packages_hashed} by "
+            "checksum")
     for name in result.reinstalled:
         say(f"{name}: installs again on its next network boot")
     for note in result.notes:
