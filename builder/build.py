@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder import __version__, kickstart, manifest
+from builder import __version__, kickstart, manifest, secureboot
 from builder.errors import InputError
 from builder.manifest import Entry
 from builder.output import write_bytes
@@ -53,6 +53,7 @@ class Result:
     source_date_epoch: int
     written: list[str]  # outputs (relative to out) written by this build
     manifest: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)  # for the user (cli prints them)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +223,24 @@ def _intact(path: Path, recorded: dict[str, list[int]], name: str) -> bool:
     return name in recorded and _outputs_intact(path.parent, {path.name: recorded[name]})
 
 
+def iso_outputs(site: Site) -> dict[str, str | None]:
+    """The ISOs the site asks for: output name -> the one host it carries (None: all)."""
+    if site.outputs.iso == "none":
+        return {}
+    if site.outputs.iso == "per-site":
+        return {f"iso/{site.path.stem}.iso": None}
+    return {f"iso/{h.hostname}.iso": h.hostname for h in site.hosts}
+
+
+def check_secure_boot(site: Site, media: tuple[Path, str]) -> secureboot.Verdict | None:
+    """Is the UEFI first stage each ISO and the PXE tree will hand out revoked? Checked before
+    anything is written (with secure_boot.policy: required, a revoked one is an error)."""
+    isos = list(iso_outputs(site))
+    if not isos and not site.outputs.pxe:
+        return None
+    return secureboot.check_outputs(site, media[0], isos, "pxe" if site.outputs.pxe else None)
+
+
 def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
                host_keys: dict[str, str], state: dict[str, Any],
                ks_paths: dict[str, Path]) -> dict[str, str]:
@@ -231,8 +250,7 @@ def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
     base, base_sha = media
     overlay = repr(sorted((str(p), p.read_bytes()) for p in _files_under(site.overlays / "iso"))
                    ) if site.overlays is not None and (site.overlays / "iso").is_dir() else ""
-    groups = ({f"iso/{site.path.stem}.iso": None} if site.outputs.iso == "per-site"
-              else {f"iso/{h.hostname}.iso": h.hostname for h in site.hosts})
+    groups = iso_outputs(site)
     keys = {}
     for name, host in groups.items():
         carried = [host_keys[host]] if host else sorted(host_keys.items())
@@ -350,7 +368,9 @@ def build(options: Options) -> Result:
     state = read_state(out)
     if _quick_check(options, state):
         options.report("nothing changed since the last build: nothing to do")
-        return Result(out, True, state["source_date_epoch"], [], manifest.read(out))
+        document = manifest.read(out)
+        return Result(out, True, state["source_date_epoch"], [], document,
+                      list(document.get("secure_boot", {}).get("warnings", [])))
 
     site = load_site(options.site)
     files = input_files(site)
@@ -362,6 +382,9 @@ def build(options: Options) -> Result:
     inputs = [manifest.entry(kind, f, f.relative_to(root).as_posix())
               for kind, f, root in files]
 
+    media = base_media(site, options, state)
+    # Before anything is written: with secure_boot.policy: required, a revoked shim stops here.
+    verdict = check_secure_boot(site, media) if media is not None else None
     ks_paths, host_keys, written = build_kickstarts(site, options, state, shared)
     options.report(f"kickstarts: {len(written)} written, "
                    f"{len(ks_paths) - len(written)} unchanged")
@@ -371,12 +394,14 @@ def build(options: Options) -> Result:
         os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
 
     before = _snapshot(out)
-    media = base_media(site, options, state)
     iso_keys: dict[str, str] = {}
     pxe_key = None
     loader_files: list[Path] = []
     if media is not None:
         inputs.append(Entry("base-media", media[0].name, media[1], media[0].stat().st_size))
+        if site.secure_boot.revocations is not None and verdict is not None:
+            inputs.append(manifest.entry("revocations", site.secure_boot.revocations,
+                                         site.secure_boot.revocations.name))
         if site.outputs.iso != "none":
             iso_keys = build_isos(site, options, media, sde, host_keys, state, ks_paths)
             outputs += [manifest.entry("iso", out / name, name) for name in sorted(iso_keys)]
@@ -388,7 +413,8 @@ def build(options: Options) -> Result:
     after = _snapshot(out)
     written += [e.path for e in outputs if e.kind != "kickstart"
                 and before.get(e.path) != after.get(e.path)]
-    manifest.write(out, __version__, sde, inputs, outputs)
+    sections = {"secure_boot": verdict.record()} if verdict is not None else {}
+    manifest.write(out, __version__, sde, inputs, outputs, sections)
     written.append(manifest.MANIFEST)
     document = manifest.read(out)
 
@@ -405,6 +431,8 @@ def build(options: Options) -> Result:
     outside = [media[0]] if media else []  # files outside the input folders: media, loaders
     if pxe_key is not None:
         outside += loader_files
+    if verdict is not None and site.secure_boot.revocations is not None:
+        outside.append(site.secure_boot.revocations)
     stats_all = stats + [_stat_key(f) for f in outside]
     new_state = {
         "ksbuild": __version__,
@@ -422,7 +450,7 @@ def build(options: Options) -> Result:
         "pxe": pxe_key,
     }
     write_bytes(out / STATE, json.dumps(new_state, sort_keys=True).encode())
-    return Result(out, False, sde, written, document)
+    return Result(out, False, sde, written, document, verdict.warnings if verdict else [])
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,12 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def warn(lines: list[str]) -> None:
+    """Warnings the user must see before the machines do (printed even with --quiet)."""
+    for line in lines:
+        say(f"ksbuild: warning: {line}")
+
+
 # ---------------------------------------------------------------------------------------------
 # Subcommands. Each takes the parsed arguments and returns an exit code; heavy imports stay
 # inside so `ksbuild --help` is instant.
@@ -92,6 +98,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build.build(build.Options(
         site=args.site, out=args.output, jobs=args.jobs, cache_dir=args.cache_dir,
         mirror=args.mirror, report=report, progress=_progress(progress_tty)))
+    warn(result.warnings)
     if args.json:
         summary = {"out": str(result.out), "up_to_date": result.up_to_date,
                    "written": result.written, **result.manifest}
@@ -124,7 +131,7 @@ def _progress(show: bool) -> Progress:
 
 
 def cmd_iso(args: argparse.Namespace) -> int:
-    from builder import site
+    from builder import secureboot, site
     from builder.errors import InputError
     from builder.media import iso
     from builder.progress import human_bytes
@@ -145,11 +152,13 @@ def cmd_iso(args: argparse.Namespace) -> int:
     if output is None:
         name = loaded.host(args.host).hostname if args.host else args.site.stem
         output = Path("out") / f"{name}.iso"
+    verdict = secureboot.check_outputs(loaded, base, [str(output)], None)
     result = iso.build_site_iso(loaded, base, output, host=args.host, volid=args.volid,
                                 timeout=args.timeout, keep_media_check=args.keep_media_check,
                                 progress=shown)
     say(f"wrote {result.output} ({human_bytes(result.size)}): volume ID {result.volid!r}, "
         f"base {result.flavor.name} {result.flavor.release}, media MD5 {result.md5}")
+    warn(verdict.warnings)
     if not args.host and len(loaded.hosts) > 1:
         unpicked = [h.hostname for h in loaded.hosts if not h.mac]
         say(f"{len(loaded.hosts)} hosts: each machine's kickstart is picked by its MAC"
@@ -163,12 +172,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
     options = boot.BootOptions(iso=args.iso, uefi=args.uefi, usb=args.usb, disk=args.disk,
                                memory_mib=args.memory, network=not args.no_network,
-                               console=args.console, kvm=False if args.no_kvm else None)
+                               console=args.console, kvm=False if args.no_kvm else None,
+                               secure_boot=args.secure_boot or bool(args.dbx_hash),
+                               dbx_hashes=tuple(args.dbx_hash))
     return boot.boot(options, note=say)
 
 
 def cmd_pxe(args: argparse.Namespace) -> int:
-    from builder import site
+    from builder import secureboot, site
     from builder.errors import InputError
     from builder.pxe import tree as pxe
 
@@ -197,6 +208,7 @@ def cmd_pxe(args: argparse.Namespace) -> int:
             raise InputError(f"{args.site}: give --base ISO, or name the base media in the "
                              "site file (media: {release: 7.9.2009, flavor: DVD})")
         base = fetch.resolve_media(loaded.media, progress=_progress(sys.stderr.isatty()))
+    verdict = secureboot.check_outputs(loaded, base, [], str(args.output))
     result = pxe.build_tree(pxe.Options(loaded, args.output, base, server=args.server,
                                         reinstall=tuple(args.reinstall), jobs=args.jobs))
     say(f"wrote the PXE tree {result.out}: {result.hosts} host(s), "
@@ -212,6 +224,7 @@ def cmd_pxe(args: argparse.Namespace) -> int:
         say(f"{name}: installs again on its next network boot")
     for note in result.notes:
         say(note)
+    warn(verdict.warnings)
     return 0
 
 
@@ -410,6 +423,14 @@ def build_parser() -> argparse.ArgumentParser:
     boot.add_argument("--no-kvm", action="store_true",
                       help="emulate the CPU even when /dev/kvm is there (slow; for hosts "
                            "whose nested KVM fails)")
+    boot.add_argument("--secure-boot", action="store_true",
+                      help="UEFI with Secure Boot on and Microsoft's keys, as PC firmware ships "
+                           "(OVMF_CODE_4M.secboot.fd + a copy of OVMF_VARS_4M.ms.fd): see "
+                           "whether the firmware starts the ISO's shim")
+    boot.add_argument("--dbx-hash", action="append", default=[], metavar="SHA256",
+                      help="with --secure-boot: revoke this Authenticode SHA-256 in the "
+                           "firmware's dbx first, as an updated dbx would (needs virt-fw-vars; "
+                           "repeatable)")
     boot.set_defaults(handler=cmd_boot)
 
     pxe = sub.add_parser(

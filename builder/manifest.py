@@ -41,20 +41,22 @@ def entry(kind: str, path: Path, name: str, sha256: str | None = None) -> Entry:
 
 
 def render(version: str, source_date_epoch: int, inputs: list[Entry],
-           outputs: list[Entry]) -> bytes:
+           outputs: list[Entry], sections: dict[str, Any] | None = None) -> bytes:
+    """`sections`: more top-level keys (secure_boot: builder/secureboot.py's verdict)."""
     document = {
         "ksbuild": version,
         "source_date_epoch": source_date_epoch,
         "inputs": [asdict(e) for e in sorted(inputs)],
         "outputs": [asdict(e) for e in sorted(outputs)],
+        **(sections or {}),
     }
     return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
 
 
 def write(out: Path, version: str, source_date_epoch: int, inputs: list[Entry],
-          outputs: list[Entry]) -> Path:
+          outputs: list[Entry], sections: dict[str, Any] | None = None) -> Path:
     target = out / MANIFEST
-    write_bytes(target, render(version, source_date_epoch, inputs, outputs))
+    write_bytes(target, render(version, source_date_epoch, inputs, outputs, sections))
     return target
 
 

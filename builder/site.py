@@ -146,6 +146,15 @@ class Outputs:
 
 
 @dataclass(frozen=True)
+class SecureBoot:
+    """The `secure_boot:` key: what a revoked UEFI first stage means (builder/secureboot.py)."""
+
+    policy: str = "warn"  # warn: a warning per output; required: an error, nothing written
+    revocations: Path | None = None  # a newer revocation list; None: the one ksbuild ships
+    origin: str = ""  # "site.yaml:12" (where the key is), for messages
+
+
+@dataclass(frozen=True)
 class Site:
     path: Path
     hosts: tuple[Host, ...]
@@ -153,6 +162,7 @@ class Site:
     media: Media | None = None  # None: the site names no base media
     outputs: Outputs = Outputs(iso="none", pxe=False)
     pxe: PxeSettings | None = None  # the `pxe:` key (builder/pxe/config.py); None: not given
+    secure_boot: SecureBoot = SecureBoot()
 
     @cached_property
     def _by_name(self) -> dict[str, Host]:
@@ -389,6 +399,15 @@ SITE_FIELDS: dict[str, Field] = {
                            "hashes, so that equal passwords hash differently in other sites "
                            "(default: the first host's name)",
                            what="a seed (letters, digits and ._+@:-)", max_length=128)),
+    "secure_boot": Field(Map({
+        "policy": Field(Enum(("warn", "required"),
+                             "a UEFI first stage (shim) the revocation list revokes: warn, or "
+                             "required (Secure Boot must work: an error)"), default="warn"),
+        "revocations": Field(Str(r"[A-Za-z0-9._+,@%=~ /-]+",
+                                 "a newer revocation list (Microsoft's dbx_info_msft_latest.json"
+                                 " or ksbuild's format), relative to the site file; default: "
+                                 "the list ksbuild ships", what="a file path", max_length=4096)),
+    }, "Secure Boot: is the UEFI first stage the outputs hand out revoked by Microsoft's dbx?")),
 }
 SITE = Map(SITE_FIELDS, "a ksbuild site file")
 SITE_WITHOUT_HOSTS = Map({k: v for k, v in SITE_FIELDS.items() if k != "hosts"})
@@ -591,7 +610,8 @@ def load(path: Path | str) -> Site:
     media = _media(path, doc.value.get("media"))
     pxe = parse_pxe(path, doc.value.get("pxe"))
     return Site(path=path, hosts=hosts, overlays=_overlays(path, overlays), media=media,
-                outputs=_outputs(doc.value.get("outputs"), media, pxe is not None), pxe=pxe)
+                outputs=_outputs(doc.value.get("outputs"), media, pxe is not None), pxe=pxe,
+                secure_boot=_secure_boot(path, doc.value.get("secure_boot")))
 
 
 def _host(merged: Located, raw: Located) -> Host:
@@ -727,6 +747,17 @@ def _outputs(given: Located | None, media: Media | None, pxe_given: bool) -> Out
         raise chosen[key].error(f"{'an ISO' if key == 'iso' else 'a PXE tree'} needs base "
                                 "media: add a `media:` key")
     return Outputs(iso=iso, pxe=pxe)
+
+
+def _secure_boot(site_path: Path, given: Located | None) -> SecureBoot:
+    if given is None:
+        return SecureBoot(origin=str(site_path))
+    parsed = SITE_FIELDS["secure_boot"].node.parse(given)
+    revocations = parsed["revocations"]
+    return SecureBoot(policy=parsed["policy"],
+                      revocations=site_path.parent / Path(revocations).expanduser()
+                      if revocations else None,
+                      origin=f"{given.file}:{given.line}")
 
 
 def _overlays(site_path: Path, given: Located | None) -> Path | None:

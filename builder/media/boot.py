@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,14 @@ OVMF = (
     ("/usr/share/edk2/x64/OVMF_CODE.fd", "/usr/share/edk2/x64/OVMF_VARS.fd"),
     ("/usr/share/edk2-ovmf/x64/OVMF_CODE.fd", "/usr/share/edk2-ovmf/x64/OVMF_VARS.fd"),
 )
+# Secure Boot: the code built with SMM and Secure Boot, and a store with Microsoft's keys
+# enrolled (PK, KEK, db: what PC firmware ships with) and a dbx that revokes nothing.
+OVMF_SECURE_BOOT = (
+    ("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
+    ("/usr/share/OVMF/OVMF_CODE.secboot.fd", "/usr/share/OVMF/OVMF_VARS.ms.fd"),
+    ("/usr/share/edk2/ovmf/OVMF_CODE.secboot.fd", "/usr/share/edk2/ovmf/OVMF_VARS.secboot.fd"),
+)
+MICROSOFT_OWNER = "77fa9abd-0359-4d32-bd60-28f4e78f784b"  # the owner GUID of Microsoft's dbx
 QEMU = "qemu-system-x86_64"
 
 
@@ -45,13 +54,22 @@ class BootOptions:
     network: bool = True  # QEMU's user-mode NAT; False: no NIC at all
     console: bool = False  # the serial port on this terminal instead of a window
     kvm: bool | None = None  # None: when /dev/kvm is usable
+    secure_boot: bool = False  # OVMF with Secure Boot on and Microsoft's keys (implies uefi)
+    dbx_hashes: tuple[str, ...] = ()  # Authenticode SHA-256 hashes added to the store's dbx
 
 
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def find_ovmf() -> tuple[Path, Path]:
+def find_ovmf(secure_boot: bool = False) -> tuple[Path, Path]:
+    if secure_boot:
+        for code, store in OVMF_SECURE_BOOT:
+            if Path(code).is_file() and Path(store).is_file():
+                return Path(code), Path(store)
+        raise InputError("--secure-boot needs OVMF built with Secure Boot and a variable store "
+                         "with Microsoft's keys (Debian/Ubuntu: apt-get install ovmf, which has "
+                         "OVMF_CODE_4M.secboot.fd and OVMF_VARS_4M.ms.fd)")
     for code, store in OVMF:
         if Path(code).is_file() and Path(store).is_file():
             return Path(code), Path(store)
@@ -65,10 +83,15 @@ def qemu_command(options: BootOptions, disk: Path, ovmf: tuple[Path, Path] | Non
     installed=False: the ISO boots, the disk is attached, a reboot ends QEMU; True: the disk
     alone boots."""
     kvm = kvm_usable() if options.kvm is None else options.kvm
-    argv = [QEMU, "-machine", "pc" + (",accel=kvm" if kvm else ""), "-m",
+    # Secure Boot OVMF keeps its variables safe in SMM: q35 with SMM, and a flash only SMM
+    # code may write.
+    machine = "q35,smm=on" if options.secure_boot else "pc"
+    argv = [QEMU, "-machine", machine + (",accel=kvm" if kvm else ""), "-m",
             str(options.memory_mib), "-smp", "2"]
     if kvm:
         argv += ["-cpu", "host"]
+    if options.secure_boot:
+        argv += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     if ovmf is not None:
         argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={ovmf[0]}",
                  "-drive", f"if=pflash,format=raw,file={ovmf[1]}"]
@@ -94,7 +117,7 @@ def qemu_command(options: BootOptions, disk: Path, ovmf: tuple[Path, Path] | Non
 @contextlib.contextmanager
 def _machine(options: BootOptions) -> Iterator[tuple[Path, tuple[Path, Path] | None]]:
     """A disk (the user's, or a fresh blank one) and, for UEFI, a private OVMF store."""
-    ovmf = find_ovmf() if options.uefi else None
+    ovmf = find_ovmf(options.secure_boot) if options.uefi or options.secure_boot else None
     with tempfile.TemporaryDirectory(prefix="ksbuild-boot-") as folder:
         disk = options.disk
         if disk is None:
@@ -106,7 +129,26 @@ def _machine(options: BootOptions) -> Iterator[tuple[Path, tuple[Path, Path] | N
         if ovmf is not None:
             store = Path(folder) / "OVMF_VARS.fd"
             shutil.copyfile(ovmf[1], store)
+            add_to_dbx(store, options.dbx_hashes)
         yield disk, (ovmf[0], store) if ovmf is not None and store is not None else None
+
+
+def add_to_dbx(store: Path, hashes: tuple[str, ...]) -> None:
+    """Revoke these Authenticode hashes in the store's dbx (virt-fw-vars, PyPI virt-firmware),
+    as a firmware with an updated dbx would."""
+    if not hashes:
+        return
+    # On PATH, or beside this Python (pip installed it into the same virtual environment).
+    tool = shutil.which("virt-fw-vars") or shutil.which("virt-fw-vars",
+                                                         path=os.path.dirname(sys.executable))
+    if tool is None:
+        raise InputError("--dbx-hash needs virt-fw-vars (pip install virt-firmware)")
+    argv: list[str | Path] = [tool, "-i", store, "-o", store]
+    for sha in hashes:
+        if len(sha) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha):
+            raise InputError(f"--dbx-hash {sha}: not a SHA-256 (64 hex digits)")
+        argv += ["--add-dbx-hash", MICROSOFT_OWNER, sha.lower()]
+    run(argv)
 
 
 def has_boot_sector(disk: Path) -> bool:
