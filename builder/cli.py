@@ -236,8 +236,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    from builder.pxe import installlog
+
+    log_address = installlog.parse_address(args.syslog) if args.syslog else None
     server = serve.start(args.tree, args.listen, say)
     say(f"serving {args.tree} on {serve.url_of(server)} (Ctrl-C stops)")
+    receiver = None
+    if log_address is not None:
+        try:
+            receiver = installlog.start(log_address, server.app.fleet, say)
+        except OSError as exc:
+            server.server_close()
+            raise KsbuildError(f"--syslog {args.syslog}: cannot listen: "
+                               f"{exc.strerror or exc}") from None
+        say(f"taking installer logs (inst.syslog=) on port {receiver.port}")
     signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
@@ -247,6 +259,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Closing takes serve.STOP_GRACE seconds at most; a second Ctrl-C must not cut it.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if receiver is not None:
+            receiver.stop()
         server.server_close()  # waits for the requests in flight
     say("ksbuild serve: stopped")
     return 0
@@ -463,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("tree", type=Path, help="a tree written by `ksbuild pxe`")
     serve.add_argument("--listen", default="0.0.0.0:8080",
                        help="HOST:PORT to listen on (default 0.0.0.0:8080; port 0: any free)")
+    serve.add_argument("--syslog", metavar="HOST:PORT",
+                       help="also take the installers' remote logs (boot them with "
+                            "inst.syslog=SERVER:PORT) here, for package progress")
     serve.set_defaults(handler=cmd_serve)
 
     status = sub.add_parser(

@@ -92,6 +92,7 @@ class HostStatus:
     seq: int = 0
     reached: Mapping[str, float] = field(default_factory=dict)  # state -> first time
     path: tuple[str, ...] = ()  # the states in the order it went through them (the last few)
+    install_client: str = ""  # the address it fetched its kickstart or started from
     version: int = 0  # the fleet's change counter when this host last changed
 
     def apply(self, event: Event) -> HostStatus:
@@ -99,8 +100,10 @@ class HostStatus:
         reached.setdefault(event.state, event.time)
         changed = event.state != self.state
         path = (self.path + (event.state,))[-MAX_PATH:] if changed else self.path
+        client = event.client if event.state in ("kickstart", "started") and event.client \
+            else self.install_client
         return replace(self, state=event.state, last=event, seq=event.seq, reached=reached,
-                       path=path,
+                       path=path, install_client=client,
                        since=event.time if changed or self.since is None else self.since,
                        first=self.first if self.first is not None else event.time)
 
@@ -210,6 +213,8 @@ class Fleet:
         self._lock = threading.Lock()
         self.version = 0
         self.hosts: dict[str, HostStatus] = {}
+        self._clients: dict[str, str] = {}
+        self._clients_version = -1
         self.refresh()
 
     def refresh(self) -> None:
@@ -241,6 +246,25 @@ class Fleet:
             self.version += 1
             self.hosts[hostname] = replace(status.apply(event), version=self.version)
         return event
+
+    def host_at(self, client: str) -> str | None:
+        """The host that last fetched its kickstart or started its installer from `client`
+        (the installer's remote log names no host). One address per host: the map stays as
+        small as the fleet."""
+        with self._lock:
+            return self._by_client().get(client)
+
+    def _by_client(self) -> dict[str, str]:
+        if self._clients_version != self.version:
+            latest: dict[str, tuple[float, str]] = {}
+            for status in self.hosts.values():
+                when = status.last.time if status.last else 0.0
+                if status.install_client and when >= latest.get(status.install_client,
+                                                                 (-1.0, ""))[0]:
+                    latest[status.install_client] = (when, status.hostname)
+            self._clients = {client: name for client, (_, name) in latest.items()}
+            self._clients_version = self.version
+        return self._clients
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
         """The fleet as JSON-ready data: counts per state, overall progress, and the hosts
