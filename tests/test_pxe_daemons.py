@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,7 @@ import pytest
 
 from builder.pxe import tree as pxe
 from builder.run import run
+from tests.conftest import REPO
 from tests.pxe_support import GUEST_SERVER, HOSTS, build, write_site
 
 H1, MAC1, _ = HOSTS[0]
@@ -212,7 +215,8 @@ def nginx(tmp_path: Path) -> Iterator[tuple[Path, int, Path]]:
     conf = tmp_path / "nginx.conf"
     conf.write_text(generated.replace("listen 10.0.2.100:80;", f"listen 127.0.0.1:{port};")
                     .replace(pxe.NGINX_LOG_DIR, str(logs)).replace(pxe.NGINX_PID,
-                                                                   str(logs / "nginx.pid")))
+                                                                   str(logs / "nginx.pid"))
+                    .replace(pxe.SERVE_BACKEND, f"127.0.0.1:{free_port()}"))
     main = "daemon off;" + (" user root root;" if os.geteuid() == 0 else "")
     run(["nginx", "-t", "-p", tmp_path, "-c", conf, "-e", "stderr", "-g", main])
     proc = subprocess.Popen(["nginx", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr",
@@ -282,3 +286,64 @@ def test_nginx_serves_ranges_and_the_install_trees_dot_files(
     folder.mkdir(parents=True)
     (folder / ".treeinfo").write_text("[general]\n")
     assert get(port, "GET", "/centos/7.9.2009/os/x86_64/.treeinfo")[:2] == (200, b"[general]\n")
+
+
+def request_from(source: str, port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request from loopback address `source` (127.0.0.2 stands for an installing host)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
+                                            source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_nginx_proxies_kickstarts_events_done_and_status_to_serve(
+        nginx: tuple[Path, int, Path]) -> None:
+    tree, port, logs = nginx
+    conf = (logs.parent / "nginx.conf").read_text()
+    backends = set(re.findall(r"proxy_pass http://127\.0\.0\.1:([0-9]+);", conf))
+    assert len(backends) == 1, backends
+    backend = int(backends.pop())
+    kickstart = (tree / f"http/ks/{H1}.cfg").read_bytes()
+    host = "127.0.0.2"
+    # `ksbuild serve` not running: kickstarts still come from the tree, events cannot land.
+    assert request_from(host, port, "GET", f"/ks/{H1}.cfg") == (200, kickstart)
+    assert request_from(host, port, "POST", f"/events/{H1}/started", b"")[0] == 502
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "builder", "serve", str(tree), "--listen",
+         f"127.0.0.1:{backend}"], cwd=REPO, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert serve.stderr is not None and "serving" in serve.stderr.readline()
+        mac = {"X-RHN-Provisioning-MAC-0": f"eth0 {MAC1}"}
+        assert request_from(host, port, "GET", "/ks", headers=mac) == (200, kickstart)
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        assert request_from(host, port, "POST", f"/events/{H1}/started",
+                            b"message=installer+started", form)[0] == 200
+        assert request_from(host, port, "POST", "/events/nobody.example.com/started", b"",
+                            form)[0] == 404
+        assert request_from(host, port, "POST", f"/events/{H1}/started",
+                            b"log=" + b"x" * 9000, form)[0] == 413
+        assert request_from(host, port, "POST", f"/done/{H1}", b"") == (
+            200, f"{H1} now boots from its disk\n".encode())
+        code, page = request_from(host, port, "GET", "/status")
+        assert code == 200 and b"Fleet install status" in page
+        code, data = request_from(host, port, "GET", "/status.json")
+        status = {h["host"]: h for h in json.loads(data)["hosts"]}[H1]
+        assert status["path"] == ["kickstart", "started", "installed"]
+        # serve saw nginx (127.0.0.1) and believed the host's address nginx passed on.
+        assert status["client"] == host
+        assert {e["client"] for e in map(json.loads, (tree / f"state/events/{H1}.jsonl")
+                                         .read_text().splitlines())} == {host}
+        # The done call went to serve: nothing for the done log to apply later.
+        assert not (logs / "ksbuild-done.log").exists() or \
+            not (logs / "ksbuild-done.log").read_text().strip()
+    finally:
+        serve.send_signal(signal.SIGINT)
+        serve.wait(timeout=60)
+        if serve.stderr:
+            serve.stderr.close()
