@@ -1,4 +1,6 @@
-"""out/manifest.json: every input and every output of a build, each with its sha256 and size.
+"""out/manifest.json: every input and every output of a build, each with its sha256 and size,
+and (`secure_boot`) the UEFI first stage each output hands out, its Authenticode hash and
+whether Microsoft's dbx revokes it (builder/secureboot.py).
 
 The manifest is itself reproducible: no absolute paths, no build time, sorted keys, entries
 sorted by kind and path. Where the inputs were on the build machine is kept apart, in
@@ -30,7 +32,8 @@ def sha256_file(path: Path) -> str:
 
 @dataclass(frozen=True, order=True)
 class Entry:
-    kind: str  # site, template, overlay, base-media, boot-loader; kickstart, iso, pxe
+    kind: str  # site, template, overlay, base-media, boot-loader, revocations; kickstart, iso,
+    #            pxe
     path: str  # relative: to the site's folder, the template folder, or the output folder
     sha256: str
     size: int

@@ -235,13 +235,13 @@ def iso_first_stages(base: Path, overlay: Path | None) -> dict[str, bytes]:
     return found
 
 
-def pxe_first_stage(base: Path, shim: Path | None) -> dict[str, bytes]:
+def pxe_first_stage(base: Path, shim: Path | None, origin: str = "pxe") -> dict[str, bytes]:
     """The PXE tree's first stage, tftp/BOOTX64.EFI: pxe.shim, else the base ISO's."""
     if shim is not None:
         try:
             return {PXE_SHIM: shim.read_bytes()}
         except OSError as exc:
-            raise InputError(f"pxe.shim: {shim}: {exc.strerror or exc}") from None
+            raise InputError(f"{origin}.shim: {shim}: {exc.strerror or exc}") from None
     found = iso_first_stages(base, None)
     return {PXE_SHIM: found[ISO_SHIM]} if ISO_SHIM in found else {}
 
@@ -282,7 +282,9 @@ def check_outputs(site: Site, base: Path, isos: list[str], pxe: str | None) -> V
             advice[name] = ISO_ADVICE
     if pxe is not None:
         shim = site.pxe.shim if site.pxe is not None else None
-        stages += check(pxe, pxe_first_stage(base, shim), revocations, str(shim or base))
+        origin = site.pxe.origin if site.pxe is not None else "pxe"
+        stages += check(pxe, pxe_first_stage(base, shim, origin), revocations,
+                        str(shim or base))
         advice[pxe] = PXE_ADVICE
     lines = enforce(warnings(stages, advice), site.secure_boot)
     return Verdict(stages, lines, revocations)

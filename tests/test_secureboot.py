@@ -192,13 +192,22 @@ def test_iso_and_pxe_commands_warn_and_pxe_shim_is_what_is_checked(tmp_path: Pat
     (line,) = warnings_of(pxe.stderr)
     assert "tftp/BOOTX64.EFI" in line and "pxe.shim" in line
     # pxe.shim: a first stage that is not revoked (here Debian's GRUB) silences the warning.
-    doc = json.loads(json.dumps(site_doc(
-        media={"path": "base.iso"}, pxe={"server": SERVER, "shim": str(GRUB_IMAGES[0])},
-        secure_boot={"revocations": "dbx.json"})))
+    doc = site_doc(media={"path": "base.iso"}, pxe={"server": SERVER, "shim": str(GRUB_IMAGES[0])},
+                   secure_boot={"revocations": "dbx.json"})
     other = write_site(tmp_path, doc, "other.yaml")
     pxe = ksbuild("pxe", str(other), "--base", str(tmp_path / "base.iso"), "-o",
                   str(tmp_path / "pxe2"))
     assert pxe.returncode == 0 and warnings_of(pxe.stderr) == [], pxe.stderr
+
+
+def test_missing_pxe_shim_is_one_line_naming_the_site_key(tmp_path: Path) -> None:
+    shim_site(tmp_path)
+    doc = site_doc(media={"path": "base.iso"}, pxe={"server": SERVER, "shim": "nope.efi"})
+    site = write_site(tmp_path, doc, "other.yaml")
+    done = ksbuild("build", "-q", str(site), "-o", str(tmp_path / "out"))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"ksbuild: {site}:") and f"pxe.shim: {tmp_path / 'nope.efi'}: " in line
 
 
 # ---------------------------------------------------------------------------------------------

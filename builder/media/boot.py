@@ -8,6 +8,10 @@ when the installer reboots (-no-reboot; SeaBIOS tries only the first hard disk, 
 first, fall through to the stick" cannot be had); if the disk then holds a boot sector, a
 second VM boots the installed system from it. With KVM (/dev/kvm usable) the guest runs at
 full speed; without it QEMU emulates the CPU, and an install takes hours rather than minutes.
+
+With secure_boot, the firmware is OVMF's Secure Boot build with Microsoft's keys enrolled, as
+on PC hardware, so the user sees what such a machine does with the ISO's shim; dbx_hashes
+revokes hashes in the private copy of the variable store first, as an updated dbx does.
 """
 
 from __future__ import annotations
