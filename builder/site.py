@@ -506,24 +506,29 @@ def _construct(node: yaml.Node, path: str, file: str, loader: _Loader) -> Any:
                          f"be read as {node.tag.rsplit(':', 1)[-1]}") from None
 
 
-def _locate(node: yaml.Node, path: str, file: str, loader: _Loader) -> Located:
+def _locate(node: yaml.Node, path: str, file: str, loader: _Loader, depth: int = 1) -> Located:
     line = node.start_mark.line + 1
+    if depth > MAX_DEPTH:
+        raise InputError(f"{file}:{line}: nested more than {MAX_DEPTH} levels deep")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         items: dict[str, Located] = {}
         for key_node, value_node in node.value:
-            key = _construct(key_node, path, file, loader)
             key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise InputError(f"{file}:{key_line}: {path or '(top)'}: a key is not text")
+            key = _construct(key_node, path, file, loader)
             if not isinstance(key, str):
                 raise InputError(f"{file}:{key_line}: {path or '(top)'}: key {key!r} is not text")
             if key in items:
                 raise InputError(f"{file}:{key_line}: {path or '(top)'}: key {key!r} given twice")
             child = f"{path}.{key}" if path else key
-            items[key] = _locate(value_node, child, file, loader)
+            items[key] = _locate(value_node, child, file, loader, depth + 1)
         return Located(items, path, file, line)
     if isinstance(node, yaml.SequenceNode):
         return Located(
-            [_locate(n, f"{path}[{i}]", file, loader) for i, n in enumerate(node.value)],
+            [_locate(n, f"{path}[{i}]", file, loader, depth + 1)
+             for i, n in enumerate(node.value)],
             path, file, line,
         )
     return Located(_construct(node, path, file, loader), path, file, line)
@@ -542,7 +547,8 @@ def read_located(path: Path) -> Located:
         node = loader.get_single_node()
         if node is None:
             raise InputError(f"{name}:1: the file is empty")
-        check_shape(node, name, len(text))
+        if "&" in text:  # aliases need anchors; without, _locate visits each node once
+            check_shape(node, name, len(text))
         return _locate(node, "", name, loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
