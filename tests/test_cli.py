@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from builder import cli, site
 from builder.errors import InputError
 from tests.conftest import REPO
 from tests.sitefiles import site_doc, write_site
-from tests.test_site import mutated_sites
+from tests.test_site import _alias_bomb, mutated_sites
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None,
@@ -73,6 +74,22 @@ def test_fifo_in_an_overlay_is_refused_without_opening_it(tmp_path: Path, where:
     assert result.stderr == f"ksbuild: {tmp_path / where}: not a regular file or folder; " \
         "overlays hold only those\n" or result.stderr == f"ksbuild: {tmp_path / where}: " \
         "not a folder\n", result.stderr
+
+
+@pytest.mark.parametrize("text", [
+    _alias_bomb(9), "a: &a [*a]\nhosts: []\n", "hosts: " + "[" * 2000 + "]" * 2000 + "\n",
+    "hosts: !!timestamp abc\n", "hosts:\n  - hostname: a\x1b[2Jb\n"])
+def test_hostile_yaml_exit_2_one_line_quickly(tmp_path: Path, text: str) -> None:
+    """Before: 18 s and 1.3 GB for 7 levels of aliases (9 never ended); tracebacks for the
+    others."""
+    path = write_site(tmp_path, text)
+    started = time.monotonic()
+    result = run_cli("render", str(path), "-o", str(tmp_path / "out"), timeout=60)
+    assert time.monotonic() - started < 20
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"ksbuild: {path}:")
+    assert "\x1b" not in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_failed_render_leaves_the_previous_output_untouched(tmp_path: Path) -> None:
