@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import struct
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,22 +111,59 @@ class Revocations:
 
 
 def load_revocations(path: Path | None = None) -> Revocations:
-    """The shipped list, or a given one: ksbuild's own format (`entries`) or Microsoft's
-    dbx_info_msft_latest.json (`images` by architecture); both list `authenticodeHash` and
-    `dateOfAddition` per entry."""
+    """The shipped list, or a given one: ksbuild's own format (`entries`), Microsoft's
+    dbx_info_msft_latest.json (`images` by architecture), both with `authenticodeHash` and
+    `dateOfAddition` per entry; or a dbx update as firmware takes it (DBXUpdate.bin: EFI
+    signature lists, with or without the authenticated-variable header), which has no dates."""
     chosen = path or SHIPPED
     try:
-        document = json.loads(chosen.read_text(encoding="utf-8"))
-        entries = _entries(document)
-        found = {e.sha256: e for e in map(_revocation, entries)}
+        data = chosen.read_bytes()
+        if data.lstrip()[:1] == b"{":
+            document = json.loads(data.decode("utf-8"))
+            found = {e.sha256: e for e in map(_revocation, _entries(document))}
+            source = str(document.get("source") or chosen.name)
+        else:
+            found = {sha: Revocation(sha, "", "", "") for sha in signature_list_hashes(data)}
+            source = chosen.name
     except OSError as exc:
         raise InputError(f"{chosen}: {exc.strerror or exc}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise InputError(f"{chosen}: not a revocation list (ksbuild's secureboot-dbx.json or "
-                         f"Microsoft's dbx_info_msft_latest.json): {exc!r}") from None
-    source = document.get("source") or str(chosen)
+    except (ValueError, KeyError, TypeError, AttributeError, struct.error) as exc:
+        raise InputError(f"{chosen}: not a revocation list (ksbuild's secureboot-dbx.json, "
+                         "Microsoft's dbx_info_msft_latest.json or a dbx update .bin): "
+                         f"{exc}") from None
     as_of = max((r.date for r in found.values()), default="")
-    return Revocations(str(source), as_of, chosen, found)
+    return Revocations(source, as_of, chosen, found)
+
+
+# The UEFI specification's GUIDs, as stored (mixed-endian).
+EFI_CERT_SHA256 = uuid.UUID("c1c41626-504c-4092-aca9-41f936934328").bytes_le
+WIN_CERT_TYPE_EFI_GUID = 0x0EF1
+EFI_TIME_SIZE = 16
+
+
+def signature_list_hashes(data: bytes) -> list[str]:
+    """The SHA-256 entries of EFI_SIGNATURE_LISTs (UEFI 2.10, 32.4.1). A signed dbx update
+    starts with an EFI_VARIABLE_AUTHENTICATION_2 header (EFI_TIME, then a WIN_CERTIFICATE of
+    type EFI_GUID whose dwLength covers itself), which is skipped: the lists follow it."""
+    at = 0
+    if len(data) >= EFI_TIME_SIZE + 8:
+        length, _, kind = struct.unpack_from("<IHH", data, EFI_TIME_SIZE)
+        if kind == WIN_CERT_TYPE_EFI_GUID:
+            at = EFI_TIME_SIZE + length
+    hashes = []
+    while at < len(data):
+        kind = data[at:at + 16]
+        list_size, header_size, signature_size = struct.unpack_from("<III", data, at + 16)
+        if list_size < 28 + header_size or at + list_size > len(data) or signature_size < 16:
+            raise ValueError(f"a malformed signature list at byte {at}")
+        if kind == EFI_CERT_SHA256:
+            first = at + 28 + header_size
+            for entry in range(first, at + list_size, signature_size):
+                hashes.append(data[entry + 16:entry + signature_size].hex())  # after the owner
+        at += list_size
+    if not hashes:
+        raise ValueError("no SHA-256 entries")
+    return hashes
 
 
 def _entries(document: Any) -> list[dict[str, Any]]:
@@ -158,7 +196,8 @@ class FirstStage:
     def record(self) -> dict[str, Any]:
         """Its manifest entry."""
         return {"output": self.output, "file": self.file, "authenticode_sha256": self.sha256,
-                "revoked_since": self.revoked.date if self.revoked else None}
+                "revoked": self.revoked is not None,
+                "revoked_since": self.revoked.date or None if self.revoked else None}
 
 
 def check(output: str, files: dict[str, bytes], revocations: Revocations,
@@ -181,9 +220,10 @@ def warnings(stages: list[FirstStage], advice: dict[str, str]) -> list[str]:
         first = revoked[0]
         assert first.revoked is not None
         names = ", ".join(s.file for s in revoked)
+        since = f"since {first.revoked.date}" if first.revoked.date else "(no date in the list)"
         lines.append(f"{output}: Secure Boot: {names} (Authenticode SHA-256 {first.sha256}) is "
-                     f"revoked by Microsoft's dbx since {first.revoked.date}: firmware with "
-                     f"that dbx refuses it (Access Denied); {advice[output]}")
+                     f"revoked by Microsoft's dbx {since}: firmware with that dbx refuses it "
+                     f"(Access Denied); {advice[output]}")
     return lines
 
 

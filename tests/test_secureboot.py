@@ -11,8 +11,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ from tests.test_build import ksbuild
 CENTOS_79_SHIM = "dda0121dcf167db1e2622d10f454701837ac6af304a03ec06b3027904988c56b"
 GRUB_IMAGES = sorted(Path("/usr/lib/grub/x86_64-efi/monolithic").glob("*.efi"))
 SERVER = "http://10.1.0.5:8080"
+MICROSOFT = boot.MICROSOFT_OWNER
 # What the serial console shows: OVMF's boot manager refusing the CD's first stage, or shim
 # running (it then refuses the test ISO's unsigned GRUB: its own "Verification failed").
 REFUSED = "Access Denied"
@@ -99,6 +103,36 @@ def test_microsofts_own_format_is_read(tmp_path: Path) -> None:
     path.write_text('{"images": {"amd64": [{"authenticodeHash": "xyz"}]}}')
     with pytest.raises(InputError, match="not a revocation list"):
         secureboot.load_revocations(path)
+
+
+def test_a_dbx_update_bin_is_read_bare_or_signed(tmp_path: Path) -> None:
+    """Signature lists written by virt-fw-sigdb (virt-firmware), bare and behind the
+    EFI_VARIABLE_AUTHENTICATION_2 header a signed DBXUpdate.bin starts with."""
+    other = "5f" * 32
+    esl = tmp_path / "dbx.esl"
+    subprocess.run([shutil.which("virt-fw-sigdb") or str(Path(sys.executable).parent /
+                                                         "virt-fw-sigdb"),
+                    "-o", str(esl), "--add-hash", MICROSOFT, CENTOS_79_SHIM,
+                    "--add-hash", MICROSOFT, other], check=True, capture_output=True)
+    pkcs7 = uuid.UUID("4aafd29d-68df-49ee-8aa9-347d375665a7").bytes_le
+    signature = b"\x30\x82" + bytes(40)  # stands for the PKCS#7 blob; only its length counts
+    header = bytes(16) + struct.pack("<IHH", 24 + len(signature), 0x0200, 0x0EF1) + pkcs7
+    signed = tmp_path / "DBXUpdate.bin"
+    signed.write_bytes(header + signature + esl.read_bytes())
+    for path in (esl, signed):
+        loaded = secureboot.load_revocations(path)
+        assert set(loaded.by_hash) == {CENTOS_79_SHIM, other}
+        assert loaded.by_hash[other].date == "" and loaded.source == path.name
+    shim = signed_shim().read_bytes()
+    undated = secureboot.load_revocations(esl)
+    undated.by_hash[pesign_hash(signed_shim())] = secureboot.Revocation(
+        pesign_hash(signed_shim()), "", "", "")
+    stages = secureboot.check("iso/a.iso", {"EFI/BOOT/BOOTX64.EFI": shim}, undated, "base")
+    (line,) = secureboot.warnings(stages, {"iso/a.iso": "turn it off"})
+    assert "revoked by Microsoft's dbx (no date in the list): " in line
+    (tmp_path / "junk.bin").write_bytes(b"\x01" * 64)
+    with pytest.raises(InputError, match=r"junk\.bin: not a revocation list"):
+        secureboot.load_revocations(tmp_path / "junk.bin")
 
 
 # ---------------------------------------------------------------------------------------------
