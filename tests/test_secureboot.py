@@ -192,6 +192,13 @@ def test_build_records_the_first_stages_and_warns_only_when_revoked(tmp_path: Pa
     assert "revocations" in {e["kind"] for e in document["inputs"]}
     again = ksbuild("build", str(tmp_path / "site.yaml"), "-o", str(tmp_path / "out"))
     assert "nothing to do" in again.stderr and warnings_of(again.stderr) == lines
+    # A changed list alone (same site file) is a change: the manifest and warnings follow it.
+    listed = tmp_path / "dbx.json"
+    listed.write_text(listed.read_text().replace("2024-01-02", "2025-06-07"))
+    newer = ksbuild("build", str(tmp_path / "site.yaml"), "-o", str(tmp_path / "out"))
+    assert "nothing to do" not in newer.stderr
+    assert [line.replace("2025-06-07", "2024-01-02") for line in warnings_of(newer.stderr)
+            ] == lines
 
 
 def test_required_policy_makes_a_revoked_shim_an_error_before_anything_is_written(
