@@ -66,9 +66,14 @@ def template_environment(folder: Path) -> jinja2.Environment:
 
 
 def firstboot_bridges(host: Host) -> str:
-    """The network the first-boot report expects: `name address|dhcp slave,...` a line."""
-    return "\n".join(f"{b.name} {b.address or 'dhcp'} {','.join(b.slaves)}"
-                     for b in host.bridges)
+    """The network the first-boot report expects: `name address|dhcp|none port,...` a line,
+    for every bridge of the host (the legacy `bridge` keys and `network.bridges` alike)."""
+    return "\n".join(f"{b.name} {b.address or ('dhcp' if b.dhcp else 'none')} "
+                     f"{','.join(b.ports)}" for b in host.network.bridges())
+
+
+def firstboot_gateway(host: Host) -> str:
+    return next((str(d.gateway) for d in host.network.devices if d.gateway), "")
 
 
 def root_password_hash(host: Host) -> str:
@@ -161,7 +166,7 @@ class Renderer:
             "pxe_events_url": None,  # likewise: %pre, %onerror and the first-boot unit report
             "repos": host_repos(host),
             "firstboot_bridges": firstboot_bridges(host),
-            "firstboot_gateway": next((str(b.gateway) for b in host.bridges if b.gateway), ""),
+            "firstboot_gateway": firstboot_gateway(host),
         }
 
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:

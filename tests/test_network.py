@@ -319,3 +319,23 @@ def test_ifcfg_uuids_are_stable_and_distinct() -> None:
     uuids = [dict(f.lines)["UUID"] for f in first if f.prefix == "ifcfg"]
     assert len(uuids) == 16 and len(set(uuids)) == 16
     assert copy.deepcopy(first) == first
+
+
+def test_iso_menus_carry_the_installer_args() -> None:
+    """nic_names: eth reaches every installer entry of the ISO, before inst.ks=."""
+    from builder.media import bootmenu
+
+    edit = bootmenu.MenuEdit("CentOS 7 x86_64", "KSB", 5, installer_args=(
+        "net.ifnames=0", "biosdevname=0"))
+    line = bootmenu.add_kickstart("initrd=initrd.img inst.stage2=hd:LABEL=KSB quiet",
+                                  edit.ks_arg)
+    assert line.endswith(" quiet net.ifnames=0 biosdevname=0 inst.ks=hd:LABEL=KSB:/ks.cfg")
+
+
+def test_first_boot_report_expects_the_network_bridges() -> None:
+    """The PXE first-boot report checks the bridges of the network model too: one without
+    a host address is expected without one."""
+    host = site.load(FLEET).hosts[0]
+    assert kickstart.firstboot_bridges(host) == ("br-mgmt 192.0.2.11/24 bond0.10\n"
+                                                 "br-guest none bond0.20")
+    assert kickstart.firstboot_gateway(host) == "192.0.2.1"
