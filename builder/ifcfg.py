@@ -148,13 +148,13 @@ def _bridge_line(host: Host, bridge: Device) -> str:
     return "network " + " ".join(words)
 
 
-def anaconda_leftovers(host: Host) -> dict[str, str]:
+def anaconda_leftovers(host: Host, files: tuple[Ifcfg, ...]) -> dict[str, str]:
     """What %post needs to find the files anaconda wrote for the host's devices (under
-    whatever names): our file names, the kernel names and MACs of our devices (space
-    separated)."""
+    whatever names): our file names (`files`, as ifcfg_files gives them), the kernel names
+    and the MACs of our devices, each space separated."""
     network = host.network
     return {
-        "files": " ".join(f.filename for f in ifcfg_files(host)),
+        "files": " ".join(f.filename for f in files),
         "devices": " ".join(d.device for d in network.devices if d.device),
         "macs": " ".join(network.macs),
     }

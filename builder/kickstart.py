@@ -117,8 +117,9 @@ def host_repos(host: Host) -> list[Repo]:
 
 
 def _refuse_managed_paths(host: Host, overlay: Overlay, root: Path | None) -> None:
+    managed = managed_paths(host) if overlay.files else set()
     for item in overlay.files:
-        if item.path in managed_paths(host):
+        if item.path in managed:
             raise InputError(f"{root}: overlay file {item.path} of {host.hostname} would "
                              "override what the site file sets; set it in the site file")
 
@@ -151,6 +152,7 @@ class Renderer:
     def context(self, host: Host) -> dict[str, Any]:
         overlay = self.overlays.for_host(host.hostname)
         _refuse_managed_paths(host, overlay, self.site.overlays)
+        files = ifcfg_files(host)
         return {
             "host": host,
             "version": __version__,
@@ -158,8 +160,8 @@ class Renderer:
             "root_hash": root_password_hash(host),
             "network_lines": network_lines(host),
             "kernel_args": (*host.kernel_args, *network.kernel_args(host.nic_names)),
-            "ifcfgs": ifcfg_files(host),
-            "leftovers": anaconda_leftovers(host),
+            "ifcfgs": files,
+            "leftovers": anaconda_leftovers(host, files),
             "overlay": overlay,
             "b64": _base64_lines,
             "pxe_done_url": None,  # set by builder/pxe/tree.py for PXE installs
