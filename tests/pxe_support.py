@@ -24,7 +24,7 @@ from builder.pxe import state as pxestate
 from builder.pxe import tree as pxe
 from builder.run import run
 from tests.fixtures.cache import cached_file, digest
-from tests.fixtures.grub import COMMON_MODULES, NET_MODULES, make_grub_efi
+from tests.fixtures.grub import CENTOS_MODULES, COMMON_MODULES, NET_MODULES, make_grub_efi
 from tests.fixtures.iso import tool_versions
 
 HERE = Path(__file__).resolve()
@@ -40,12 +40,15 @@ LOCAL_MARKER = "KSBUILD-LOCAL-DISK"
 
 # `exit` (minicmd) and `chainloader` (chain) for local boot; CentOS's grubx64.efi has both.
 GRUB_MODULES = COMMON_MODULES + NET_MODULES + ("minicmd",)
-# The "CentOS-like" test GRUB reads $prefix/grub.cfg first, through an embedded config, so a
-# boot with it goes through grub.cfg's own lookup by $net_default_mac; the "upstream" one has
-# no linuxefi and looks for grub.cfg-01-<mac> itself, as Red Hat's GRUB does.
+# The "CentOS-like" test GRUB has exactly CentOS 7.9's built-in modules, so a command CentOS's
+# GRUB lacks (regexp...) fails here too, and its prefix: /EFI/centos on the TFTP server it came
+# from, where the tree has nothing. Through an embedded config it reads the tree's grub.cfg
+# first (as Red Hat's does for a MAC without grub.cfg-01-<mac>), so a boot with it goes through
+# grub.cfg's own lookup by $net_default_mac. The "upstream" one has no linuxefi; both find the
+# tree as ($root).
 GRUB_KINDS = {
-    "centos": (GRUB_MODULES, "configfile $prefix/grub.cfg\n"),
-    "upstream": (tuple(m for m in GRUB_MODULES if m != "linuxefi"), None),
+    "centos": (CENTOS_MODULES, "/EFI/centos", "configfile ($root)/grub.cfg\n"),
+    "upstream": (tuple(m for m in GRUB_MODULES if m != "linuxefi"), "(tftp)/", None),
 }
 
 
@@ -72,10 +75,10 @@ def write_site(folder: Path, pxe_key: dict[str, Any] | None,
 
 
 def grub_image(kind: str) -> Path:
-    modules, early = GRUB_KINDS[kind]
+    modules, prefix, early = GRUB_KINDS[kind]
     key = digest(HERE.read_bytes(), kind, tool_versions())
     return cached_file(f"pxe-grub-{kind}-{key}.efi", lambda out: make_grub_efi(
-        out, prefix="(tftp)/", early_config=early, modules=modules))
+        out, prefix=prefix, early_config=early, modules=modules))
 
 
 def small_base_iso() -> Path:
@@ -118,19 +121,32 @@ def bios_local_disk() -> Path:
     return cached_file(f"pxe-bios-disk-{digest(HERE.read_bytes())}.img", build)
 
 
-def uefi_local_disk() -> Path:
-    """A GPT disk with an EFI system partition holding /EFI/centos/grubx64.efi (where CentOS
-    installs its GRUB): a GRUB that prints LOCAL_MARKER and powers off."""
+# Where a UEFI local disk keeps its boot loader: CentOS's own GRUB, or only an installed
+# shim's removable-media path (BOOTX64.EFI with the fallback fbx64.efi beside it).
+UEFI_DISK_LAYOUTS = {
+    "centos": ("/EFI/centos", ("grubx64.efi",)),
+    "shim-fallback": ("/EFI/BOOT", ("BOOTX64.EFI", "fbx64.efi")),
+}
+OTHER_MARKER = "KSBUILD-OTHER-SYSTEM"
+
+
+def uefi_local_disk(layout: str = "centos") -> Path:
+    """A GPT disk with an EFI system partition holding, per UEFI_DISK_LAYOUTS, a GRUB that
+    prints LOCAL_MARKER ("centos") or OTHER_MARKER ("shim-fallback") and powers off."""
+    folder, names = UEFI_DISK_LAYOUTS[layout]
+    marker = LOCAL_MARKER if layout == "centos" else OTHER_MARKER
+
     def build(out: Path) -> None:
         with tempfile.TemporaryDirectory() as temp:
             work = Path(temp)
             grub = work / "grubx64.efi"
-            make_grub_efi(grub, prefix="/EFI/centos", early_config=f"echo {LOCAL_MARKER}\nhalt\n",
+            make_grub_efi(grub, prefix=folder, early_config=f"echo {marker}\nhalt\n",
                           modules=("normal", "echo", "halt"))
             esp = work / "esp.img"
             run(["mkfs.vfat", "--invariant", "-C", esp, "32768"])
-            run(["mmd", "-i", esp, "::/EFI", "::/EFI/centos"])
-            run(["mcopy", "-i", esp, grub, "::/EFI/centos/grubx64.efi"])
+            run(["mmd", "-i", esp, "::/EFI", f"::{folder}"])
+            for name in names:
+                run(["mcopy", "-i", esp, grub, f"::{folder}/{name}"])
             with out.open("r+b") as disk:
                 disk.truncate(40 * 1024 * 1024)
             run(["sgdisk", "-o", "-n", "1:2048:+32M", "-t", "1:ef00", out])
@@ -138,7 +154,8 @@ def uefi_local_disk() -> Path:
                 disk.seek(2048 * 512)
                 disk.write(esp.read_bytes())
 
-    return cached_file(f"pxe-uefi-disk-{digest(HERE.read_bytes(), tool_versions())}.img", build)
+    key = digest(HERE.read_bytes(), layout, tool_versions())
+    return cached_file(f"pxe-uefi-disk-{layout}-{key}.img", build)
 
 
 def disk_args(disk: Path, bios: bool) -> tuple[str, ...]:

@@ -21,6 +21,7 @@ from builder.pxe import state as pxestate
 from builder.pxe import tree as pxe
 from builder.run import run
 from tests.conftest import REPO
+from tests.fixtures.grub import CENTOS_MODULES
 from tests.pxe_support import (
     GUEST_SERVER,
     HOSTS,
@@ -410,3 +411,85 @@ def test_post_step_only_warns_when_the_server_is_unreachable(tmp_path: Path) -> 
     assert done.stdout.strip().endswith("AFTER")
     assert done.stderr.count("did not answer") == 5
     assert f"warning: could not reach {url}" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# CentOS 7's GRUB 2.02 (issue 10 items 6, 7)
+
+# GRUB's own commands, in its kernel (no module); everything else comes from a module.
+GRUB_CORE_COMMANDS = {"set", "unset", "insmod"}
+GRUB_SCRIPT_WORDS = {"if", "then", "else", "elif", "fi", "{", "}"}
+COMMAND_LIST = Path("/usr/lib/grub/x86_64-efi/command.lst")
+
+
+def grub_commands_used(text: str) -> set[str]:
+    """The commands a GRUB script runs: the first word of each line, and the word after `if`."""
+    used = set()
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] in ("if", "elif") and len(words) > 1:
+            used.add(words[1])
+        elif words[0] not in GRUB_SCRIPT_WORDS:
+            used.add(words[0])
+    return used
+
+
+def module_of_command() -> dict[str, str]:
+    """GRUB's command -> module table, from the installed GRUB (grub-efi-amd64-bin)."""
+    table = {}
+    for line in COMMAND_LIST.read_text().splitlines():
+        command, _, module = line.partition(":")
+        table[command.lstrip("*")] = module.strip()
+    return table
+
+
+def grub_files(tree: Path) -> dict[str, str]:
+    local = pxemenus.local_entries(HOSTS[0][0], HOSTS[0][1])
+    files = {"tftp/grub.cfg": (tree / "tftp/grub.cfg").read_text()}
+    files.update({path: (tree / path).read_text() for path in
+                  (pxemenus.host_files(mac)["grub"] for _name, mac, _address in HOSTS)})
+    files.update({f"{path} (local)": text for path, text in local.items() if "grub" in path})
+    return files
+
+
+def commands_centos_grub_lacks(texts: dict[str, str]) -> list[str]:
+    modules = module_of_command()
+    return sorted(f"{name}: {command} (module {modules.get(command, '?')})"
+                  for name, text in texts.items() for command in grub_commands_used(text)
+                  if command not in GRUB_CORE_COMMANDS
+                  and modules.get(command) not in CENTOS_MODULES)
+
+
+def test_grub_files_use_only_commands_centos_grub_has(tree: Path) -> None:
+    """CentOS 7.9's grubx64.efi has 77 built-in modules and loads none from the network; an
+    unknown command there is an error that an `if` takes as true (it once sent every machine to
+    a $prefix path). The check can fail: the old lookup by `regexp` is caught."""
+    texts = grub_files(tree)
+    assert "tftp/grub.cfg-01-52-54-00-12-34-57" in texts
+    assert commands_centos_grub_lacks(texts) == []
+    old_lookup = "if regexp --set=1:m1 '^(..):' \"$net_default_mac\"; then\n    echo x\nfi\n"
+    assert commands_centos_grub_lacks({"old": old_lookup}) == ["old: regexp (module regexp)"]
+
+
+def test_grub_paths_do_not_depend_on_prefix(tree: Path) -> None:
+    """On CentOS's GRUB $prefix is (tftp,<server>)/EFI/centos, not the tree: the lookup starts
+    at ($root), and the entry for each MAC is there under the name $net_default_mac gives."""
+    text = (tree / "tftp/grub.cfg").read_text()
+    assert "$prefix" not in text.replace("# ", "#").split("\nset timeout")[1]
+    assert 'configfile "($root)/grub.cfg-mac-$net_default_mac"' in text
+    for _name, mac, _address in HOSTS:
+        files = pxemenus.host_files(mac)
+        assert files["grub_mac"] == f"tftp/grub.cfg-mac-{mac}"
+        assert (tree / files["grub_mac"]).read_text() == (tree / files["grub"]).read_text()
+
+
+def test_local_boot_falls_through_to_installed_systems_only(tree: Path) -> None:
+    local = pxemenus.local_entries(HOSTS[0][0], HOSTS[0][1])
+    entry = local[pxemenus.host_files(HOSTS[0][1])["grub"]]
+    searches = re.findall(r"search --no-floppy --set=esp --file ([^;\s]+)", entry)
+    # The installed CentOS's GRUB, then an installed shim's removable path (never install
+    # media: they carry no fbx64.efi), then a message and exit (a reset on CentOS's GRUB).
+    assert searches == ["/EFI/centos/grubx64.efi", "/EFI/BOOT/fbx64.efi"]
+    assert entry.rstrip().endswith("    exit 1\n}") and "ksbuild: no installed system" in entry

@@ -34,6 +34,7 @@ from tests.pxe_support import (
     GUEST_SERVER,
     HOSTS,
     LOCAL_MARKER,
+    OTHER_MARKER,
     UNKNOWN_MAC,
     bios_local_disk,
     build,
@@ -74,9 +75,9 @@ class Lab:
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
 
-    def boot(self, mode: str, bootfile: str, mac: str) -> BootResult:
+    def boot(self, mode: str, bootfile: str, mac: str, layout: str = "centos") -> BootResult:
         bios = mode == "pxe-bios"
-        disk = bios_local_disk() if bios else uefi_local_disk()
+        disk = bios_local_disk() if bios else uefi_local_disk(layout)
         return boot(mode, tftp_dir=self.tree / "tftp", bootfile=bootfile, mac=mac,
                     http_port=self.port, timeout=BOOT_TIMEOUT, extra_args=disk_args(disk, bios))
 
@@ -149,11 +150,18 @@ def test_uefi_grub_installs_once_then_boots_locally(lab: Lab) -> None:
     assert lab.result.grub_commands == "linuxefi"
     result = lab.boot("pxe-uefi", "grubx64.efi", MAC1)
     assert_installs(lab, result, H1, MAC1)
-    # This GRUB reads grub.cfg first: the per-host file came through its lookup by MAC.
-    assert f"ksbuild: loading (tftp)//grub.cfg-01-{MAC1.replace(':', '-')}" in result.log
+    # This GRUB has only CentOS 7.9's built-in modules and its $prefix, (tftp,<server>)/EFI/
+    # centos, and reads grub.cfg first: the entry came through grub.cfg's lookup by MAC, from
+    # the TFTP root, with no command CentOS's GRUB lacks (issue 10 item 6).
+    assert f"ksbuild: looking for (tftp,10.0.2.2)/grub.cfg-mac-{MAC1}" in result.log
+    assert "can't find command" not in result.log, result.log
     assert lab.done(H1) == f"{H1} now boots from its disk\n"
     assert_boots_locally(lab.boot("pxe-uefi", "grubx64.efi", MAC1))
     assert_boots_locally(lab.boot("pxe-uefi", "grubx64.efi", UNKNOWN_MAC))
+    # A done host whose disk holds no CentOS GRUB but an installed shim's removable path
+    # boots that, as the firmware's next boot option would (issue 10 item 7).
+    other = lab.boot("pxe-uefi", "grubx64.efi", MAC1, layout="shim-fallback")
+    assert OTHER_MARKER in other.log and other.cmdline is None, other.describe()
 
 
 def test_ipxe_scripts_install_by_mac_and_send_strangers_to_disk(lab: Lab) -> None:

@@ -2,7 +2,7 @@
 GRUB (UEFI) and iPXE, each once for the whole tree (the fallback that boots the local disk)
 and once per host (install, or local boot once the host has installed).
 
-A host's three entries are files named by its MAC (see host_files); builder/pxe/tree.py writes the
+A host's entries are files named by its MAC (see host_files); builder/pxe/tree.py writes the
 install ones, builder/pxe/state.py swaps them for the local ones and back.
 """
 
@@ -28,6 +28,7 @@ SHARED_TEMPLATES = {
 HOST_TEMPLATES = {
     "pxelinux": "pxelinux-host.cfg.j2",
     "grub": "grub-host.cfg.j2",
+    "grub_mac": "grub-host.cfg.j2",  # the same entry under the name tftp/grub.cfg loads
     "ipxe": "host.ipxe.j2",
 }
 # The kernel commands of GRUB: CentOS's GRUB has linuxefi/initrdefi, upstream GRUB (2.06+)
@@ -55,6 +56,10 @@ def host_files(mac: str) -> dict[str, str]:
     return {
         "pxelinux": f"tftp/pxelinux.cfg/01-{dashed}",
         "grub": f"tftp/grub.cfg-01-{dashed}",
+        # The same entry, named as GRUB spells $net_default_mac, for tftp/grub.cfg: upstream
+        # GRUB reads that first, and CentOS's GRUB 2.02 cannot turn colons into dashes (it
+        # has no regexp).
+        "grub_mac": f"tftp/grub.cfg-mac-{mac}",
         "ipxe": f"tftp/ipxe/{dashed}.ipxe",
     }
 
