@@ -22,7 +22,7 @@ from typing import Any
 
 import jinja2
 
-from builder import __version__, network
+from builder import __version__, el7grammar, network
 from builder.errors import InputError, KsbuildError
 from builder.ifcfg import anaconda_leftovers, ifcfg_files, network_lines
 from builder.output import atomic_dir
@@ -254,6 +254,10 @@ class Validator:
             except (KickstartError, KickstartWarning) as exc:
                 message = " ".join(str(exc).split())
                 raise KsbuildError(f"{name}: pykickstart (RHEL7) rejects it: {message}") from None
+        strict = el7grammar.problem(text)
+        if strict is not None:
+            raise KsbuildError(f"{name}: the RHEL 7.9 grammar (pykickstart 1.99.66.22) rejects "
+                               f"it: {strict}")
 
 
 # Below this many hosts a worker pool costs more than it saves.

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 from builder.errors import InputError
+from builder.kickstart import Validator
 from builder.media.bootmenu import escape_label
 from builder.site import Host
 
@@ -103,8 +104,10 @@ def for_iso(rendered: dict[str, str], hosts: list[Host], label: str) -> IsoKicks
             "at install time; give the hosts their install NIC's mac, or build one ISO per "
             "host with --host")
     extra = {f"{KS_DIR}/{name}.cfg": text.encode("utf-8") for name, text in rendered.items()}
-    return IsoKickstarts(dispatcher(hosts, label).encode("utf-8"), extra,
-                         tuple(sorted(rendered)))
+    picker = dispatcher(hosts, label)
+    # The installer parses /ks.cfg like any kickstart: the same grammars as the hosts'.
+    Validator().validate(picker, "ks.cfg (the per-site dispatcher)")
+    return IsoKickstarts(picker.encode("utf-8"), extra, tuple(sorted(rendered)))
 
 
 SOURCE_COMMANDS = ("cdrom", "harddrive", "url", "nfs", "repo", "liveimg", "install")
