@@ -390,6 +390,12 @@ def _check_reinstall(site: Site, names: Iterable[str]) -> list[str]:
 def build_tree(options: Options) -> Result:
     """Check and render everything, write the tree to a temporary folder, then (holding the
     tree's lock) carry over which hosts have installed and rename it into place."""
+    # Opened once: pycdlib parses every directory record on open (~1 s for a DVD).
+    with BaseIso(options.base) as base:
+        return _build_tree(options, base)
+
+
+def _build_tree(options: Options, base: BaseIso) -> Result:
     site = options.site
     settings, server = settings_of(site, options.server)
     server = server_url(server)
@@ -406,8 +412,7 @@ def build_tree(options: Options) -> Result:
         seconds[name] = now - mark
         mark = now
 
-    with BaseIso(options.base) as base:
-        settings, tree_folder = local_install_tree(site, settings, server, base)
+    settings, tree_folder = local_install_tree(site, settings, server, base)
     hosts = {h.hostname: boot_host(h, server, settings) for h in site.hosts}
     configs = server_configs(site, settings, server, tree_path)
     phase("checks and server configs")
@@ -422,14 +427,13 @@ def build_tree(options: Options) -> Result:
         for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
                        "http/images", str(pxestate.INSTALLED)):
             writer.folder(folder)
-        with BaseIso(options.base) as base:
-            grub_commands = _loaders(writer, base, settings)
-            phase("boot loaders, kernel, initrd")
-            published = None
-            if tree_folder is not None:
-                published = _publish(base, temp, tree_folder, options.previous or out,
-                                     settings.verify_packages == "all")
-                phase("install tree published and verified")
+        grub_commands = _loaders(writer, base, settings)
+        phase("boot loaders, kernel, initrd")
+        published = None
+        if tree_folder is not None:
+            published = _publish(base, temp, tree_folder, options.previous or out,
+                                 settings.verify_packages == "all")
+            phase("install tree published and verified")
         menus = pxemenus.Menus(grub_commands, settings.menu_timeout, http_root=server)
         for relative, text in {**menus.shared(), **configs}.items():
             writer.text(relative, text)
