@@ -190,7 +190,7 @@ class FirstStage:
 
     output: str  # iso/site.iso, pxe
     file: str  # EFI/BOOT/BOOTX64.EFI, images/efiboot.img:EFI/BOOT/BOOTX64.EFI, tftp/BOOTX64.EFI
-    sha256: str  # its Authenticode SHA-256
+    sha256: str | None  # its Authenticode SHA-256; None: not a PE image
     revoked: Revocation | None
 
     def record(self) -> dict[str, Any]:
@@ -202,11 +202,16 @@ class FirstStage:
 
 def check(output: str, files: dict[str, bytes], revocations: Revocations,
           what: str) -> list[FirstStage]:
-    """Hash each first stage (file name in the output -> its bytes) and look it up."""
+    """Hash each first stage (file name in the output -> its bytes) and look it up. The
+    build does not judge what is not a PE image: it is recorded without a hash."""
     found = []
     for name, data in files.items():
-        sha = authenticode_sha256(data, f"{what}: {name}")
-        found.append(FirstStage(output, name, sha, revocations.by_hash.get(sha)))
+        try:
+            sha: str | None = authenticode_sha256(data, f"{what}: {name}")
+        except InputError:
+            sha = None  # not a PE image: no firmware starts it, so no dbx refuses it either
+        found.append(FirstStage(output, name, sha,
+                                revocations.by_hash.get(sha) if sha is not None else None))
     return found
 
 

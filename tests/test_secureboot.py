@@ -130,6 +130,8 @@ def test_a_dbx_update_bin_is_read_bare_or_signed(tmp_path: Path) -> None:
     stages = secureboot.check("iso/a.iso", {"EFI/BOOT/BOOTX64.EFI": shim}, undated, "base")
     (line,) = secureboot.warnings(stages, {"iso/a.iso": "turn it off"})
     assert "revoked by Microsoft's dbx (no date in the list): " in line
+    (odd,) = secureboot.check("iso/a.iso", {"EFI/BOOT/BOOTX64.EFI": b"not PE"}, undated, "b")
+    assert odd.record()["authenticode_sha256"] is None and odd.revoked is None
     (tmp_path / "junk.bin").write_bytes(b"\x01" * 64)
     with pytest.raises(InputError, match=r"junk\.bin: not a revocation list"):
         secureboot.load_revocations(tmp_path / "junk.bin")
