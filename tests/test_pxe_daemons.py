@@ -85,6 +85,7 @@ for i in $(seq 100); do curl -sf -o /dev/null tftp://127.0.0.1/boot.ipxe && brea
 curl -sf -o {got}/entry tftp://127.0.0.1/{entry}
 curl -sf -o {got}/pxelinux.0 tftp://127.0.0.1/pxelinux.0
 curl -sf -o {got}/grub tftp://127.0.0.1/grub.cfg-01-{MAC1.replace(':', '-')}
+curl -sf -o {got}/grub-mac tftp://127.0.0.1/grub.cfg-mac-{MAC1}
 curl -sf -o {got}/outside tftp://127.0.0.1/../hosts.json || echo "outside refused"
 curl -sf -o {got}/unknown tftp://127.0.0.1/pxelinux.cfg/01-52-54-00-aa-bb-cc \
     || echo "unknown refused"
@@ -96,6 +97,8 @@ wait $server || true
     assert f"inst.ks={GUEST_SERVER}/ks/{H1}.cfg" in (got / "entry").read_text()
     assert (got / "pxelinux.0").read_bytes() == (tmp_path / "pxe/tftp/pxelinux.0").read_bytes()
     assert "linuxefi (http,10.0.2.100)/images/vmlinuz" in (got / "grub").read_text()
+    # The same entry under the name tftp/grub.cfg loads by $net_default_mac (colons).
+    assert (got / "grub-mac").read_bytes() == (got / "grub").read_bytes()
     assert "outside refused" in done.stdout and "unknown refused" in done.stdout
     assert not (got / "outside").exists()
     assert "sent " in (tmp_path / "dnsmasq.log").read_text()
