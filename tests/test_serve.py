@@ -347,6 +347,32 @@ def test_idle_connections_are_bounded(tmp_path: Path, monkeypatch: pytest.Monkey
     assert any(" 503: 4 connections busy and 4 waiting" in line for line in running.lines)
 
 
+def test_idle_kept_alive_connections_yield_to_waiting_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Installers keep their connections alive between files (yum does): with every worker
+    on such a connection, a new installer waited for their deadlines. Now an idle one is
+    closed as soon as a connection waits. (serve answers HTTP/1.0 today, which closes every
+    connection; this holds for the day it keeps them alive.)"""
+    monkeypatch.setattr(serve, "MAX_WORKERS", 2, raising=False)
+    monkeypatch.setattr(serve.Handler, "protocol_version", "HTTP/1.1")
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    running = Running(tmp_path / "pxe")
+    kept = [http.client.HTTPConnection("127.0.0.1", running.port, timeout=30) for _ in range(2)]
+    try:
+        for connection in kept:
+            connection.request("GET", f"/ks/{H1}.cfg")
+            response = connection.getresponse()
+            assert response.status == 200 and response.getheader("Connection") != "close"
+            response.read()
+        started = time.monotonic()
+        assert running.request("GET", f"/ks/{H2}.cfg")[0] == 200
+        assert time.monotonic() - started < 3
+    finally:
+        for connection in kept:
+            connection.close()
+        running.stop()
+
+
 def test_a_dripping_client_is_cut_at_the_deadline(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A byte every 0.5 s never trips the per-read timeout; the request's deadline does."""

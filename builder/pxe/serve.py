@@ -22,12 +22,14 @@ nginx.conf proxies /ks, /done, /events and /status here), the client is the X-Re
 sets; it is believed only from a loopback peer.
 
 Connections are answered by a pool of MAX_WORKERS threads; up to MAX_QUEUED more wait for a
-free one, beyond that a connection gets 503 at once. Each request has an overall deadline
-(REQUEST_TIMEOUT to arrive, plus time in proportion to what is sent back), enforced by
-shutting its socket down: a client dripping a byte every few seconds holds a thread for
-REQUEST_TIMEOUT at most. On stop, waiting connections are closed, requests in flight get
-STOP_GRACE seconds. A malformed request gets 400. Every log line is logged through a
-callback (cli.py prints) with control characters escaped.
+free one, beyond that a connection gets 503 at once. While connections wait, a kept-alive
+connection idle between requests is closed and answers say `Connection: close`, so workers
+go round (moot while the handler speaks HTTP/1.0, which closes every connection). Each
+request has an overall deadline (REQUEST_TIMEOUT to arrive, plus time in proportion to what
+is sent back), enforced by shutting its socket down: a client dripping a byte every few
+seconds holds a thread for REQUEST_TIMEOUT at most. On stop, waiting connections are closed,
+requests in flight get STOP_GRACE seconds. A malformed request gets 400. Every line is logged
+through a callback (cli.py prints) with control characters escaped.
 """
 
 from __future__ import annotations
@@ -99,8 +101,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_one_request(self) -> None:
         # Each request on a kept-alive connection gets its own deadline, from its first byte.
-        self.server.deadlines.set(self.connection, REQUEST_TIMEOUT)
+        # Until that byte comes the connection is idle: closed if others wait for a worker.
+        self.server.deadlines.set(self.connection, REQUEST_TIMEOUT, idle=True)
         super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        self.server.deadlines.set(self.connection, REQUEST_TIMEOUT)
+        return super().parse_request()
 
     def do_POST(self) -> None:
         given = self.headers.get("Content-Length", "0").strip() or "0"
@@ -164,6 +171,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Range", f"bytes */{size}")
             if answer.status == 405:
                 self.send_header("Allow", "POST")
+            if self.server.short_of_workers():  # others wait: this worker goes to them next
+                self.send_header("Connection", "close")
             # Logged before the client can have the answer: whoever sees the answer finds
             # the line in the log.
             stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -387,19 +396,33 @@ class Deadlines:
 
     def __init__(self) -> None:
         self.due: dict[socket.socket, float] = {}
+        self.idle: set[socket.socket] = set()  # kept alive, waiting for their next request
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._reap, name="ksbuild-serve-deadlines",
                                        daemon=True)
         self.thread.start()
 
-    def set(self, sock: socket.socket, seconds: float) -> None:
+    def set(self, sock: socket.socket, seconds: float, idle: bool = False) -> None:
         with self.lock:
             self.due[sock] = time.monotonic() + seconds
+            if idle:
+                self.idle.add(sock)
+            else:
+                self.idle.discard(sock)
 
     def forget(self, sock: socket.socket) -> None:
         with self.lock:
             self.due.pop(sock, None)
+            self.idle.discard(sock)
+
+    def cut_idle(self) -> None:
+        """Close one kept-alive connection that waits for its next request (HTTP lets a
+        server close an idle connection; clients open a new one), so that its worker goes
+        to a connection that waits with a request."""
+        with self.lock:
+            if self.idle:
+                _shutdown(self.idle.pop(), socket.SHUT_RDWR)
 
     def cut_all(self, how: int) -> None:
         with self.lock:
@@ -416,6 +439,7 @@ class Deadlines:
                 late = [sock for sock, due in self.due.items() if due <= now]
                 for sock in late:
                     del self.due[sock]
+                    self.idle.discard(sock)
                     _shutdown(sock, socket.SHUT_RDWR)
 
 
@@ -438,6 +462,8 @@ class Server(http.server.HTTPServer):
         # Before binding: a failed bind calls server_close, which stops these.
         self.deadlines = Deadlines()
         self.waiting: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(MAX_QUEUED)
+        self.free = 0  # workers waiting for a connection
+        self.free_lock = threading.Lock()
         self.workers = [threading.Thread(target=self._work, name=f"ksbuild-serve-{n}")
                         for n in range(MAX_WORKERS)]
         for worker in self.workers:
@@ -449,6 +475,14 @@ class Server(http.server.HTTPServer):
             self.waiting.put_nowait((request, client_address))
         except queue.Full:
             self._refuse(request, client_address)
+            return
+        if self.short_of_workers():
+            self.deadlines.cut_idle()
+
+    def short_of_workers(self) -> bool:
+        """True when connections wait that no free worker will take."""
+        with self.free_lock:
+            return self.waiting.qsize() > self.free
 
     def _refuse(self, request: socket.socket, client_address: Any) -> None:
         with contextlib.suppress(OSError):
@@ -459,7 +493,14 @@ class Server(http.server.HTTPServer):
                                f"{MAX_QUEUED} waiting"))
 
     def _work(self) -> None:
-        while (item := self.waiting.get()) is not None:
+        while True:
+            with self.free_lock:
+                self.free += 1
+            item = self.waiting.get()
+            with self.free_lock:
+                self.free -= 1
+            if item is None:
+                return
             request, client_address = item
             self.deadlines.set(request, REQUEST_TIMEOUT)
             try:
