@@ -99,11 +99,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self._send(self.server.app.get(self._path(), self.headers.items()), body=False)
 
+    answered = False  # a request was answered on this connection
+
     def handle_one_request(self) -> None:
         # Each request on a kept-alive connection gets its own deadline, from its first byte.
-        # Until that byte comes the connection is idle: closed if others wait for a worker.
-        self.server.deadlines.set(self.connection, REQUEST_TIMEOUT, idle=True)
+        # Until that byte comes the connection is idle (only after a first answer: the first
+        # request may sit unread in the socket): closed if others wait for a worker, now or
+        # while it waits.
+        self.server.deadlines.set(self.connection, REQUEST_TIMEOUT, idle=self.answered)
+        if self.answered and self.server.short_of_workers():  # after the mark: no gap
+            self.close_connection = True
+            return
         super().handle_one_request()
+        self.answered = True
 
     def parse_request(self) -> bool:
         self.server.deadlines.set(self.connection, REQUEST_TIMEOUT)
