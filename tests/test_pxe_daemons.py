@@ -41,11 +41,16 @@ NET_HOSTS = [{"hostname": name, "mac": mac,
 UNKNOWN = "52:54:00:aa:bb:cc"
 
 
-def in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def in_namespace(script: str, timeout: float = 120,
+                 own_sysfs: bool = False) -> subprocess.CompletedProcess[str]:
     """Run a shell script as root of a new user + network namespace (only `lo`, down). In a
-    session of its own, so that a timeout ends dnsmasq too, not only the shell."""
-    argv = ["unshare", "--user", "--map-root-user", "--net", "--", "sh", "-c",
-            "set -e\nip link set lo up\n" + script]
+    session of its own, so that a timeout ends dnsmasq too, not only the shell. own_sysfs: in
+    a mount namespace too, with a sysfs of its own (/sys/class/net shows the namespace's
+    interfaces, not the machine's)."""
+    mount = ["--mount"] if own_sysfs else []
+    setup = "mount -t sysfs sysfs /sys\n" if own_sysfs else ""
+    argv = ["unshare", "--user", "--map-root-user", "--net", *mount, "--", "sh", "-c",
+            "set -e\nip link set lo up\n" + setup + script]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
