@@ -339,3 +339,26 @@ def test_first_boot_report_expects_the_network_bridges() -> None:
     assert kickstart.firstboot_bridges(host) == ("br-mgmt 192.0.2.11/24 bond0.10\n"
                                                  "br-guest none bond0.20")
     assert kickstart.firstboot_gateway(host) == "192.0.2.1"
+
+
+def test_pxe_fixed_leases_from_the_network_model(tmp_path: Path) -> None:
+    """A host written with `network` gets its fixed DHCP lease from its static install
+    address, or from a device address inside the DHCP subnet."""
+    from builder.pxe.tree import dhcp_leases
+    from tests.pxe_support import write_site
+
+    hosts = [
+        {"hostname": "a.example.com", "mac": "52:54:00:30:00:01",
+         "network": {"install": {"address": "192.0.2.31/24", "gateway": "192.0.2.1"}}},
+        {"hostname": "b.example.com", "mac": "52:54:00:30:00:02",
+         "network": {"nics": {"eno1": {"mac": "52:54:00:30:00:02"}, "eno2": {}},
+                     "bridges": {"br0": {"ports": ["eno1"], "address": "192.0.2.32/24",
+                                         "gateway": "192.0.2.1"},
+                                 "br1": {"ports": ["eno2"], "address": "198.51.100.32/24"}}}},
+    ]
+    dhcp = {"subnet": "192.0.2.0/24", "interface": "ks-srv", "router": "192.0.2.1"}
+    loaded = site.load(write_site(tmp_path, {"server": "http://192.0.2.1", "dhcp": dhcp},
+                                  hosts=hosts))
+    assert loaded.pxe is not None
+    assert dhcp_leases(loaded, loaded.pxe) == ["52:54:00:30:00:01,192.0.2.31,a",
+                                               "52:54:00:30:00:02,192.0.2.32,b"]
