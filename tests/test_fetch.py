@@ -816,6 +816,24 @@ def test_plain_http_mirror_warns_when_nothing_else_vouches(server: Server, tls_s
     assert any(line.startswith("WARNING: ") and "sha256sum.txt" in line for line in log.lines)
 
 
+def test_plain_http_checksums_yield_to_a_verified_iso(server: Server, tmp_path: Path) -> None:
+    """Over plain http, whoever swaps the kernel can swap the .treeinfo's checksum too: with
+    a verified ISO of the release at hand, its copies vouch instead, and no warning is due."""
+    kernel, initrd = payload(2, 70000), payload(3, 250000)
+    iso = release_iso(tmp_path, kernel, initrd)
+    swapped = payload(4, 70000)
+    tree = serve_tree(server, swapped, initrd, TREEINFO.format(kernel=sha(swapped),
+                                                               initrd=sha(initrd)))
+    with pytest.raises(KsbuildError, match="does not match"):
+        fetch.fetch_pxeboot(tree, cache_dir=tmp_path / "cache", options=FAST, iso=iso)
+    server.files["/7.9.2009/os/x86_64/images/pxeboot/vmlinuz"] = kernel
+    log = Log()
+    files = fetch.fetch_pxeboot(tree, cache_dir=tmp_path / "cache", options=FAST, iso=iso,
+                                progress=log.progress)
+    assert files.vmlinuz.read_bytes() == kernel
+    assert not any("WARNING" in line for line in log.lines), log.lines
+
+
 def test_endless_body_stops_at_the_ceiling(server: Server, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """A body without a length that never ends: 5 GB were written for a pinned 3 MB file."""

@@ -200,17 +200,19 @@ def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
         fetcher.offline_hint = (f"PXE boot files need a reachable install tree "
                                 f"(--mirror or {MIRROR_ENV}, or a local mirror's URL)")
         url = base + ".treeinfo"
-        if treeinfo_sha256 is None:
-            _warn_if_plain_http(fetcher.progress, url, "the kernel and initrd")
         data = fetcher.get_small(url, missing_ok=False)
         assert data is not None
         digest = hashlib.sha256(data).hexdigest()
         if treeinfo_sha256 is not None and digest != treeinfo_sha256.lower():
             raise KsbuildError(f"{url}: sha256 {digest} is not the pinned {treeinfo_sha256}")
         kernel, initrd, sums = parse_treeinfo(data, url)
+        # Checksums that came over plain http vouch for nothing: a verified ISO's copies do.
+        unprotected = treeinfo_sha256 is None and urlsplit(url).scheme == "http"
         for path in (kernel, initrd):
-            if path not in sums:
+            if path not in sums or (unprotected and iso is not None):
                 sums[path] = _sha256_in_iso(iso, path, url)
+        if unprotected and iso is None:
+            _warn_if_plain_http(fetcher.progress, url, "the kernel and initrd")
         treeinfo = cache / digest / "treeinfo"
         if not treeinfo.is_file():
             write_bytes(treeinfo, data)
