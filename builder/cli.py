@@ -250,6 +250,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise KsbuildError(f"--syslog {args.syslog}: cannot listen: "
                                f"{exc.strerror or exc}") from None
         say(f"taking installer logs (inst.syslog=) on port {receiver.port}")
+    follower = None
+    if args.tftp_log is not None:
+        from builder.pxe import bootlog
+
+        follower = bootlog.start(args.tftp_log, server.app.fleet, say)
+        say(f"following dnsmasq's TFTP log {args.tftp_log}")
     signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
@@ -261,6 +267,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if receiver is not None:
             receiver.stop()
+        if follower is not None:
+            follower.stop()
         server.server_close()  # waits for the requests in flight
     say("ksbuild serve: stopped")
     return 0
@@ -480,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--syslog", metavar="HOST:PORT",
                        help="also take the installers' remote logs (boot them with "
                             "inst.syslog=SERVER:PORT) here, for package progress")
+    serve.add_argument("--tftp-log", type=Path, metavar="FILE",
+                       help="follow dnsmasq's log (log-facility=FILE) and record each host "
+                            "that fetches its install entry by TFTP")
     serve.set_defaults(handler=cmd_serve)
 
     status = sub.add_parser(

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from builder.pxe import events
+from builder.pxe import bootlog, events
+from builder.pxe import state as pxestate
 from tests.conftest import REPO
 from tests.pxe_support import GUEST_SERVER, HOSTS, EventServer, build, write_site
 
@@ -189,3 +190,30 @@ def test_forwarded_client_is_believed_only_from_loopback(running: EventServer, t
 def test_status_rejects_a_bad_watch_interval(tree: Path) -> None:
     done = ksbuild_status(tree, "--watch", "0")
     assert done.returncode == 2 and "--watch 0" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_tftp_log_is_followed_for_install_entries_only(tree: Path) -> None:
+    log = tree.parent / "dnsmasq.log"
+    log.write_text(f"dnsmasq-tftp[7]: sent /srv/pxe/tftp/pxelinux.cfg/01-{MAC2.replace(':', '-')}"
+                   " to 10.0.2.16\n")  # before serve started: not news
+    fleet = events.Fleet(tree)
+    follower = bootlog.Follower(log, fleet, lambda text: None)
+    with log.open("a") as handle:
+        handle.write(f"dnsmasq-tftp[7]: sent /srv/pxe/tftp/pxelinux.cfg/01-{MAC1.replace(':', '-')}"
+                     " to 10.0.2.15\n"
+                     "dnsmasq-tftp[7]: sent /srv/pxe/tftp/pxelinux.0 to 10.0.2.15\n"
+                     "dnsmasq-tftp[7]: sent /srv/pxe/tftp/pxelinux.cfg/01-52-54-00-aa-bb-cc"
+                     " to 10.0.2.99\n"
+                     "dnsmasq-tftp[7]: sent /srv/pxe/tftp/ipxe/")  # still being written
+    follower.poll()
+    assert [(e.state, e.client) for e in events.read_events(tree, H1)] == [("boot", "10.0.2.15")]
+    assert list(events.read_events(tree, H2)) == []
+    with log.open("a") as handle:
+        handle.write(f"{MAC2.replace(':', '-')}.ipxe to 10.0.2.16\n")
+    follower.poll()
+    assert [e.state for e in events.read_events(tree, H2)] == ["boot"]
+    # An installed host boots its disk through an entry of the same name: not recorded.
+    pxestate.set_installed(tree, H1, True)
+    log.write_text(f"dnsmasq-tftp[8]: sent /x/grub.cfg-01-{MAC1.replace(':', '-')} to 1.2.3.4\n")
+    follower.poll()  # a new (shorter) file: read from its start
+    assert [e.state for e in events.read_events(tree, H1)] == ["boot"]

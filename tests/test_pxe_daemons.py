@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.pxe import bootlog, events
 from builder.pxe import tree as pxe
 from builder.run import run
 from tests.conftest import REPO
@@ -106,7 +107,13 @@ wait $server || true
     assert (got / "grub-mac").read_bytes() == (got / "grub").read_bytes()
     assert "outside refused" in done.stdout and "unknown refused" in done.stdout
     assert not (got / "outside").exists()
-    assert "sent " in (tmp_path / "dnsmasq.log").read_text()
+    log = (tmp_path / "dnsmasq.log").read_text()
+    assert "sent " in log
+    # `ksbuild serve --tftp-log` reads these lines: one `boot` event for the host whose
+    # install entries were fetched (three names within a minute count once).
+    fleet = events.Fleet(tmp_path / "pxe")
+    assert bootlog.take_lines(fleet, log.splitlines()) == [H1]
+    assert [e.state for e in events.read_events(tmp_path / "pxe", H1)] == ["boot"]
 
 
 DHCP_CLIENT = """

@@ -38,13 +38,14 @@ MAX_PATH = 32  # states kept in a host's path (a host that reinstalls goes round
 
 # A host's states, in the order an install goes through them. `failed` and `degraded` are
 # ends of their own; each state's rank is its step towards a host that is up and running.
-STATES = ("pending", "kickstart", "started", "packages", "installed", "booted", "failed",
-          "degraded")
-RANK = {"pending": 0, "kickstart": 1, "started": 2, "packages": 3, "installed": 4,
-        "booted": 5, "failed": 5, "degraded": 5}
-FINAL_RANK = 5
+STATES = ("pending", "boot", "kickstart", "started", "packages", "installed", "booted",
+          "failed", "degraded")
+RANK = {"pending": 0, "boot": 1, "kickstart": 2, "started": 3, "packages": 4, "installed": 5,
+        "booted": 6, "failed": 6, "degraded": 6}
+FINAL_RANK = 6
 LABELS = {
     "pending": "no news yet",
+    "boot": "install boot entry fetched (TFTP)",
     "kickstart": "kickstart fetched",
     "started": "installer started (%pre)",
     "packages": "installing packages",
@@ -54,7 +55,8 @@ LABELS = {
     "degraded": "booted, network not as configured",
 }
 # What a host may report itself (POST /events/<host>/<state>); the server records
-# `kickstart` (a kickstart served), `installed` (POST /done) and `packages` (remote log).
+# `boot` (dnsmasq's TFTP log), `kickstart` (a kickstart served), `installed` (POST /done)
+# and `packages` (the installer's remote log).
 HOST_STATES = frozenset({"started", "packages", "failed", "booted", "degraded"})
 # Fields a host may send, and their longest value in characters.
 FIELDS = {"message": 200, "log": 4096, "address": 400, "route": 400, "bridge": 400,
