@@ -4,17 +4,26 @@ site file -> validated model -> kickstarts -> ISO(s) -> PXE tree -> manifest.
 Reproducible: the same inputs and SOURCE_DATE_EPOCH give the same bytes. Incremental: a
 rebuild with nothing changed does no work; a change to one host re-renders only that host
 (and rebuilds only the media that carry its kickstart). What a build needs to know about the
-previous one is in out/.ksbuild/state.json, which is not an output.
+previous one is in its state.json, which is not an output.
+
+All or nothing: OUT's outputs (ks/, iso/, pxe/, manifest.json) are symlinks into
+OUT/.ksbuild/current, itself a symlink to one generation folder (builder.output.Generations).
+A build writes a new generation beside the current one (unchanged files are hard links to
+the current ones) with its manifest and state, and switches `current` in one rename: a
+reader sees the old outputs or the new ones, never a mix, whenever the build is killed. A
+build holds OUT/.ksbuild/lock (flock) throughout; a second build into OUT waits for it. The
+next build removes what a dead one left (only its own names, only unlocked ones).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,14 +31,19 @@ from typing import Any
 from builder import __version__, kickstart, manifest, secureboot
 from builder.errors import InputError
 from builder.manifest import Entry
-from builder.output import write_bytes
+from builder.output import Generations, link_or_copy, link_tree, sweep, write_bytes
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
 from builder.run import run
 from builder.site import Host, Site
 from builder.site import load as load_site
 
-STATE = Path(".ksbuild") / "state.json"
+CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
+STATE = CURRENT / "state.json"
+LOCK = Path(".ksbuild") / "lock"
+ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRENT
+# What ksbuild before generations left in OUT when killed.
+OLD_DEBRIS = (".ks.*.part", ".ks.*.old", f".{manifest.MANIFEST}.*.part")
 TEMPLATES = "*.j2"  # the template folder may hold other files (the example site) too
 Report = Callable[[str], None]
 
@@ -44,6 +58,9 @@ class Options:
     mirror: str | None = None
     report: Report = lambda line: None
     progress: Progress = field(default_factory=Silent)
+    # The PXE tree's path named in dnsmasq.conf and nginx.conf without pxe.tree_path
+    # (default OUT/pxe; `verify` rebuilds elsewhere and names the original).
+    pxe_path: Path | None = None
 
 
 @dataclass
@@ -123,13 +140,18 @@ def read_state(out: Path) -> dict[str, Any]:
     return state if state.get("ksbuild") == __version__ else {}
 
 
+def _identity(path: Path) -> list[int]:
+    """What tells a rewritten or replaced file: size, mtime and inode."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
 def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
-    for name, (size, mtime_ns) in recorded.items():
+    for name, identity in recorded.items():
         try:
-            stat = (out / name).stat()
+            if _identity(out / name) != identity:
+                return False
         except OSError:
-            return False
-        if stat.st_size != size or stat.st_mtime_ns != mtime_ns:
             return False
     return True
 
@@ -155,8 +177,19 @@ def _quick_check(options: Options, state: dict[str, Any]) -> bool:
         return False  # a file was added to or removed from a template or overlay folder
     sde = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
     fingerprint = _fingerprint(stats, _env_digest(state["env"]), sde)
-    return bool(fingerprint == state["fingerprint"] and _outputs_intact(options.out,
-                                                                        state["outputs"]))
+    return bool(fingerprint == state["fingerprint"] and _entries_linked(options.out)
+                and _outputs_intact(options.out, state["outputs"]))
+
+
+def _entries_linked(out: Path) -> bool:
+    """OUT's outputs are the current generation's (not, say, a tree `ksbuild pxe -o OUT/pxe`
+    put there since)."""
+    for name in ENTRIES:
+        entry = out / name
+        if os.path.lexists(entry) and not (
+                entry.is_symlink() and os.readlink(entry) == (CURRENT / name).as_posix()):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,28 +204,32 @@ def _host_key(host: Host, shared: str, overlays: OverlayTree) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def build_kickstarts(site: Site, options: Options, state: dict[str, Any],
-                     shared: str) -> tuple[dict[str, Path], dict[str, str], list[str]]:
-    """Write out/ks/<host>.cfg for every host; returns the files, the host keys, and the
-    names of the files rewritten."""
-    folder = options.out / "ks"
+def build_kickstarts(site: Site, options: Options, state: dict[str, Any], shared: str,
+                     into: Path) -> tuple[dict[str, Path], dict[str, str], list[str]]:
+    """Write <into>/ks/<host>.cfg for every host (a hard link to OUT's where unchanged);
+    returns the files, the host keys, and the names of the files that changed."""
+    folder, current = into / "ks", options.out / "ks"
+    folder.mkdir(parents=True, exist_ok=True)
     overlays = OverlayTree(site.overlays)
     previous: dict[str, str] = state.get("hosts", {})
     keys = {h.hostname: _host_key(h, shared, overlays) for h in site.hosts}
     paths = {name: folder / f"{name}.cfg" for name in keys}
-    stale = tuple(h for h in site.hosts
+    recorded = state.get("outputs", {})
+    stale = tuple(h for h in site.hosts  # changed, or its file is not the one recorded
                   if previous.get(h.hostname) != keys[h.hostname]
-                  or not paths[h.hostname].is_file())
+                  or not _intact(current / f"{h.hostname}.cfg", recorded,
+                                 f"ks/{h.hostname}.cfg"))
     rendered = kickstart.render_site(site, stale, jobs=options.jobs) if stale else {}
     written = []
-    for name, text in rendered.items():
-        data = text.encode()
-        if not paths[name].is_file() or paths[name].read_bytes() != data:
-            write_bytes(paths[name], data)
+    for name, path in paths.items():
+        old = current / path.name
+        data = rendered[name].encode() if name in rendered else None
+        if old.is_file() and (data is None or old.read_bytes() == data):
+            link_or_copy(old, path)
+        else:
+            assert data is not None
+            write_bytes(path, data)
             written.append(f"ks/{name}.cfg")
-    for old in sorted(folder.glob("*.cfg")) if folder.is_dir() else []:
-        if old.stem not in keys:
-            old.unlink()
     return paths, keys, written
 
 
@@ -243,8 +280,9 @@ def check_secure_boot(site: Site, media: tuple[Path, str]) -> secureboot.Verdict
 
 def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
                host_keys: dict[str, str], state: dict[str, Any],
-               ks_paths: dict[str, Path]) -> dict[str, str]:
-    """out/iso/<site>.iso (every host's kickstart) or out/iso/<host>.iso; name -> key."""
+               ks_paths: dict[str, Path], into: Path) -> dict[str, str]:
+    """<into>/iso/<site>.iso (every host's kickstart) or <into>/iso/<host>.iso, a hard link
+    to OUT's where unchanged; name -> key."""
     from builder.media import iso
 
     base, base_sha = media
@@ -255,103 +293,53 @@ def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
     for name, host in groups.items():
         carried = [host_keys[host]] if host else sorted(host_keys.items())
         keys[name] = _key(base_sha, carried, overlay, sde, __version__)
-        target = options.out / name
+        target, current = into / name, options.out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
         if state.get("isos", {}).get(name) == keys[name] and _intact(
-                target, state.get("outputs", {}), name):
+                current, state.get("outputs", {}), name):
+            link_or_copy(current, target)
             continue
-        options.report(f"iso: writing {target}")
+        options.report(f"iso: writing {current}")
         carried_names = [host] if host else list(ks_paths)
         rendered = {n: ks_paths[n].read_text(encoding="utf-8") for n in carried_names}
         iso.build_site_iso(site, base, target, host=host, progress=options.progress, epoch=sde,
                            rendered=rendered)
-    for old in sorted((options.out / "iso").glob("*.iso")):
-        if f"iso/{old.name}" not in keys:
-            old.unlink()
     return keys
 
 
 def build_pxe(site: Site, options: Options, media: tuple[Path, str],
-              host_keys: dict[str, str], state: dict[str, Any]) -> tuple[str, list[Path]]:
-    """out/pxe: the PXE tree. Returns its key and the boot-loader files it took from this
-    machine (inputs)."""
+              host_keys: dict[str, str], state: dict[str, Any], into: Path,
+              held: contextlib.ExitStack) -> tuple[str, list[Path]]:
+    """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
+    made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
+    switch a host that reports done) is taken before its installed hosts are read and
+    stays held (`held`) until the new generation is in place, so no report is lost.
+    Returns the tree's key and the boot-loader files it took from this machine (inputs)."""
+    from builder.pxe import state as pxestate
     from builder.pxe import tree as pxe
 
     settings, _ = pxe.settings_of(site, None)
     loaders = pxe.find_bios_loaders(settings)
     loader_files = [loaders.pxelinux, *loaders.modules.values()]
     key = _key(media[1], sorted(host_keys.items()), repr(site.pxe), __version__,
-               [_stat_key(f) for f in loader_files])
-    tree = options.out / "pxe"
-    if state.get("pxe") != key or not tree.is_dir():
-        options.report(f"pxe: writing {tree}")
-        if settings.tree_path is None:
-            options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
-                           f"{tree.absolute()}: set it to where the tree will be served from")
-        _update_tree(tree, lambda new: pxe.build_tree(pxe.Options(
-            site=site, out=new, base=media[0], jobs=options.jobs, previous=tree)))
+               [_stat_key(f) for f in loader_files], str(_pxe_path(options)))
+    live, new = options.out / "pxe", into / "pxe"
+    lock = held.enter_context(pxestate.TreeLock(live))
+    if state.get("pxe") == key and live.is_dir():
+        lock.acquire()
+        link_tree(live, new)
+        return key, loader_files
+    options.report(f"pxe: writing {live}")
+    if settings.tree_path is None:
+        options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
+                       f"{_pxe_path(options)}: set it to where the tree will be served from")
+    pxe.write_tree(pxe.Options(site=site, out=new, base=media[0], jobs=options.jobs,
+                               previous=live, served_as=_pxe_path(options)), lock)
     return key, loader_files
 
 
-def _update_tree(tree: Path, build_into: Callable[[Path], object]) -> None:
-    """Build the PXE tree beside `tree`, then move over only the files that changed, so a
-    change to one host rewrites that host's files and no others. The tree's lock is held
-    throughout: `ksbuild serve` switching a host that reports done waits, and the hosts that
-    have installed (state/) stay installed."""
-    from builder.pxe import state as pxestate
-
-    with pxestate.TreeLock(tree) as lock:
-        lock.acquire()
-        staging = Path(tempfile.mkdtemp(prefix=".pxe.", suffix=".part", dir=tree.parent))
-        try:
-            new = staging / tree.name
-            if (tree / "state").is_dir():
-                shutil.copytree(tree / "state", new / "state")
-            build_into(new)
-            if not tree.is_dir():
-                os.replace(new, tree)
-                return
-            _move_changed(new, tree)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _move_changed(new: Path, tree: Path) -> None:
-    """Make `tree` equal to `new` (but for its run-time state/) by moving changed files."""
-    fresh = {p.relative_to(new) for p in new.rglob("*") if p.is_file()}
-    for relative in sorted(fresh):
-        if relative.parts[0] == "state":
-            continue
-        target = tree / relative
-        if not _same_file(new / relative, target):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(new / relative, target)
-    for old in sorted(tree.rglob("*"), reverse=True):
-        relative = old.relative_to(tree)
-        if relative.parts[0] == "state":
-            continue
-        if old.is_file() and relative not in fresh:
-            old.unlink()
-        elif old.is_dir() and not any(old.iterdir()) and not (new / relative).is_dir():
-            old.rmdir()
-
-
-def _same_file(new: Path, old: Path) -> bool:
-    """Same bytes: the same inode (an install tree's files are hard-linked when unchanged),
-    else same size and contents, compared in chunks (an install tree holds 4 GB)."""
-    try:
-        if new.samefile(old):
-            return True
-        if new.stat().st_size != old.stat().st_size:
-            return False
-        with new.open("rb") as a, old.open("rb") as b:
-            while True:
-                chunk = a.read(1 << 20)
-                if chunk != b.read(1 << 20):
-                    return False
-                if not chunk:
-                    return True
-    except OSError:
-        return False
+def _pxe_path(options: Options) -> Path:
+    return (options.pxe_path or options.out / "pxe").absolute()
 
 
 def _pxe_outputs(tree: Path) -> list[Path]:
@@ -365,64 +353,121 @@ def _pxe_outputs(tree: Path) -> list[Path]:
 
 def build(options: Options) -> Result:
     out = options.out
-    state = read_state(out)
-    if _quick_check(options, state):
-        options.report("nothing changed since the last build: nothing to do")
-        document = manifest.read(out)
-        return Result(out, True, state["source_date_epoch"], [], document,
-                      list(document.get("secure_boot", {}).get("warnings", [])))
+    if out.exists() and not out.is_dir():
+        raise InputError(f"-o {out}: not a folder")
+    with _output_lock(out, options.report):
+        generations = Generations(out / CURRENT)
+        generations.sweep()
+        Generations(out / "pxe").sweep()  # and what `ksbuild pxe -o OUT/pxe` left
+        sweep(out, OLD_DEBRIS)
+        state = read_state(out)
+        if _quick_check(options, state):
+            options.report("nothing changed since the last build: nothing to do")
+            document = manifest.read(out)
+            return Result(out, True, state["source_date_epoch"], [], document,
+                          list(document.get("secure_boot", {}).get("warnings", [])))
+        return _build(options, state, generations)
 
+
+@contextlib.contextmanager
+def _output_lock(out: Path, report: Report) -> Iterator[None]:
+    """OUT/.ksbuild/lock, held by one build at a time: a second build into OUT waits (and
+    says so) rather than mixing its outputs with the first one's."""
+    path = out / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o755)  # the generations' PXE tree is served through it
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report(f"another ksbuild build is writing {out}: waiting for it to finish")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _preflight(site: Site, options: Options, state: dict[str, Any]) -> tuple[Path, str] | None:
+    """Every check that can fail on the inputs, before anything is written: the base media
+    (a regular file, an ISO, not truncated) and what a PXE tree needs."""
+    media = base_media(site, options, state)
+    if media is not None:
+        from builder.media.iso import read_base_head
+
+        read_base_head(media[0])
+        if site.outputs.pxe:
+            from builder.pxe import tree as pxe
+
+            pxe.preflight(site, None, _pxe_path(options))
+    return media
+
+
+def _build(options: Options, state: dict[str, Any], generations: Generations) -> Result:
+    out = options.out
     site = load_site(options.site)
     files = input_files(site)
     sde, origin = source_date_epoch([f for _, f, _ in files], options.source_date_epoch)
     options.report(f"SOURCE_DATE_EPOCH={sde} ({origin})")
+    media = _preflight(site, options, state)
     shared = hashlib.sha256(repr([(k, str(f.relative_to(root)), f.read_bytes())
                                   for k, f, root in files if k == "template"]).encode()
                             ).hexdigest()
     inputs = [manifest.entry(kind, f, f.relative_to(root).as_posix())
               for kind, f, root in files]
 
-    media = base_media(site, options, state)
+    media = _preflight(site, options, state)
     # Before anything is written: with secure_boot.policy: required, a revoked shim stops here.
     verdict = check_secure_boot(site, media) if media is not None else None
-    ks_paths, host_keys, written = build_kickstarts(site, options, state, shared)
-    options.report(f"kickstarts: {len(written)} written, "
-                   f"{len(ks_paths) - len(written)} unchanged")
-    outputs = [manifest.entry("kickstart", path, f"ks/{name}.cfg")
-               for name, path in sorted(ks_paths.items())]
-    for path in ks_paths.values():
-        os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
+    with generations.new() as gen, contextlib.ExitStack() as held:
+        ks_paths, host_keys, written = build_kickstarts(site, options, state, shared, gen)
+        options.report(f"kickstarts: {len(written)} written, "
+                       f"{len(ks_paths) - len(written)} unchanged")
+        outputs = [manifest.entry("kickstart", path, f"ks/{name}.cfg")
+                   for name, path in sorted(ks_paths.items())]
+        for path in ks_paths.values():
+            os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
 
-    before = _snapshot(out)
-    iso_keys: dict[str, str] = {}
-    pxe_key = None
-    loader_files: list[Path] = []
-    if media is not None:
-        inputs.append(Entry("base-media", media[0].name, media[1], media[0].stat().st_size))
-        if site.secure_boot.revocations is not None and verdict is not None:
-            inputs.append(manifest.entry("revocations", site.secure_boot.revocations,
-                                         site.secure_boot.revocations.name))
-        if site.outputs.iso != "none":
-            iso_keys = build_isos(site, options, media, sde, host_keys, state, ks_paths)
-            outputs += [manifest.entry("iso", out / name, name) for name in sorted(iso_keys)]
-        if site.outputs.pxe:
-            pxe_key, loader_files = build_pxe(site, options, media, host_keys, state)
-            inputs += [manifest.entry("boot-loader", f, f.name) for f in loader_files]
-            outputs += [manifest.entry("pxe", f, f.relative_to(out).as_posix())
-                        for f in _pxe_outputs(out / "pxe")]
-    after = _snapshot(out)
-    written += [e.path for e in outputs if e.kind != "kickstart"
-                and before.get(e.path) != after.get(e.path)]
-    sections = {"secure_boot": verdict.record()} if verdict is not None else {}
-    manifest.write(out, __version__, sde, inputs, outputs, sections)
-    written.append(manifest.MANIFEST)
-    document = manifest.read(out)
+        before = _snapshot(out)
+        iso_keys: dict[str, str] = {}
+        pxe_key = None
+        loader_files: list[Path] = []
+        if media is not None:
+            inputs.append(Entry("base-media", media[0].name, media[1], media[0].stat().st_size))
+            if site.secure_boot.revocations is not None and verdict is not None:
+                inputs.append(manifest.entry("revocations", site.secure_boot.revocations,
+                                             site.secure_boot.revocations.name))
+            if site.outputs.iso != "none":
+                iso_keys = build_isos(site, options, media, sde, host_keys, state, ks_paths,
+                                      gen)
+                outputs += [manifest.entry("iso", gen / name, name) for name in sorted(iso_keys)]
+            if site.outputs.pxe:
+                pxe_key, loader_files = build_pxe(site, options, media, host_keys, state, gen,
+                                                  held)
+                inputs += [manifest.entry("boot-loader", f, f.name) for f in loader_files]
+                outputs += [manifest.entry("pxe", f, f.relative_to(gen).as_posix())
+                            for f in _pxe_outputs(gen / "pxe")]
+        after = _snapshot(gen)
+        written += [e.path for e in outputs if e.kind != "kickstart"
+                    and before.get(e.path) != after.get(e.path)]
+        sections = {"secure_boot": verdict.record()} if verdict is not None else {}
+        manifest.write(gen, __version__, sde, inputs, outputs, sections)
+        written.append(manifest.MANIFEST)
+        document = manifest.read(gen)
+        recorded = {e.path: _identity(gen / e.path) for e in outputs}
+        recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
+        new_state = _state(options, site, files, media, sde, host_keys, recorded, iso_keys,
+                           pxe_key, loader_files, verdict)
+        write_bytes(gen / STATE.name, json.dumps(new_state, sort_keys=True).encode())
+        generations.switch(gen)
+        _link_entries(out, gen, generations)
+    Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
+    return Result(out, False, sde, written, document, verdict.warnings if verdict else [])
 
+
+def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
+           media: tuple[Path, str] | None, sde: int, host_keys: dict[str, str],
+           recorded: dict[str, list[int]], iso_keys: dict[str, str], pxe_key: str | None,
+           loader_files: list[Path], verdict: secureboot.Verdict | None) -> dict[str, Any]:
+    """What the next build needs to know about this one (in the generation it describes)."""
     env_names = {h.root_password_env for h in site.hosts if h.root_password_env}
-    recorded = {e.path: [(out / e.path).stat().st_size, (out / e.path).stat().st_mtime_ns]
-                for e in outputs}
-    recorded[manifest.MANIFEST] = [(out / manifest.MANIFEST).stat().st_size,
-                                   (out / manifest.MANIFEST).stat().st_mtime_ns]
     input_dirs = [(str(kickstart.template_dir().resolve()), TEMPLATES)]
     if site.overlays is not None:
         input_dirs.append((str(site.overlays), "*"))
@@ -434,7 +479,7 @@ def build(options: Options) -> Result:
     if verdict is not None and site.secure_boot.revocations is not None:
         outside.append(site.secure_boot.revocations)
     stats_all = stats + [_stat_key(f) for f in outside]
-    new_state = {
+    return {
         "ksbuild": __version__,
         "site": str(options.site.resolve()),
         "inputs": [s[0] for s in stats],
@@ -449,8 +494,27 @@ def build(options: Options) -> Result:
         "isos": iso_keys,
         "pxe": pxe_key,
     }
-    write_bytes(out / STATE, json.dumps(new_state, sort_keys=True).encode())
-    return Result(out, False, sde, written, document, verdict.warnings if verdict else [])
+
+
+def _link_entries(out: Path, gen: Path, generations: Generations) -> None:
+    """OUT/ks, iso, pxe and manifest.json: symlinks into the current generation, made once
+    (what a build before generations left there is moved aside, and swept next time); one
+    the generation has not (no PXE tree any more) is removed."""
+    for name in ENTRIES:
+        entry, target = out / name, (CURRENT / name).as_posix()
+        if not (gen / name).exists():
+            if entry.is_symlink():
+                entry.unlink()
+            continue
+        if entry.is_symlink() and os.readlink(entry) == target:
+            continue
+        if entry.exists() and not entry.is_symlink():
+            with generations.new() as aside:  # debris from now on
+                os.replace(entry, aside / name)
+        temp = out / f".{name}.link"
+        temp.unlink(missing_ok=True)
+        os.symlink(target, temp)
+        os.replace(temp, entry)
 
 
 @dataclass(frozen=True)
@@ -469,7 +533,7 @@ def verify(out: Path, report: Report = lambda line: None) -> list[Comparison]:
     with tempfile.TemporaryDirectory(prefix="ksbuild-verify.") as tmp:
         again = build(Options(site=Path(state["site"]), out=Path(tmp) / "out",
                               source_date_epoch=int(document["source_date_epoch"]),
-                              report=report))
+                              report=report, pxe_path=out / "pxe"))
         names = sorted({e["path"] for e in document["outputs"]} | {manifest.MANIFEST})
         rebuilt = {e["path"] for e in again.manifest["outputs"]}
         results = []

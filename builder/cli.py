@@ -140,6 +140,14 @@ def cmd_iso(args: argparse.Namespace) -> int:
     if args.timeout < 0:
         raise InputError(f"--timeout {args.timeout}: give the seconds the menu waits (0 or more)")
     shown = _progress(sys.stderr.isatty())
+    output = args.output
+    if output is None:
+        name = loaded.host(args.host).hostname if args.host else args.site.stem
+        output = Path("out") / f"{name}.iso"
+    if args.base is not None:
+        iso.check_output(args.base, output)  # before any work: not a folder, not the base
+    elif output.is_dir():
+        iso.check_output(output, output)
     base = args.base
     if base is None:
         from builder.media import fetch
@@ -148,10 +156,6 @@ def cmd_iso(args: argparse.Namespace) -> int:
             raise InputError(f"{args.site}: give --base ISO, or name the base media in the "
                              "site file (media: {release: 7.9.2009, flavor: DVD})")
         base = fetch.resolve_media(loaded.media, progress=shown)
-    output = args.output
-    if output is None:
-        name = loaded.host(args.host).hostname if args.host else args.site.stem
-        output = Path("out") / f"{name}.iso"
     verdict = secureboot.check_outputs(loaded, base, [str(output)], None)
     result = iso.build_site_iso(loaded, base, output, host=args.host, volid=args.volid,
                                 timeout=args.timeout, keep_media_check=args.keep_media_check,

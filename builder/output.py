@@ -1,34 +1,73 @@
-"""Writing outputs so that a crash, Ctrl-C or a full disk never leaves a half-written one:
-everything goes to a temporary name beside its target and is renamed into place at the end.
+"""Writing outputs so that a crash, Ctrl-C, kill -9 or a full disk never leaves a half-written
+one: everything goes to a temporary name beside its target and is renamed into place at the
+end.
+
+Whole trees (a PXE tree, a build's output generation) are versioned folders behind one
+symlink (`Generations`): the next version is built beside the current one and one rename of
+the symlink switches readers from the old version to the new, never to a mix. A process
+holds an flock on each temporary file or folder it is writing, so the next run can tell the
+debris of a dead run (no lock) from a live one's work and remove only the former (`sweep`).
+
+Outputs follow the umask (a kickstart carries a password hash: `umask 077` must keep it
+private), except what a PXE tree serves, which builder/pxe/tree.py writes 0644.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
+def umask() -> int:
+    """The process umask, read without changing it (Linux); if unknown, assume the worst."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o077
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the umask (open(2) with 0666)."""
+    return 0o666 & ~umask()
+
+
+def _hold(path: Path) -> int:
+    """Open `path` (a file or a folder) and take an exclusive flock on it: the mark of a live
+    writer. Closed (and so released) by the caller, or by the kernel when the process dies."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
 @contextlib.contextmanager
-def atomic_file(target: Path, mode: int = 0o644) -> Iterator[Path]:
-    """Yield a temporary path beside `target`; on success it replaces `target` in one rename."""
+def atomic_file(target: Path, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success it replaces `target` in one rename.
+    `mode`: default the umask's."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
     temp = Path(name)
     try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield temp
-        os.chmod(temp, mode)
+        os.chmod(temp, file_mode() if mode is None else mode)
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
 
 
-def write_bytes(target: Path, data: bytes, mode: int = 0o644) -> None:
+def write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
     with atomic_file(target, mode) as temp:
         temp.write_bytes(data)
 
@@ -42,6 +81,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    fd = _hold(temp)
     try:
         yield temp
         os.chmod(temp, 0o755)
@@ -56,3 +96,136 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Debris of dead runs.
+
+
+def is_live(path: Path) -> bool:
+    """True if some process holds the flock a writer takes on its temporary file or folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        return exc.errno not in (errno.ENOENT, errno.ELOOP)  # vanished, or a symlink: dead
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep(folder: Path, patterns: Iterable[str], keep: Iterable[Path] = ()) -> list[Path]:
+    """Remove what matches `patterns` in `folder` (ksbuild's own temporary names only) unless
+    it is in `keep` or a live process holds it; the paths removed."""
+    kept = {p.name for p in keep}
+    removed = []
+    for pattern in patterns:
+        for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
+            if path.name not in kept and not is_live(path):
+                remove(path)
+                removed.append(path)
+    return removed
+
+
+# ---------------------------------------------------------------------------------------------
+# Versioned trees behind one symlink.
+
+
+class Generations:
+    """`link` is a relative symlink to the current version, a folder `.<name>.<random>.v`
+    beside it. A new version is built beside the current one and `switch` renames a new
+    symlink over `link`: one rename, so a reader sees the old tree or the new, never a mix,
+    whatever happens to the writer."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = link.absolute()
+        self.pattern = f".{self.link.name}.*"
+
+    def current(self) -> Path | None:
+        """The current version (or a folder at `link` written before versions existed)."""
+        if self.link.is_symlink():
+            target = self.link.parent / os.readlink(self.link)
+            return target if target.is_dir() else None
+        return self.link if self.link.is_dir() else None
+
+    @contextlib.contextmanager
+    def new(self) -> Iterator[Path]:
+        """A new, empty version folder (0755: a served tree must be traversable), held
+        (flock) while it is built; removed if the build fails."""
+        self.link.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",
+                                       dir=self.link.parent))
+        fd = _hold(folder)
+        try:
+            os.chmod(folder, 0o755)
+            yield folder
+        except BaseException:
+            if self.current() != folder:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
+        finally:
+            os.close(fd)
+
+    def switch(self, version: Path) -> None:
+        """Make `version` the current one; then remove the one it replaces."""
+        old = self.current()
+        if old == self.link:  # a plain folder from before: moved aside first (not atomic,
+            aside = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",  # once)
+                                          dir=self.link.parent))
+            os.replace(self.link, aside / "old")
+            old = aside
+        temp = self.link.parent / f".{self.link.name}.{version.name}.link"
+        temp.unlink(missing_ok=True)
+        os.symlink(version.name, temp)
+        os.replace(temp, self.link)
+        _sync_folder(self.link.parent)
+        if old is not None and old != version and self.owns(old):
+            shutil.rmtree(old, ignore_errors=True)
+
+    def owns(self, folder: Path) -> bool:
+        """A version of this link's (not, say, the folder of another link it pointed at)."""
+        return folder.parent == self.link.parent and folder.match(f"{self.pattern}.v")
+
+    def sweep(self) -> list[Path]:
+        """Remove the versions (and temporary links) of dead runs, and the `.part`/`.old`
+        folders of ksbuild before versions; never the current version or a live one."""
+        current = self.current()
+        keep = [current] if current is not None else []
+        return sweep(self.link.parent, [f"{self.pattern}.v", f"{self.pattern}.link",
+                                        f"{self.pattern}.part", f"{self.pattern}.old"], keep)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a crash after the build reports success must not
+    bring the old version back)."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def link_or_copy(source: str | Path, target: str | Path) -> None:
+    """A hard link (same inode: an unchanged output keeps its identity and costs no space),
+    or a copy where the file system has none."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def link_tree(source: Path, target: Path) -> None:
+    """`target`: a copy of the folder `source` made of hard links."""
+    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)

@@ -31,6 +31,15 @@ class Located:
         return f"{self.path}.{key}" if self.path else key
 
 
+def parse_option(node: Node, value: Any, option: str) -> Any:
+    """A command-line value checked by the same grammar node as the site file's key; an
+    error reads `OPTION: what is wrong`."""
+    try:
+        return node.parse(Located(value, option, "", 0))
+    except InputError as exc:
+        raise InputError(str(exc).removeprefix(":0: ")) from None
+
+
 def type_name(value: Any) -> str:
     if value is None:
         return "nothing (null)"

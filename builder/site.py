@@ -381,9 +381,10 @@ MEDIA = Map(
     "the base ISO: {release, flavor} from a mirror, a local {path}, or {url, sha256}",
 )
 
+MAX_HOSTS = 100_000  # the documented limit (README), checked before any host is parsed
 SITE_FIELDS: dict[str, Field] = {
     "defaults": Field(DEFAULTS),
-    "hosts": Field(List(HOST, "the hosts to install", min_items=1, max_items=100000),
+    "hosts": Field(List(HOST, "the hosts to install", min_items=1, max_items=MAX_HOSTS),
                    required=True),
     "overlays": Field(Str(r"[A-Za-z0-9._/-]+", "overlay root folder, relative to the site file",
                           what="a folder path")),
@@ -607,6 +608,9 @@ def load(path: Path | str) -> Site:
         raise raw_hosts.error(f"expected a list of hosts, got {type_name(raw_hosts.value)}")
     if not raw_hosts.value:
         raise raw_hosts.error("needs at least one host")
+    if len(raw_hosts.value) > MAX_HOSTS:
+        raise raw_hosts.error(f"{len(raw_hosts.value)} hosts; a site holds at most "
+                              f"{MAX_HOSTS:,} (split the fleet into several sites)")
     defaults = doc.value.get("defaults", Located({}, "defaults", str(path), doc.line))
     hosts = tuple(_host(merge(defaults, raw), raw) for raw in raw_hosts.value)
     _check_fleet(hosts, raw_hosts.value)

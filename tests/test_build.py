@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,9 +29,22 @@ def ksbuild(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None,
                           preexec_fn=(lambda: os.umask(umask)) if umask is not None else None)
 
 
+def output_files(root: Path) -> list[Path]:
+    """The output folder's files as a reader sees them: through the symlinks ks/, iso/, pxe/
+    and manifest.json into the current generation (not the generations themselves)."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if d != ".ksbuild")
+        found += [Path(folder) / name for name in files]
+    return sorted(p for p in found if p.is_file())
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and ".ksbuild" not in p.parts}
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in output_files(root)}
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {p.relative_to(root).as_posix(): p.stat().st_mode & 0o777 for p in output_files(root)}
 
 
 def make_site(tmp_path: Path) -> Path:
@@ -53,10 +68,9 @@ def test_two_builds_in_different_places_and_environments_are_identical(tmp_path:
     a, b = tree_bytes(first), tree_bytes(second)
     assert sorted(a) == sorted(b) and a == b
     assert "manifest.json" in a and len(a) >= 3
-    modes = {(p.relative_to(first).as_posix(), p.stat().st_mode & 0o777)
-             for p in first.rglob("*") if p.is_file() and ".ksbuild" not in p.parts}
-    assert modes == {(p.relative_to(second).as_posix(), p.stat().st_mode & 0o777)
-                     for p in second.rglob("*") if p.is_file() and ".ksbuild" not in p.parts}
+    # The outputs follow the umask: a kickstart carries a password hash (issue 11 item 15).
+    assert set(modes(first).values()) == {0o644}
+    assert set(modes(second).values()) == {0o600}
 
 
 def test_manifest_lists_inputs_and_outputs_with_hashes(tmp_path: Path) -> None:
@@ -143,6 +157,13 @@ def test_source_date_epoch_from_git(tmp_path: Path) -> None:
     assert (epoch, origin) == (1600000000, "git commit of the inputs")
 
 
+def media_site_without(tmp_path: Path, pxe_key: str) -> Path:
+    site_path = media_site(tmp_path)
+    doc = yaml.safe_load(site_path.read_text())
+    del doc["pxe"][pxe_key]
+    return write_site(tmp_path, doc)
+
+
 def media_site(tmp_path: Path, iso_mode: str = "per-site") -> Path:
     from tests.fixtures import centos_iso
 
@@ -214,6 +235,172 @@ def test_incremental_with_per_host_isos(tmp_path: Path) -> None:
 def pxe_files(out: Path, mac_end: str) -> list[Path]:
     """The PXE files of the host whose MAC ends in `mac_end` (entries and kickstart)."""
     tree = out / "pxe"
-    return sorted(p for p in tree.rglob("*") if p.is_file() and (
+    return sorted(p for p in output_files(tree) if (
         p.name.endswith(mac_end) or p.name.endswith(f"{mac_end}.ipxe")
         or p.name == "cdh-host.c7.jevoncode.com.cfg"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: configs that name the final folder, one build at a time, nothing written before
+# the inputs are checked, all-or-nothing outputs.
+
+
+def test_verify_passes_on_a_fresh_build_without_tree_path(tmp_path: Path) -> None:
+    """Without pxe.tree_path the configs name OUT/pxe (not the temporary folder the tree is
+    written in), and `verify`, which rebuilds elsewhere, gets the same bytes."""
+    site_path = media_site_without(tmp_path, "tree_path")
+    out = tmp_path / "out"
+    built = ksbuild("build", str(site_path), "-o", str(out))
+    assert built.returncode == 0, built.stderr
+    nginx = (out / "pxe/nginx.conf").read_text()
+    assert f"\n        root {out.absolute()}/pxe/http;\n" in nginx
+    assert f"\ntftp-root={out.absolute()}/pxe/tftp\n" in (out / "pxe/dnsmasq.conf").read_text()
+    assert ".part" not in nginx and ".v/" not in nginx
+    verified = ksbuild("verify", str(out))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_second_build_into_one_folder_waits_for_the_first(tmp_path: Path) -> None:
+    import fcntl
+
+    site_path = make_site(tmp_path)
+    out = tmp_path / "out"
+    (out / ".ksbuild").mkdir(parents=True)
+    log = tmp_path / "second.log"
+    with (out / ".ksbuild/lock").open("a") as held, log.open("w") as stderr:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what a first, slow build holds
+        second = subprocess.Popen([sys.executable, "-m", "builder", "build", str(site_path),
+                                   "-o", str(out)], cwd=REPO, stderr=stderr, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while "waiting" not in log.read_text():
+                assert second.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+            time.sleep(0.5)
+            assert second.poll() is None and not (out / "ks").exists()
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        assert second.wait(120) == 0, log.read_text()
+    assert f"another ksbuild build is writing {out}: waiting" in log.read_text()
+    assert (out / "ks/kvm2.example.com.cfg").is_file()
+
+
+def test_no_op_check_does_not_trust_an_output_replaced_on_disk(tmp_path: Path) -> None:
+    """A kickstart replaced by another file of the same size and time (another inode) is not
+    what the state records: the next build restores it instead of saying nothing to do."""
+    site_path = make_site(tmp_path)
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    target = out / "ks" / "kvm2.example.com.cfg"
+    good, stat = target.read_bytes(), target.stat()
+    forged = tmp_path / "forged"
+    forged.write_bytes(good.replace(b"selinux", b"SELINUX", 1))
+    os.utime(forged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(forged, target.resolve())
+    again = build.build(options)
+    assert not again.up_to_date and "ks/kvm2.example.com.cfg" in again.written
+    assert target.read_bytes() == good
+
+
+def test_bad_media_path_fails_before_anything_is_written(tmp_path: Path) -> None:
+    doc = site_doc(media={"path": "missing.iso"}, outputs={"iso": "per-site", "pxe": False})
+    site_path = write_site(tmp_path, doc)
+    out = tmp_path / "out"
+    failed = ksbuild("build", str(site_path), "-o", str(out), "-q")
+    assert failed.returncode == 2 and failed.stderr.count("\n") == 1, failed.stderr
+    assert "missing.iso" in failed.stderr and "Traceback" not in failed.stderr
+    assert not (out / "ks").exists() and not (out / "manifest.json").exists()
+    assert [p.name for p in out.iterdir()] == [".ksbuild"]
+    assert sorted(p.name for p in (out / ".ksbuild").iterdir()) == ["lock"]
+
+
+def test_a_pxe_site_without_a_server_fails_before_anything_is_written(tmp_path: Path) -> None:
+    site_path = media_site_without(tmp_path, "server")
+    out = tmp_path / "out"
+    failed = ksbuild("build", str(site_path), "-o", str(out))
+    assert failed.returncode == 2 and "server" in failed.stderr, failed.stderr
+    assert not (out / "ks").exists() and not (out / "iso").exists()
+
+
+def test_pxe_into_the_build_folder_then_build_again_leaves_one_tree(tmp_path: Path) -> None:
+    """`ksbuild pxe -o OUT/pxe` (the README's command) between two builds into OUT: the
+    build takes the tree back and nothing of the standalone one is left."""
+    site_path = media_site(tmp_path)
+    out = tmp_path / "out"
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    assert ksbuild("build", str(site_path), "-o", str(out), env=env).returncode == 0
+    first = tree_bytes(out)
+    alone = ksbuild("pxe", str(site_path), "--base", str(tmp_path / "base.iso"), "-o",
+                    str(out / "pxe"), env=env)
+    assert alone.returncode == 0, alone.stderr
+    assert (out / "pxe/hosts.json").is_file() and not os.readlink(out / "pxe").startswith(".ks")
+    again = ksbuild("build", str(site_path), "-o", str(out), env=env)
+    assert again.returncode == 0, again.stderr
+    assert tree_bytes(out) == first and debris(out) == []
+
+
+def debris(out: Path) -> list[str]:
+    """What is in OUT beyond the outputs, their current generation and the locks."""
+    link = out / ".ksbuild" / "current"
+    current = os.readlink(link) if link.is_symlink() else ""
+    extra = [p.name for p in out.iterdir()
+             if p.name not in ("ks", "iso", "pxe", "manifest.json", ".ksbuild", ".pxe.lock")]
+    extra += [f".ksbuild/{p.name}" for p in (out / ".ksbuild").iterdir()
+              if p.name not in ("lock", "current", "state.json", current)]
+    extra += [str(p) for p in out.rglob("*") if p.name.endswith((".part", ".old", ".link"))]
+    return extra
+
+
+def test_killed_builds_leave_old_or_new_outputs_never_a_mix_and_no_debris(
+        tmp_path: Path) -> None:
+    """`ksbuild build` of an ISO + PXE site, killed (SIGKILL, or SIGINT to its process group
+    as Ctrl-C sends) at points spread over its run: a reader then finds exactly the outputs of
+    one of the two site versions, and the next build leaves nothing of the dead ones."""
+    site_path = media_site(tmp_path)
+    versions = [yaml.safe_load(site_path.read_text())]
+    versions.append(yaml.safe_load(site_path.read_text()))
+    versions[1]["hosts"][1]["timezone"] = "Europe/Berlin"
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    expected = []
+    for number, doc in enumerate(versions):  # each version's outputs, built in peace
+        write_site(tmp_path, doc)
+        started = time.monotonic()
+        done = ksbuild("build", str(site_path), "-o", str(tmp_path / f"ref{number}"), env=env)
+        assert done.returncode == 0, done.stderr
+        expected.append(tree_bytes(tmp_path / f"ref{number}"))
+    duration = time.monotonic() - started
+    assert expected[0] != expected[1]
+    out = tmp_path / "out"
+    write_site(tmp_path, versions[0])
+    assert ksbuild("build", str(site_path), "-o", str(out), env=env).returncode == 0
+    now = 0
+    outcomes = []
+    left = []
+    for step in range(12):  # from just after the start to just before the end, both ways
+        fraction, how = 0.05 + 0.08 * step, ("kill", "int")[step % 2]
+        write_site(tmp_path, versions[1 - now])
+        proc = subprocess.Popen([sys.executable, "-m", "builder", "build", str(site_path),
+                                 "-o", str(out)], cwd=REPO, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, **env})
+        time.sleep(duration * fraction)
+        if how == "kill":
+            proc.kill()
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+        seen = tree_bytes(out)
+        assert seen in expected, (fraction, how, sorted(
+            name for name in set(seen) | set(expected[0])
+            if seen.get(name) != expected[0].get(name)))
+        now = expected.index(seen)
+        outcomes.append((fraction, how, proc.returncode, now))
+        left += debris(out)
+    assert any(code != 0 for _f, _h, code, _n in outcomes), outcomes  # some were cut short
+    assert left, "no kill left anything for the next build to clean up: the test cannot fail"
+    write_site(tmp_path, versions[1 - now])
+    final = ksbuild("build", str(site_path), "-o", str(out), env=env)
+    assert final.returncode == 0, final.stderr
+    assert tree_bytes(out) == expected[1 - now]
+    assert debris(out) == []

@@ -160,3 +160,65 @@ def test_hash_password_prints_a_sha512_crypt(tmp_path: Path) -> None:
     hashed = result.stdout.strip()
     assert hashed.startswith("$6$") and sha512_crypt.verify("s3cret", hashed)
     assert "s3cret" not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 11: options get the site file's checks; limits are enforced.
+
+
+def pxe_site(tmp_path: Path) -> Path:
+    from tests.pxe_support import write_site as write_pxe_site
+
+    return write_pxe_site(tmp_path, {"server": "http://192.0.2.1"})
+
+
+@pytest.mark.parametrize("server, complaint", [
+    ("http://192.0.2.1\n%post\ncurl evil\n%end", "is not an http://host[:port] URL"),
+    ("http://192.0.2.1/\ninst.updates=http://evil/", "is not an http://host[:port] URL"),
+    ("http://192.0.2.1 inst.sshd", "is not an http://host[:port] URL"),
+    ("http://192.0.2.1:99999", "is not an http://host[:port] URL"),
+    ("http://192.0.2.1:0", "port 0"),
+    ("http://[::g]:8080", "is not an http://host[:port] URL"),
+    ("http://192.0.2.1/path", "is not an http://host[:port] URL"),
+])
+def test_server_option_gets_the_site_files_checks(tmp_path: Path, server: str,
+                                                  complaint: str) -> None:
+    from tests.pxe_support import small_base_iso
+
+    out = tmp_path / "pxe"
+    done = run_cli("pxe", str(pxe_site(tmp_path)), "--base", str(small_base_iso()),
+                   "--server", server, "-o", str(out))
+    assert done.returncode == 2 and done.stderr.startswith("ksbuild: --server: "), done.stderr
+    assert complaint in done.stderr and done.stderr.count("\n") == 1
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".pxe")]
+
+
+def test_an_ipv6_server_reaches_every_entry_with_brackets(tmp_path: Path) -> None:
+    from tests.pxe_support import small_base_iso
+
+    out = tmp_path / "pxe"
+    done = run_cli("pxe", str(pxe_site(tmp_path)), "--base", str(small_base_iso()),
+                   "--server", "http://[2001:db8::5]:8080", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    entry = out / "tftp/pxelinux.cfg/01-52-54-00-12-34-56"
+    assert "inst.ks=http://[2001:db8::5]:8080/ks/" in entry.read_text()
+    assert "listen [2001:db8::5]:8080;" in (out / "nginx.conf").read_text()
+
+
+def test_more_hosts_than_the_limit_is_one_line_before_any_host_is_parsed(
+        tmp_path: Path) -> None:
+    text = "hosts:\n" + "- {hostname: a.example.com}\n" * (site.MAX_HOSTS + 1)
+    path = tmp_path / "big.yaml"
+    path.write_text(text)
+    done = run_cli("check", str(path), timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+    assert f"{site.MAX_HOSTS + 1} hosts; a site holds at most 100,000" in done.stderr
+
+
+def test_an_unreadable_base_for_pxe_is_one_line(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.iso"
+    loop.symlink_to(loop)  # open(2) fails (ELOOP), as for a base without read permission
+    done = run_cli("pxe", str(pxe_site(tmp_path)), "--base", str(loop), "-o",
+                   str(tmp_path / "pxe"))
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{loop}: cannot read" in done.stderr

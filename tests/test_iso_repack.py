@@ -196,12 +196,32 @@ def test_frozen_clock_is_what_makes_it_reproducible(tmp_path: Path,
     assert sha256(tmp_path / "c.iso") != sha256(tmp_path / "d.iso")
 
 
-def test_output_mode_ignores_umask(tmp_path: Path) -> None:
+def test_output_mode_follows_the_umask(tmp_path: Path) -> None:
+    """The ISO carries password hashes: under umask 077 it is the user's alone (issue 11
+    item 15)."""
     site = write_site(tmp_path, ONE_HOST)
     done = ksbuild("iso", site, "--base", centos_iso(), "-o", tmp_path / "o.iso",
                    preexec=lambda: os.umask(0o077))
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / "o.iso").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "o.iso").stat().st_mode & 0o777 == 0o600
+
+
+def test_output_that_is_the_base_or_a_folder_is_refused_before_any_work(
+        tmp_path: Path) -> None:
+    """-o naming the base (another name, same inode) would replace it; -o naming a folder
+    must fail before the image is written (issue 11 item 7)."""
+    site = write_site(tmp_path, ONE_HOST)
+    base = tmp_path / "base.iso"
+    shutil.copyfile(centos_iso(), base)
+    os.link(base, tmp_path / "same.iso")
+    before = sha256(base)
+    done = ksbuild("iso", site, "--base", base, "-o", tmp_path / "same.iso")
+    assert done.returncode == 2 and "is the base ISO" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and sha256(base) == before
+    (tmp_path / "folder").mkdir()
+    done = ksbuild("iso", site, "--base", base, "-o", tmp_path / "folder")
+    assert done.returncode == 2 and "is a folder" in done.stderr, done.stderr
+    assert list((tmp_path / "folder").iterdir()) == []
 
 
 # --- atomic ------------------------------------------------------------------------------------

@@ -32,9 +32,10 @@ from builder.pxe import bootlog, events
 from builder.pxe import tree as pxe
 from builder.run import run
 from tests.conftest import REPO
-from tests.pxe_support import GUEST_SERVER, HOSTS, build, write_site
+from tests.pxe_support import GUEST_SERVER, HOSTS, build, small_base_iso, write_site
 
 H1, MAC1, _ = HOSTS[0]
+H2 = HOSTS[1][0]
 NET_HOSTS = [{"hostname": name, "mac": mac,
               "bridge": {"slaves": ["eth0"], "address": f"192.0.2.{15 + n}/24",
                          "gateway": "192.0.2.1"}}
@@ -219,16 +220,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.fixture()
-def nginx(tmp_path: Path) -> Iterator[tuple[Path, int, Path]]:
-    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
-    generated = (tmp_path / "pxe/nginx.conf").read_text()
-    assert "\n        listen 10.0.2.100:80;\n" in generated
+@contextlib.contextmanager
+def running_nginx(tree: Path, tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """nginx with the tree's generated config, only its listen line and log/pid paths
+    swapped for a free loopback port and the test's folder; yields (port, log folder)."""
+    generated = (tree / "nginx.conf").read_text()
     port = free_port()
     logs = tmp_path / "logs"
-    logs.mkdir()
+    logs.mkdir(exist_ok=True)
     conf = tmp_path / "nginx.conf"
-    conf.write_text(generated.replace("listen 10.0.2.100:80;", f"listen 127.0.0.1:{port};")
+    conf.write_text(re.sub(r"\n        listen [^;]+;", f"\n        listen 127.0.0.1:{port};",
+                           generated)
                     .replace(pxe.NGINX_LOG_DIR, str(logs)).replace(pxe.NGINX_PID,
                                                                    str(logs / "nginx.pid"))
                     .replace(pxe.SERVE_BACKEND, f"127.0.0.1:{free_port()}"))
@@ -245,12 +247,20 @@ def nginx(tmp_path: Path) -> Iterator[tuple[Path, int, Path]]:
             except OSError:
                 assert proc.poll() is None and time.monotonic() < deadline, "nginx did not start"
                 time.sleep(0.1)
-        yield tmp_path / "pxe", port, logs
+        yield port, logs
     finally:
         proc.terminate()
         proc.wait(timeout=30)
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture()
+def nginx(tmp_path: Path) -> Iterator[tuple[Path, int, Path]]:
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), tmp_path / "pxe")
+    assert "\n        listen 10.0.2.100:80;\n" in (tmp_path / "pxe/nginx.conf").read_text()
+    with running_nginx(tmp_path / "pxe", tmp_path) as (port, logs):
+        yield tmp_path / "pxe", port, logs
 
 
 def get(port: int, method: str, path: str) -> tuple[int, bytes, str]:
@@ -362,3 +372,117 @@ def test_nginx_proxies_kickstarts_events_done_and_status_to_serve(
         serve.wait(timeout=60)
         if serve.stderr:
             serve.stderr.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Awkward but legal paths and servers (issue 11 item 3): the generated configs pass the
+# daemons' own checks, and serve the right folder.
+
+AWKWARD = 'a b,c"d#e \\ ü'  # space, comma, quote, hash, backslash, non-ASCII
+
+
+def nginx_test(conf_text: str, tmp_path: Path,
+               address: str = "") -> subprocess.CompletedProcess[str]:
+    """`nginx -t` on a generated config with only its log and pid paths moved. nginx -t binds
+    the listen address, so it runs in a network namespace of its own where `address` (a
+    TEST-NET or documentation address) is put on the loopback."""
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    conf = tmp_path / "nginx-test.conf"
+    conf.write_text(conf_text.replace(pxe.NGINX_LOG_DIR, str(logs))
+                    .replace(pxe.NGINX_PID, str(logs / "nginx.pid")))
+    add = f"ip addr add {address} dev lo nodad\n" if ":" in address else \
+        f"ip addr add {address}/32 dev lo\n" if address else ""
+    return in_namespace(f"{add}nginx -t -p {tmp_path} -c {conf} -e stderr "
+                        "-g 'daemon off; user root root;'", timeout=60)
+
+
+@pytest.mark.parametrize("server, listen, address", [
+    ("http://[::1]:8080", "[::1]:8080", ""),
+    ("http://[2001:db8::5]", "[2001:db8::5]:80", "2001:db8::5"),
+    ("http://192.0.2.1:8080", "192.0.2.1:8080", "192.0.2.1"),
+    ("http://boot.example.com", "80", ""),
+])
+def test_configs_for_awkward_paths_and_servers_pass_nginx_t_and_dnsmasq_test(
+        tmp_path: Path, server: str, listen: str, address: str) -> None:
+    out = tmp_path / AWKWARD / "pxe"
+    out.parent.mkdir()
+    build(write_site(tmp_path, {"server": server}), out)
+    nginx_conf = (out / "nginx.conf").read_text()
+    assert f"\n        listen {listen};\n" in nginx_conf
+    checked = nginx_test(nginx_conf, tmp_path, address)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    dnsmasq_check(out / "dnsmasq.conf")
+    # The checks can fail: the same config unquoted is refused.
+    root = f"{out}/http"
+    broken = nginx_conf.replace(pxe.config_quote(root), root)
+    assert broken != nginx_conf and nginx_test(broken, tmp_path, address).returncode != 0
+
+
+def test_awkward_paths_serve_the_tree_over_tftp_and_http(tmp_path: Path) -> None:
+    """dnsmasq's tftp-root and nginx's root, quoted, name the tree itself: files come back."""
+    out = tmp_path / AWKWARD / "pxe"
+    out.parent.mkdir()
+    build(write_site(tmp_path, {"server": GUEST_SERVER}), out)
+    conf = tmp_path / "dnsmasq.conf"
+    conf.write_text((out / "dnsmasq.conf").read_text() + "listen-address=127.0.0.1\n"
+                    "bind-interfaces\n")
+    got = tmp_path / "got"
+    done = in_namespace(f"""
+dnsmasq --no-daemon --conf-file={conf} 2>{tmp_path}/dnsmasq.log &
+server=$!
+for i in $(seq 100); do curl -sf -o {got} tftp://127.0.0.1/boot.ipxe && break; sleep 0.1; done
+kill $server
+wait $server || true
+""")
+    assert done.returncode == 0, done.stderr + (tmp_path / "dnsmasq.log").read_text()
+    assert got.read_bytes() == (out / "tftp/boot.ipxe").read_bytes()
+    with running_nginx(out, tmp_path) as (port, _logs):
+        status, body, _kind = get(port, "GET", f"/ks/{H1}.cfg")
+    assert (status, body) == (200, (out / f"http/ks/{H1}.cfg").read_bytes())
+
+
+@pytest.mark.parametrize("folder", ["new\nline", "dollar$sign"])
+def test_paths_the_configs_cannot_carry_are_one_line_errors(tmp_path: Path,
+                                                             folder: str) -> None:
+    site_path = write_site(tmp_path, {"server": GUEST_SERVER})
+    done = subprocess.run([sys.executable, "-m", "builder", "pxe", str(site_path), "--base",
+                           str(small_base_iso()), "-o", str(tmp_path / folder / "pxe")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("ksbuild: -o: "), done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / folder / "pxe").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# nginx and `ksbuild serve` agree (issue 11 item 16).
+
+
+def test_nginx_serves_no_symlink_no_dot_file_and_takes_done_only_by_post(
+        nginx: tuple[Path, int, Path]) -> None:
+    tree, port, logs = nginx
+    http = tree / "http"
+    (http / "passwd.cfg").symlink_to("/etc/passwd")
+    (http / "ks" / "again.cfg").symlink_to(http / "ks" / f"{H1}.cfg")
+    (http / "ks" / ".hidden.cfg").write_text("secret\n")
+    (http / ".git").mkdir()
+    (http / ".git" / "config").write_text("secret\n")
+    (http / "centos" / "os").mkdir(parents=True)
+    (http / "centos" / "os" / ".treeinfo").write_text("[general]\n")
+    (http / "centos" / "os" / ".discinfo").write_text("1\n")
+    for path in ("/passwd.cfg", "/ks/again.cfg", "/ks/.hidden.cfg", "/.git/config",
+                 "/ks/%2ehidden.cfg"):
+        status, body, _kind = get(port, "GET", path)
+        assert status == 404 and b"secret" not in body and b"root:" not in body, path
+    assert get(port, "GET", "/centos/os/.treeinfo")[:2] == (200, b"[general]\n")
+    assert get(port, "GET", "/centos/os/.discinfo")[0] == 200
+    assert get(port, "GET", f"/done/{H1}")[0] == 405
+    assert get(port, "HEAD", f"/done/{H1}")[0] == 405
+    assert get(port, "POST", f"/done/{H2}")[0] == 200
+    log = logs / "ksbuild-done.log"
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.2)
+    assert H1 not in log.read_text() and H2 in log.read_text()

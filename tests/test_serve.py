@@ -84,11 +84,15 @@ def test_serves_kickstarts_from_http_only(running: Running) -> None:
     "/..%2fhosts.json", "/ks/..%2f..%2fhosts.json", "/ks/..%5c..%5chosts.json",
     "//etc/passwd", "/%2fetc/passwd", "/ks/%00.cfg", "/.%2e/hosts.json", "/ks/%ff.cfg",
     "/../tftp/pxelinux.cfg/default", "/.hidden", "/ks/.secret.cfg", "/ks/link.cfg",
-    "/outside/passwd", "/etc/passwd",
+    "/outside/passwd", "/etc/passwd", "/ks/again.cfg",
 ])
 def test_nothing_outside_the_tree(running: Running, path: str) -> None:
     (running.tree / "http/ks/link.cfg").symlink_to(running.tree / "hosts.json")
     (running.tree / "http/outside").symlink_to("/etc")
+    # A symlink within http/ is not followed either (as nginx.conf: disable_symlinks).
+    kickstart = next(p for p in sorted((running.tree / "http/ks").glob("*.cfg"))
+                     if not p.is_symlink())
+    (running.tree / "http/ks/again.cfg").symlink_to(kickstart)
     (running.tree / "http/ks/.secret.cfg").write_text("secret\n")
     status, body = running.request("GET", path)
     assert status == 404, (path, body[:200])

@@ -205,8 +205,23 @@ def open_base(base: Path) -> tuple[Any, BinaryIO, bytes, int]:
     return iso, handle, head, size
 
 
+def check_output(base: Path, output: Path) -> None:
+    """Refuse an output that is a folder, or that is the base itself (by device and inode,
+    whatever the names: the repack would replace the base it reads)."""
+    if output.is_dir():
+        raise InputError(f"-o {output}: is a folder; give the ISO file to write")
+    try:
+        same = os.path.samefile(base, output)
+    except OSError:
+        return  # no output yet (or no base: open_base says so)
+    if same:
+        raise InputError(f"-o {output}: is the base ISO ({base}); the repack would replace "
+                         "it: write to another file")
+
+
 def repack(base: Path, output: Path, options: RepackOptions,
            progress: Progress | None = None) -> RepackResult:
+    check_output(base, output)
     shown = progress or Silent()
     iso, handle, head, base_size = open_base(base)
     try:

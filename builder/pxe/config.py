@@ -49,6 +49,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from builder.schema import Enum, Field, Int, List, Located, Map, Str, ipv4_address
 
@@ -59,7 +60,9 @@ HOST_PART = r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?"
 # The server is a base URL: scheme, host, optional port, nothing after (ksbuild serve and the
 # generated nginx.conf serve at the root). http only: anaconda needs a trusted certificate for
 # https, and the boot files carry nothing secret that TLS would protect here.
-SERVER_URL = r"http://" + HOST_PART + r"(?::[0-9]{1,5})?/?"
+# An IPv6 address in brackets (RFC 3986), as in http://[::1]:8080; checked by server_url.
+IPV6_LITERAL = r"\[[0-9A-Fa-f:.]{2,45}\]"
+SERVER_URL = r"http://(?:" + HOST_PART + "|" + IPV6_LITERAL + r")(?::[0-9]{1,5})?/?"
 TREE_URL = r"https?://" + HOST_PART + r"(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+=,:@/-]*)?"
 PATH = r"[A-Za-z0-9._+,@%=~/-]+"
 BOOT_ARG = r"[A-Za-z0-9_.-]+(?:=[A-Za-z0-9_.,:/@+-]+)?"
@@ -92,6 +95,23 @@ class PxeSettings:
     dhcp: Dhcp | None
     origin: str = ""  # "site.yaml:12: pxe", for messages
     verify_packages: str = "sample"  # or "all"
+
+
+def server_url(text: str) -> str:
+    """The server URL without its trailing slash, once its port is one a server can listen
+    on and a bracketed address is an IPv6 one."""
+    parts = urlsplit(text)
+    port = parts.port  # ValueError above 65535
+    if port == 0:
+        raise ValueError("port 0 is not one a server listens on")
+    if text[len("http://"):].startswith("["):
+        ipaddress.IPv6Address(parts.hostname or "")
+    return text.rstrip("/")
+
+
+SERVER = Str(SERVER_URL, "the boot server's base URL (http://host[:port], an IPv6 address "
+             "in brackets); --server overrides it", what="an http://host[:port] URL",
+             convert=server_url)
 
 
 def _file(description: str) -> Field:
@@ -132,8 +152,7 @@ DHCP = Map(
 
 PXE = Map(
     {
-        "server": Field(Str(SERVER_URL, "the boot server's base URL (http://host[:port]); "
-                            "--server overrides it", what="an http://host[:port] URL")),
+        "server": Field(SERVER),
         "install_tree": Field(Str(r"local|" + TREE_URL, "install tree of every PXE install "
                                   "(inst.repo and the kickstart's url): an http(s) URL, or "
                                   "local: the base ISO published on the boot server; default: "
@@ -175,9 +194,8 @@ def parse(site_path: Path, given: Located | None) -> PxeSettings | None:
         value = parsed[key]
         return site_path.parent / Path(value).expanduser() if value else None
 
-    server = parsed["server"]
     return PxeSettings(
-        server=server.rstrip("/") if server else None,
+        server=parsed["server"],
         install_tree=parsed["install_tree"],
         verify_packages=parsed["verify_packages"],
         boot_args=parsed["boot_args"],

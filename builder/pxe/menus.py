@@ -116,9 +116,10 @@ def grub_http_root(server: str) -> str:
     """GRUB's device for the server's HTTP root, `(http,HOST)`, or "" (TFTP) when the server
     is not on port 80: GRUB 2.02's http module (CentOS 7's) always connects to port 80
     (grub-core/net/http.c: grub_net_tcp_open (server, HTTP_PORT, ...)). It also resumes a
-    transfer with `Range: bytes=N-`, which the server must answer with 206."""
+    transfer with `Range: bytes=N-`, which the server must answer with 206. An IPv6 server
+    too: GRUB's device syntax separates its fields with commas and reads no brackets."""
     parts = urlsplit(server)
-    if parts.port not in (None, 80) or not parts.hostname:
+    if parts.port not in (None, 80) or not parts.hostname or ":" in parts.hostname:
         return ""
     return f"(http,{parts.hostname})"
 

@@ -303,11 +303,12 @@ class App:
             return Answer(404, b"not found\n", note="refused path")
         target = self.http / relative
         try:
-            # No symlink may lead out of http/ either.
             resolved = target.resolve(strict=True)
         except (FileNotFoundError, RuntimeError, OSError):
             return Answer(404, b"not found\n")
-        if not resolved.is_file() or not resolved.is_relative_to(self.http.resolve()):
+        # No symlink below http/ is followed at all (as the generated nginx.conf:
+        # disable_symlinks): the tree has none, and one put there could point anywhere.
+        if not resolved.is_file() or resolved != self.http.resolve() / relative:
             return Answer(404, b"not found\n")
         kind = "text/plain; charset=utf-8" if resolved.suffix == ".cfg" else \
             "application/octet-stream"

@@ -31,6 +31,7 @@ from builder.pxe.menus import local_entries
 INDEX = "hosts.json"
 INDEX_FORMAT = 1
 INSTALLED = Path("state") / "installed"
+SERVED_MODE = 0o644  # what the web and TFTP servers read, whatever the umask
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def set_installed(tree: Path, hostname: str, done: bool, note: str = "") -> bool
         if marker.exists() == done:
             return False
         if done:
-            write_bytes(marker, f"installed{': ' + note if note else ''}\n".encode())
+            write_bytes(marker, f"installed{': ' + note if note else ''}\n".encode(), SERVED_MODE)
             write_entries(tree, local_entries(host.hostname, host.mac))
         else:
             marker.unlink()
@@ -180,12 +181,29 @@ def set_installed(tree: Path, hostname: str, done: bool, note: str = "") -> bool
 def write_entries(tree: Path, files: dict[str, str]) -> None:
     """Each file replaced in one rename: a loader reads the old entry or the new, never half."""
     for relative, text in files.items():
-        write_bytes(tree / relative, text.encode())
+        write_bytes(tree / relative, text.encode(), SERVED_MODE)
 
 
 def carry_over(old: Path, new: Path, macs: dict[str, str], keep: set[str]) -> None:
     """In a tree being built (all install entries): copy the markers of `keep` from the old
     tree and switch those hosts to local boot. `macs`: hostname -> MAC in the new tree."""
     for name in sorted(keep):
-        write_bytes(new / INSTALLED / name, (old / INSTALLED / name).read_bytes())
-        write_entries(new, local_entries(name, macs[name]))
+        write_bytes(new / INSTALLED / name, (old / INSTALLED / name).read_bytes(), SERVED_MODE)
+        for relative, text in local_entries(name, macs[name]).items():
+            if not _link_same(old / relative, new / relative, text.encode()):
+                write_bytes(new / relative, text.encode(), SERVED_MODE)
+
+
+def _link_same(old: Path, new: Path, data: bytes) -> bool:
+    """Make `new` a hard link to `old` if `old` holds `data` (an unchanged entry keeps its
+    identity across a rebuild)."""
+    try:
+        if old.is_symlink() or old.read_bytes() != data:
+            return False
+        temp = new.with_name(f".{new.name}.link")
+        temp.unlink(missing_ok=True)
+        os.link(old, temp)
+    except OSError:
+        return False
+    os.replace(temp, new)
+    return True

@@ -31,14 +31,20 @@ them back. Rebuilding the tree keeps installed hosts installed. With nginx inste
 `ksbuild serve`, see the comment at the top of the generated nginx.conf.
 
 The site's `pxe:` key is described in builder/pxe/config.py. Everything is checked and rendered
-into a temporary folder first, which then replaces OUT in one rename; the bytes depend only on
-the inputs.
+into a new version folder beside the current one first; OUT is a symlink to the current
+version, switched in one rename (builder/output.py Generations), so readers never see a mix.
+Which hosts have installed (state/) lives in each version and is carried into the new one
+under the tree's lock, held until the switch: the markers and the entries they switched
+change together. The bytes depend only on the inputs. Files are 0644 and folders 0755
+whatever the umask: dnsmasq and nginx read them as other users.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
+import shlex
 import shutil
 import time
 from collections.abc import Iterable
@@ -51,12 +57,14 @@ from builder import kickstart, network
 from builder.errors import InputError
 from builder.media import flavor as media_flavor
 from builder.media import isofs
-from builder.output import atomic_dir, write_bytes
+from builder.output import Generations, umask, write_bytes
+from builder.pxe import config as pxeconfig
 from builder.pxe import events as pxeevents
 from builder.pxe import grubimage, installtree
 from builder.pxe import menus as pxemenus
 from builder.pxe import state as pxestate
 from builder.pxe.config import PxeSettings
+from builder.schema import parse_option
 from builder.site import MEDIA_RELEASES, Host, Site
 
 DEFAULT_SETTINGS = PxeSettings(
@@ -95,9 +103,12 @@ class Options:
     server: str | None = None  # --server; wins over the site's pxe.server
     reinstall: tuple[str, ...] = ()  # hosts to switch back to install
     jobs: int | None = None
-    # The tree this build replaces, if not `out` itself (ksbuild build builds beside it): its
-    # published install tree is hard-linked instead of copied where unchanged.
+    # The live tree this build replaces (write_tree builds into an empty `out` beside it):
+    # its installed hosts are carried over, its unchanged files hard-linked.
     previous: Path | None = None
+    # Where the tree is served from, named in dnsmasq.conf and nginx.conf unless the site
+    # sets pxe.tree_path: the final path, not the temporary one it is written to.
+    served_as: Path | None = None
 
 
 @dataclass
@@ -136,6 +147,19 @@ def check_hosts(site: Site, settings: PxeSettings) -> None:
                              "pxe.install_tree")
 
 
+def preflight(site: Site, server: str | None, served_as: Path) -> None:
+    """The checks of a tree build that need no base ISO, for a caller that must finish them
+    before writing anything (`ksbuild build`)."""
+    settings, chosen = settings_of(site, server)
+    server_url(chosen)
+    check_hosts(site, settings)
+    find_bios_loaders(settings)
+    if settings.tree_path is not None:
+        config_path(settings.tree_path, f"{settings.origin}.tree_path")
+    else:
+        config_path(served_as, "-o")
+
+
 def pxe_site(site: Site, settings: PxeSettings) -> Site:
     """The site as the PXE tree installs it: pxe.install_tree, if given, is every host's
     source."""
@@ -161,10 +185,11 @@ def local_install_tree(site: Site, settings: PxeSettings, server: str,
 
 
 def server_url(server: str) -> str:
-    parts = urlsplit(server)
-    if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
-        raise InputError(f"--server: {server!r} is not an http://HOST[:PORT] URL")
-    return server.rstrip("/")
+    """The server URL (--server or pxe.server) checked by the site file's grammar: the raw
+    text is what the boot entries and kickstarts carry, so a newline or a path in it must
+    never get through (urlsplit would drop the newline and accept it)."""
+    checked: str = parse_option(pxeconfig.SERVER, server, "--server")
+    return checked
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,17 +278,6 @@ class BaseIso:
 # Writing.
 
 
-def umask() -> int:
-    """The process umask, read without changing it (Linux); if unknown, assume the worst."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o777
-
-
 class Writer:
     """Files under a fresh folder with fixed modes (the umask must not change what is served)."""
 
@@ -336,15 +350,39 @@ def dhcp_leases(site: Site, settings: PxeSettings) -> list[str]:
 
 
 def nginx_listen(server: str) -> tuple[str, str | None]:
-    """nginx's `listen` value and server_name for the server URL."""
+    """nginx's `listen` value and server_name for the server URL (an IPv6 address in
+    brackets, as nginx wants it: `listen [::1]:8080`)."""
     parts = urlsplit(server)
     host = parts.hostname or ""
     port = parts.port or 80
     try:
-        ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host)
     except ValueError:
         return str(port), host
-    return f"{host}:{port}", None
+    return (f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"), None
+
+
+def config_path(path: Path, what: str) -> Path:
+    """A path dnsmasq.conf and nginx.conf can both carry (quoted, `config_quote`): absolute,
+    no control character (a newline would end the directive and start another, which
+    dnsmasq would run as root in a dhcp-script=), and no `$`, which nginx expands as a
+    variable in `root` and has no escape for."""
+    path = path.absolute()
+    text = str(path)
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127 or c == "$"), None)
+    if bad is not None:
+        raise InputError(f"{what}: {text!r}: dnsmasq.conf and nginx.conf cannot name a path "
+                         f"with {bad!r} in it; choose another folder")
+    return path
+
+
+def config_quote(text: str) -> str:
+    """A value in double quotes for nginx.conf and dnsmasq.conf: both read `\\` and `\"`
+    inside quotes, and take spaces, `,`, `;`, `#` and `{}` there literally (nginx:
+    ngx_conf_read_token; dnsmasq 2.90: option.c read_file, which hides commas in quotes)."""
+    if re.fullmatch(r"[A-Za-z0-9._/+@=~%:-]+", text):
+        return text  # nothing either file reads specially: as it is, easier to read
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def server_configs(site: Site, settings: PxeSettings, server: str, tree: Path) -> dict[str, str]:
@@ -352,10 +390,14 @@ def server_configs(site: Site, settings: PxeSettings, server: str, tree: Path) -
     return {
         "dnsmasq.conf": pxemenus.render("dnsmasq.conf.j2", tree=tree, dhcp=settings.dhcp,
                                         leases=dhcp_leases(site, settings),
-                                        tftp_max=TFTP_MAX),
+                                        tftp_max=TFTP_MAX,
+                                        tftp_root=config_quote(f"{tree}/tftp"),
+                                        tree_sh=shlex.quote(str(tree))),
         "nginx.conf": pxemenus.render("nginx.conf.j2", tree=tree, listen=listen,
                                       server_name=name, log_dir=NGINX_LOG_DIR,
-                                      pid_file=NGINX_PID, backend=SERVE_BACKEND),
+                                      pid_file=NGINX_PID, backend=SERVE_BACKEND,
+                                      root=config_quote(f"{tree}/http"),
+                                      tree_sh=shlex.quote(str(tree))),
     }
 
 
@@ -388,21 +430,40 @@ def _check_reinstall(site: Site, names: Iterable[str]) -> list[str]:
 
 
 def build_tree(options: Options) -> Result:
-    """Check and render everything, write the tree to a temporary folder, then (holding the
-    tree's lock) carry over which hosts have installed and rename it into place."""
+    """Build the tree at `options.out` as a new version beside the current one and switch to
+    it in one rename (output.Generations): a reader (dnsmasq, nginx, `ksbuild serve`) sees
+    the old tree or the new, never a mix, even if this process is killed. The tree's lock is
+    held from carrying over which hosts have installed until the switch."""
+    out = options.out.absolute()
+    versions = Generations(out)
+    with pxestate.TreeLock(out) as lock, versions.new() as new:
+        result = write_tree(replace(options, out=new, previous=out, served_as=out), lock)
+        versions.switch(new)
+        versions.sweep()  # dead runs' versions (the lock is held: no other build switches)
+    return replace(result, out=out)
+
+
+def write_tree(options: Options, lock: pxestate.TreeLock) -> Result:
+    """Check and render everything, write the tree into the empty folder `options.out`, then
+    acquire `lock` (the live tree's) and carry over from `options.previous` which hosts have
+    installed. Returns with the lock held: the caller releases it once the new tree is in
+    place. Files equal to the previous tree's are hard links to them (an unchanged file
+    keeps its identity: a rebuild after a change to one host rewrites that host's files)."""
     # Opened once: pycdlib parses every directory record on open (~1 s for a DVD).
     with BaseIso(options.base) as base:
-        return _build_tree(options, base)
+        return _write_tree(options, lock, base)
 
 
-def _build_tree(options: Options, base: BaseIso) -> Result:
+def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Result:
     site = options.site
     settings, server = settings_of(site, options.server)
     server = server_url(server)
     check_hosts(site, settings)
     reinstall = _check_reinstall(site, options.reinstall)
-    out = options.out.absolute()
-    tree_path = settings.tree_path or out
+    temp = options.out.absolute()
+    previous = options.previous or temp
+    tree_path = config_path(settings.tree_path, f"{settings.origin}.tree_path") \
+        if settings.tree_path else config_path(options.served_as or temp, "-o")
     seconds: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -422,42 +483,84 @@ def _build_tree(options: Options, base: BaseIso) -> Result:
                             "pxe_events_url": f"{server}/events/{host.hostname}"})
     phase("kickstarts (render + validate)")
 
-    with pxestate.TreeLock(out) as lock, atomic_dir(out) as temp:
-        writer = Writer(temp)
-        for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
-                       "http/images", str(pxestate.INSTALLED)):
-            writer.folder(folder)
-        grub_commands = _loaders(writer, base, settings)
-        phase("boot loaders, kernel, initrd")
-        published = None
-        if tree_folder is not None:
-            published = _publish(base, temp, tree_folder, options.previous or out,
-                                 settings.verify_packages == "all")
-            phase("install tree published and verified")
-        menus = pxemenus.Menus(grub_commands, settings.menu_timeout, http_root=server)
-        for relative, text in {**menus.shared(), **configs}.items():
+    temp.mkdir(exist_ok=True)
+    os.chmod(temp, DIR_MODE)
+    writer = Writer(temp)
+    for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
+                   "http/images", str(pxestate.INSTALLED)):
+        writer.folder(folder)
+    grub_commands = _loaders(writer, base, settings)
+    phase("boot loaders, kernel, initrd")
+    published = None
+    if tree_folder is not None:
+        published = _publish(base, temp, tree_folder, previous,
+                             settings.verify_packages == "all")
+        phase("install tree published and verified")
+    menus = pxemenus.Menus(grub_commands, settings.menu_timeout, http_root=server)
+    for relative, text in {**menus.shared(), **configs}.items():
+        writer.text(relative, text)
+    indexed = []
+    for name in sorted(hosts):
+        entries = menus.host(hosts[name], local=False)
+        for relative, text in entries.items():
             writer.text(relative, text)
-        indexed = []
-        for name in sorted(hosts):
-            entries = menus.host(hosts[name], local=False)
-            for relative, text in entries.items():
-                writer.text(relative, text)
-            writer.text(f"http/ks/{name}.cfg", texts[name])
-            indexed.append(pxestate.IndexedHost(name, hosts[name].mac, entries))
-        writer.data(pxestate.INDEX, pxestate.index_data(server, indexed))
-        phase("entries, kickstarts, index written")
+        writer.text(f"http/ks/{name}.cfg", texts[name])
+        indexed.append(pxestate.IndexedHost(name, hosts[name].mac, entries))
+    writer.data(pxestate.INDEX, pxestate.index_data(server, indexed))
+    phase("entries, kickstarts, index written")
+    if previous != temp and previous.is_dir():
+        link_unchanged(temp, previous)
+        phase("unchanged files linked to the previous tree's")
 
-        lock.acquire()  # held until the new tree is in place
-        before = pxestate.installed(out) & set(hosts)
-        keep = before - set(reinstall)
-        pxestate.carry_over(out, temp, {n: h.mac for n, h in hosts.items()}, keep)
-        pxeevents.carry_over(out, temp)
-        if (out / DONE_LOG_STATE).is_file():
-            shutil.copyfile(out / DONE_LOG_STATE, temp / DONE_LOG_STATE)
-    phase("state carried over, tree renamed into place")
-    return Result(out, len(hosts), sorted(keep), sorted(set(reinstall) & before), grub_commands,
-                  [f"{name} had not installed; it installs anyway" for name in reinstall
-                   if name not in before], seconds, published)
+    lock.acquire()  # held until the new tree is in place (the caller releases it)
+    before = pxestate.installed(previous) & set(hosts)
+    keep = before - set(reinstall)
+    pxestate.carry_over(previous, temp, {n: h.mac for n, h in hosts.items()}, keep)
+    pxeevents.carry_over(previous, temp)
+    if (previous / DONE_LOG_STATE).is_file():
+        shutil.copyfile(previous / DONE_LOG_STATE, temp / DONE_LOG_STATE)
+    phase("state carried over")
+    return Result(temp, len(hosts), sorted(keep), sorted(set(reinstall) & before),
+                  grub_commands, [f"{name} had not installed; it installs anyway"
+                                  for name in reinstall if name not in before],
+                  seconds, published)
+
+
+def link_unchanged(new: Path, old: Path) -> None:
+    """Replace each file of `new` (but run-time state/) that has the same bytes in `old` by a
+    hard link to the old one."""
+    for folder, _dirs, files in os.walk(new):
+        for name in files:
+            path = Path(folder) / name
+            relative = path.relative_to(new)
+            if relative.parts[0] == "state":
+                continue
+            if _same_file(path, old / relative):
+                temp = path.with_name(f".{name}.link")
+                try:
+                    os.link(old / relative, temp)
+                except OSError:
+                    continue
+                os.replace(temp, path)
+
+
+def _same_file(new: Path, old: Path) -> bool:
+    """Same bytes: the same inode (an install tree's files are hard-linked when unchanged),
+    else same size and contents, compared in chunks (an install tree holds 4 GB)."""
+    try:
+        if new.samefile(old):
+            return False  # already one file
+        if not old.is_file() or old.is_symlink() or new.stat().st_size != old.stat().st_size:
+            return False
+        with new.open("rb") as a, old.open("rb") as b:
+            while True:
+                chunk = a.read(1 << 20)
+                if chunk != b.read(1 << 20):
+                    return False
+                if not chunk:
+                    return True
+    except OSError:
+        return False
 
 
 def _publish(base: BaseIso, temp: Path, folder: str, previous: Path,
