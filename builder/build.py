@@ -355,6 +355,9 @@ def build(options: Options) -> Result:
     out = options.out
     if out.exists() and not out.is_dir():
         raise InputError(f"-o {out}: not a folder")
+    # A first build checks its inputs before it makes OUT (for its lock): bad input leaves
+    # nothing behind. Later ones check them under the lock, after the no-op check.
+    checked = None if out.exists() else check_inputs(options, {})
     with _output_lock(out, options.report):
         generations = Generations(out / CURRENT)
         generations.sweep()
@@ -366,7 +369,7 @@ def build(options: Options) -> Result:
             document = manifest.read(out)
             return Result(out, True, state["source_date_epoch"], [], document,
                           list(document.get("secure_boot", {}).get("warnings", [])))
-        return _build(options, state, generations)
+        return _build(options, state, generations, checked)
 
 
 @contextlib.contextmanager
@@ -400,22 +403,36 @@ def _preflight(site: Site, options: Options, state: dict[str, Any]) -> tuple[Pat
     return media
 
 
-def _build(options: Options, state: dict[str, Any], generations: Generations) -> Result:
-    out = options.out
+@dataclass
+class Checked:
+    """The inputs, loaded and checked before anything is written."""
+    site: Site
+    media: tuple[Path, str] | None
+    verdict: secureboot.Verdict | None
+
+
+def check_inputs(options: Options, state: dict[str, Any]) -> Checked:
     site = load_site(options.site)
+    media = _preflight(site, options, state)
+    # With secure_boot.policy: required, a revoked shim stops here.
+    verdict = check_secure_boot(site, media) if media is not None else None
+    return Checked(site, media, verdict)
+
+
+def _build(options: Options, state: dict[str, Any], generations: Generations,
+           checked: Checked | None) -> Result:
+    out = options.out
+    checked = checked or check_inputs(options, state)
+    site, media, verdict = checked.site, checked.media, checked.verdict
     files = input_files(site)
     sde, origin = source_date_epoch([f for _, f, _ in files], options.source_date_epoch)
     options.report(f"SOURCE_DATE_EPOCH={sde} ({origin})")
-    media = _preflight(site, options, state)
     shared = hashlib.sha256(repr([(k, str(f.relative_to(root)), f.read_bytes())
                                   for k, f, root in files if k == "template"]).encode()
                             ).hexdigest()
     inputs = [manifest.entry(kind, f, f.relative_to(root).as_posix())
               for kind, f, root in files]
 
-    media = _preflight(site, options, state)
-    # Before anything is written: with secure_boot.policy: required, a revoked shim stops here.
-    verdict = check_secure_boot(site, media) if media is not None else None
     with generations.new() as gen, contextlib.ExitStack() as held:
         ks_paths, host_keys, written = build_kickstarts(site, options, state, shared, gen)
         options.report(f"kickstarts: {len(written)} written, "
