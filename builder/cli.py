@@ -336,6 +336,13 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs(text: str) -> int:
+    """-j: a number of worker processes, 1 to 1024 (argparse says so in one line, exit 2)."""
+    if not text.isdigit() or not 1 <= int(text) <= 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 to 1024 worker processes")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ksbuild",
@@ -365,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("site", type=Path, help="the site file (YAML)")
     build.add_argument("-o", "--output", type=Path, default=Path("out"),
                        help="output folder (default: out)")
-    build.add_argument("-j", "--jobs", type=int, default=None,
+    build.add_argument("-j", "--jobs", type=jobs, default=None,
                        help="worker processes for large fleets (default: one per core)")
     build.add_argument("--cache-dir", type=Path, default=None,
                        help="download cache (default: $XDG_CACHE_HOME/ksbuild)")
@@ -477,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="without a site file: HOST has installed, boot it locally")
     pxe.add_argument("--done-log", type=Path, metavar="FILE",
                      help="without a site file: switch the hosts nginx logged as done")
-    pxe.add_argument("-j", "--jobs", type=int, default=None,
+    pxe.add_argument("-j", "--jobs", type=jobs, default=None,
                      help="worker processes for the kickstarts (default: one per core)")
     pxe.set_defaults(handler=cmd_pxe)
 

@@ -205,6 +205,13 @@ def test_an_ipv6_server_reaches_every_entry_with_brackets(tmp_path: Path) -> Non
     assert "listen [2001:db8::5]:8080;" in (out / "nginx.conf").read_text()
 
 
+@pytest.mark.parametrize("value", ["0", "-3", "1e3", "99999"])
+def test_jobs_out_of_range_is_one_line(tmp_path: Path, value: str) -> None:
+    done = run_cli("build", "kickstarts/site.yaml", "-o", str(tmp_path / "out"), "-j", value)
+    assert done.returncode == 2 and "-j/--jobs: " in done.stderr and "worker" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
 def test_more_hosts_than_the_limit_is_one_line_before_any_host_is_parsed(
         tmp_path: Path) -> None:
     text = "hosts:\n" + "- {hostname: a.example.com}\n" * (site.MAX_HOSTS + 1)
