@@ -338,6 +338,13 @@ def test_pxe_into_the_build_folder_then_build_again_leaves_one_tree(tmp_path: Pa
     assert tree_bytes(out) == first and debris(out) == []
 
 
+def writing(out: Path) -> bool:
+    """A build into OUT has started writing: a new generation beside the current one (or,
+    before generations, the temporary names outputs were written under)."""
+    return len(list(out.glob(".ksbuild/.current.*.v"))) > 1 or any(
+        next(out.glob(pattern), None) for pattern in (".pxe.*.part", "iso/.*.part", "ks/.*.part"))
+
+
 def debris(out: Path) -> list[str]:
     """What is in OUT beyond the outputs, their current generation and the locks."""
     link = out / ".ksbuild" / "current"
@@ -375,25 +382,31 @@ def test_killed_builds_leave_old_or_new_outputs_never_a_mix_and_no_debris(
     now = 0
     outcomes = []
     left = []
-    for step in range(12):  # from just after the start to just before the end, both ways
-        fraction, how = 0.05 + 0.08 * step, ("kill", "int")[step % 2]
+    for step in range(12):  # from just after the start to just after the switch, both ways
+        how = ("kill", "int")[step % 2]
         write_site(tmp_path, versions[1 - now])
         proc = subprocess.Popen([sys.executable, "-m", "builder", "build", str(site_path),
                                  "-o", str(out)], cwd=REPO, start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 env={**os.environ, **env})
-        time.sleep(duration * fraction)
+        if step < 4:  # while it starts: loading, checking, hashing
+            time.sleep(duration * 0.1 * step)
+        else:  # once its new generation exists: while it writes, switches, cleans up
+            deadline = time.monotonic() + 60
+            while not writing(out) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(duration * (step - 4) / 12)
         if how == "kill":
             proc.kill()
         else:
             os.killpg(proc.pid, signal.SIGINT)
         proc.wait(60)
         seen = tree_bytes(out)
-        assert seen in expected, (fraction, how, sorted(
+        assert seen in expected, (step, how, sorted(
             name for name in set(seen) | set(expected[0])
             if seen.get(name) != expected[0].get(name)))
         now = expected.index(seen)
-        outcomes.append((fraction, how, proc.returncode, now))
+        outcomes.append((step, how, proc.returncode, now))
         left += debris(out)
     assert any(code != 0 for _f, _h, code, _n in outcomes), outcomes  # some were cut short
     assert left, "no kill left anything for the next build to clean up: the test cannot fail"
