@@ -75,6 +75,7 @@ def test_an_install_is_recorded_in_order_and_status_shows_it(running: EventServe
     one = hosts_of(status)[H1]
     assert one["path"] == ["kickstart", "started", "packages", "installed", "booted"]
     assert one["mac"] == MAC1 and one["message"] == "network up as configured"
+    assert one["data"]["bridge"] == "br0 up slaves=eth0 stp=0; "  # the last event's data
     assert hosts_of(status)[H2]["state"] == "pending"
     table = ksbuild_status(tree)
     assert table.returncode == 0, table.stderr

@@ -117,6 +117,7 @@ class HostStatus:
             "for": round(now - self.since, 1) if self.since else None,
             "duration": round((self.since or 0) - self.first, 1) if self.first else None,
             "message": last.message if last else "", "client": last.client if last else "",
+            "data": dict(last.data) if last else {},  # a failure's log tail, a boot's network
             "events": self.seq, "reached": dict(self.reached), "path": list(self.path),
             "version": self.version,
         }
