@@ -362,3 +362,24 @@ def test_pxe_fixed_leases_from_the_network_model(tmp_path: Path) -> None:
     assert loaded.pxe is not None
     assert dhcp_leases(loaded, loaded.pxe) == ["52:54:00:30:00:01,192.0.2.31,a",
                                                "52:54:00:30:00:02,192.0.2.32,b"]
+
+
+def test_iso_installer_entries_get_eth_names(tmp_path: Path) -> None:
+    """`ksbuild iso` of a site with nic_names: eth: every installer entry of the three menus
+    (isolinux, the ISO's grub.cfg and efiboot.img's copy) boots with the same NIC names as
+    the installed host."""
+    from tests.fixtures import centos_iso
+    from tests.test_iso_support import efiboot_grub_cfg, extract, ksbuild
+
+    doc = {"defaults": {"root_password_hash": HASH, "nic_names": "eth"},
+           "hosts": [{"hostname": "kvm1.example.com", "mac": "52:54:00:12:34:56"}]}
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "o.iso"
+    done = ksbuild("iso", path, "--base", centos_iso(), "-o", out)
+    assert done.returncode == 0, done.stderr
+    args = "net.ifnames=0 biosdevname=0 inst.ks=hd:LABEL="
+    assert extract(out, "/isolinux/isolinux.cfg").decode().count(args) == 3
+    for grub in (extract(out, "/EFI/BOOT/grub.cfg").decode(), efiboot_grub_cfg(out).decode()):
+        assert grub.count(args) == 3
+    assert 'net.ifnames=0 biosdevname=0"' in extract(out, "/ks.cfg").decode()
