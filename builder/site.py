@@ -538,11 +538,16 @@ def _locate(node: yaml.Node, path: str, file: str, loader: _Loader, depth: int =
 def read_located(path: Path) -> Located:
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{name}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InputError(f"{name}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
     loader = _Loader(text)
     try:
         node = loader.get_single_node()

@@ -215,6 +215,13 @@ def test_aliases_in_proportion_still_load(tmp_path: Path) -> None:
     assert not any(h.firewall.enabled for h in loaded.hosts)
 
 
+def test_a_site_file_not_in_utf8_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_bytes(b"# caf\xc3\xa9\nhosts:\n  - hostname: caf\xe9\n")
+    with pytest.raises(InputError, match=r"site\.yaml:3: not UTF-8 text \(byte 0xe9\)$"):
+        site.load(path)
+
+
 def test_missing_file_is_an_input_error(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         site.load(tmp_path / "nope.yaml")
