@@ -13,7 +13,8 @@ from rich.text import Text
 from builder.progress import human_time
 
 STYLES = {"booted": "green", "failed": "bold red", "degraded": "bold red", "pending": "dim",
-          "installed": "cyan", "packages": "blue", "started": "blue", "kickstart": "blue"}
+          "installed": "cyan", "packages": "blue", "started": "blue", "kickstart": "blue",
+          "boot": "blue"}
 
 
 def when(seconds: float | None) -> str:
