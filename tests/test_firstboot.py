@@ -9,6 +9,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import REPO
 from tests.pxe_support import HOSTS, build, write_site
@@ -18,11 +19,12 @@ H1, _, ADDRESS = HOSTS[0]
 SERVER = "http://127.0.0.1:8080"  # the namespace's own loopback
 
 
-def first_boot(tmp_path: Path, network: str, wait: int) -> tuple[dict[str, object], str]:
+def first_boot(tmp_path: Path, network: str, wait: int,
+               hosts: list[dict[str, Any]] | None = None) -> tuple[dict[str, object], str]:
     """Build a tree, take H1's first-boot script out of its kickstart, make `network` in a
     fresh namespace, run the script there; H1's last event and the stub systemctl's calls."""
     tree = tmp_path / "pxe"
-    build(write_site(tmp_path, {"server": SERVER}), tree)
+    build(write_site(tmp_path, {"server": SERVER}, hosts=hosts), tree)
     kickstart = (tree / f"http/ks/{H1}.cfg").read_text()
     script = kickstart.split("<<'KSBUILD_FIRSTBOOT'\n", 1)[1].split("\nKSBUILD_FIRSTBOOT\n")[0]
     (tmp_path / "ksbuild-firstboot").write_text(script + "\n")
@@ -84,3 +86,27 @@ def test_the_first_boot_names_what_differs(tmp_path: Path) -> None:
     assert event["data"] == {"address": f"br0 {ADDRESS}/24", "route": "",
                              "bridge": "br0 unknown slaves=none stp=0; "}
     assert event["client"] == "127.0.0.1"
+
+
+def test_the_first_boot_knows_a_network_model_host(tmp_path: Path) -> None:
+    """A host written with `network`: its bridges are expected too, and a bridge only for
+    guests (no host address) is not reported as missing one."""
+    hosts = [{"hostname": H1, "mac": HOSTS[0][1], "network": {
+        "nics": {"eth0": {}, "eth1": {}},
+        "bridges": {"br0": {"ports": ["eth0"], "address": f"{ADDRESS}/24",
+                            "gateway": "10.0.2.2"},
+                    "brg": {"ports": ["eth1"]}}}}]
+    guests = """
+ip link add brg type bridge
+ip link add eth1 type veth peer name peer1
+ip link set eth1 master brg
+ip link set peer1 up
+ip link set eth1 up
+ip link set brg up
+"""
+    event, _calls = first_boot(tmp_path, BRIDGE + guests + "ip route add default via "
+                               "10.0.2.2 dev br0", wait=30, hosts=hosts)
+    assert event["state"] == "booted", event
+    data = event["data"]
+    assert isinstance(data, dict)
+    assert data["bridge"] == "br0 up slaves=eth0 stp=0; brg up slaves=eth1 stp=0; "
