@@ -185,17 +185,34 @@ def test_vlan_on_a_nic_picked_only_by_mac_is_refused(tmp_path: Path) -> None:
     assert load_doc(tmp_path, doc).hosts[0].network["vlan40"].parent == "nic3"
 
 
-def test_bad_layout_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+# (mutation of the fleet example, the path the one line names)
+CLI_CASES = [
+    (lambda d: layout(d)["bonds"]["bond0"].update(mtu=1500),  # bond0.30 (9000) above it
+     r"defaults\.network\.vlans\.bond0\.30\.mtu"),
+    (lambda d: layout(d)["bonds"].update(bond1={"slaves": ["bond0"]}),  # a loop of masters
+     r"defaults\.network\.bonds\.bond1\.slaves"),
+    (lambda d: host0(d)["vlans"]["bond0.30"].update(gateway="198.51.100.1"),  # two defaults
+     r"hosts\[0\]\.network\.bridges\.br-mgmt\.gateway"),
+    (lambda d: d["hosts"][1]["network"]["nics"]["nic1"].update(mac="52:54:00:10:00:01"),
+     r"hosts\[1\]"),  # a MAC twice
+    (lambda d: layout(d)["routes"].append({"to": "10.9.0.0/16", "via": "203.0.113.1"}),
+     r"defaults\.network\.routes\[1\]\.via"),  # an unreachable gateway
+]
+
+
+@pytest.mark.parametrize(("mutate", "where"), CLI_CASES,
+                         ids=["mtu", "loop", "two-defaults", "mac-twice", "route"])
+def test_bad_layout_exits_2_and_writes_nothing(tmp_path: Path, mutate: Any,
+                                               where: str) -> None:
     doc = fleet_doc()
-    layout(doc)["bonds"]["bond0"]["mtu"] = 1500  # bond0.30 (9000) above its bond
+    mutate(doc)
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "builder", "render", str(path), "-o",
                            str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
-    assert re.fullmatch(r"ksbuild: \S+site\.yaml:\d+: defaults\.network\.vlans\.bond0\.30\.mtu: "
-                        r".*\n", done.stderr), done.stderr
+    assert re.fullmatch(rf"ksbuild: \S+site\.yaml:\d+: {where}: .*\n", done.stderr), done.stderr
     assert "Traceback" not in done.stderr and not out.exists()
 
 
