@@ -24,7 +24,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +321,8 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str],
     settings, _ = pxe.settings_of(site, None)
     loaders = pxe.find_bios_loaders(settings)
     loader_files = [loaders.pxelinux, *loaders.modules.values()]
-    key = _key(media[1], sorted(host_keys.items()), repr(site.pxe), __version__,
-               [_stat_key(f) for f in loader_files], str(_pxe_path(options)))
+    shared = pxe_shared_key(site, options, media, loader_files)
+    key = _key(shared, sorted(host_keys.items()))
     live, new = options.out / "pxe", into / "pxe"
     lock = held.enter_context(pxestate.TreeLock(live))
     if state.get("pxe") == key and live.is_dir():
@@ -334,8 +334,33 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str],
         options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
     pxe.write_tree(pxe.Options(site=site, out=new, base=media[0], jobs=options.jobs,
-                               previous=live, served_as=_pxe_path(options)), lock)
+                               previous=live, served_as=_pxe_path(options),
+                               reuse_kickstarts=_current_pxe_kickstarts(
+                                   options, state, shared, host_keys)), lock)
     return key, loader_files
+
+
+def pxe_shared_key(site: Site, options: Options, media: tuple[Path, str],
+                   loader_files: list[Path]) -> str:
+    """What every host's PXE files depend on besides the host's own inputs (its key): the
+    base media, the site's pxe: settings, the boot loaders, where the tree is served from."""
+    # Not where pxe: is in the site file (origin, for messages): a line added above it
+    # changes no output.
+    settings = replace(site.pxe, origin="") if site.pxe is not None else None
+    return _key(media[1], repr(settings), __version__, [_stat_key(f) for f in loader_files],
+                str(_pxe_path(options)))
+
+
+def _current_pxe_kickstarts(options: Options, state: dict[str, Any], shared: str,
+                            host_keys: dict[str, str]) -> frozenset[str]:
+    """Hosts whose PXE kickstart in the live tree is current: the tree-wide inputs and the
+    host's own are those of the build that wrote it, and the file is the one it recorded."""
+    if state.get("pxe_shared") != shared:
+        return frozenset()
+    previous, recorded = state.get("hosts", {}), state.get("outputs", {})
+    folder = options.out / "pxe" / "http" / "ks"
+    return frozenset(name for name, key in host_keys.items() if previous.get(name) == key
+                     and _intact(folder / f"{name}.cfg", recorded, f"pxe/http/ks/{name}.cfg"))
 
 
 def _pxe_path(options: Options) -> Path:
@@ -427,7 +452,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     files = input_files(site)
     sde, origin = source_date_epoch([f for _, f, _ in files], options.source_date_epoch)
     options.report(f"SOURCE_DATE_EPOCH={sde} ({origin})")
-    shared = hashlib.sha256(repr([(k, str(f.relative_to(root)), f.read_bytes())
+    # The templates, and the site file's name (kickstarts carry it as site_name).
+    shared = hashlib.sha256(repr([site.path.name] + [(k, str(f.relative_to(root)), f.read_bytes())
                                   for k, f, root in files if k == "template"]).encode()
                             ).hexdigest()
     inputs = [manifest.entry(kind, f, f.relative_to(root).as_posix())
@@ -437,10 +463,11 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         ks_paths, host_keys, written = build_kickstarts(site, options, state, shared, gen)
         options.report(f"kickstarts: {len(written)} written, "
                        f"{len(ks_paths) - len(written)} unchanged")
-        outputs = [manifest.entry("kickstart", path, f"ks/{name}.cfg")
-                   for name, path in sorted(ks_paths.items())]
         for path in ks_paths.values():
             os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
+        known = _known_hashes(out, state)
+        outputs = [_output_entry("kickstart", path, f"ks/{name}.cfg", known)
+                   for name, path in sorted(ks_paths.items())]
 
         before = _snapshot(out)
         iso_keys: dict[str, str] = {}
@@ -459,7 +486,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 pxe_key, loader_files = build_pxe(site, options, media, host_keys, state, gen,
                                                   held)
                 inputs += [manifest.entry("boot-loader", f, f.name) for f in loader_files]
-                outputs += [manifest.entry("pxe", f, f.relative_to(gen).as_posix())
+                outputs += [_output_entry("pxe", f, f.relative_to(gen).as_posix(), known)
                             for f in _pxe_outputs(gen / "pxe")]
         after = _snapshot(gen)
         written += [e.path for e in outputs if e.kind != "kickstart"
@@ -477,6 +504,29 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
     return Result(out, False, sde, written, document, verdict.warnings if verdict else [])
+
+
+def _known_hashes(out: Path, state: dict[str, Any]) -> dict[str, tuple[list[int], str]]:
+    """The current outputs' sha256 from their manifest, with the identity the state recorded
+    for each: a file of the new generation with that identity is the same (hard-linked,
+    untouched) file, so it need not be hashed again (70,000 files for a large PXE fleet)."""
+    recorded = state.get("outputs", {})
+    if not recorded:
+        return {}
+    try:
+        document = manifest.read(out)
+    except InputError:
+        return {}
+    return {e["path"]: (recorded[e["path"]], e["sha256"]) for e in document["outputs"]
+            if e["path"] in recorded}
+
+
+def _output_entry(kind: str, path: Path, name: str,
+                  known: dict[str, tuple[list[int], str]]) -> Entry:
+    was = known.get(name)
+    if was is not None and _identity(path) == was[0]:
+        return Entry(kind, name, was[1], path.stat().st_size)
+    return manifest.entry(kind, path, name)
 
 
 def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
@@ -510,6 +560,8 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
         "media": {"stat": _stat_key(media[0]), "sha256": media[1]} if media else {},
         "isos": iso_keys,
         "pxe": pxe_key,
+        "pxe_shared": pxe_shared_key(site, options, media, loader_files)
+        if pxe_key is not None and media is not None else None,
     }
 
 

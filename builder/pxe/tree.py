@@ -109,6 +109,9 @@ class Options:
     # Where the tree is served from, named in dnsmasq.conf and nginx.conf unless the site
     # sets pxe.tree_path: the final path, not the temporary one it is written to.
     served_as: Path | None = None
+    # Hosts whose PXE kickstart in `previous` is current (the caller knows their inputs did
+    # not change): hard-linked from there instead of rendered and validated again.
+    reuse_kickstarts: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -310,6 +313,11 @@ class Writer:
             os.close(fd)
         self.count += 1
 
+    def link(self, source: Path, relative: str) -> None:
+        """A hard link to a file of the previous tree (written 0644 by a Writer)."""
+        os.link(source, self.root / relative)
+        self.count += 1
+
     def copy(self, source: Path, relative: str) -> Path:
         target = self.root / relative
         shutil.copyfile(source, target)
@@ -477,10 +485,15 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Res
     hosts = {h.hostname: boot_host(h, server, settings) for h in site.hosts}
     configs = server_configs(site, settings, server, tree_path)
     phase("checks and server configs")
+    installing = pxe_site(site, settings)
+    reused = {name for name in options.reuse_kickstarts & set(hosts)
+              if (previous / "http" / "ks" / f"{name}.cfg").is_file()}
+    fresh = tuple(h for h in installing.hosts if h.hostname not in reused)
     texts = kickstart.render_site(
-        pxe_site(site, settings), jobs=options.jobs,
+        installing, fresh, jobs=options.jobs,
         extra=lambda host: {"pxe_done_url": hosts[host.hostname].done_url,
-                            "pxe_events_url": f"{server}/events/{host.hostname}"})
+                            "pxe_events_url": f"{server}/events/{host.hostname}"}
+    ) if fresh else {}
     phase("kickstarts (render + validate)")
 
     temp.mkdir(exist_ok=True)
@@ -504,7 +517,10 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Res
         entries = menus.host(hosts[name], local=False)
         for relative, text in entries.items():
             writer.text(relative, text)
-        writer.text(f"http/ks/{name}.cfg", texts[name])
+        if name in reused:
+            writer.link(previous / "http" / "ks" / f"{name}.cfg", f"http/ks/{name}.cfg")
+        else:
+            writer.text(f"http/ks/{name}.cfg", texts[name])
         indexed.append(pxestate.IndexedHost(name, hosts[name].mac, entries))
     writer.data(pxestate.INDEX, pxestate.index_data(server, indexed))
     phase("entries, kickstarts, index written")
