@@ -147,7 +147,9 @@ def publish_once(site_path: Path, iso: Path, out: Path) -> None:
 
 def bench_publish(iso: Path, work: Path, runs: int) -> tuple[Path, dict[str, list[float]]]:
     site = write_site(work, {"server": "http://127.0.0.1:8080", "install_tree": "local"})
-    tree = work / "pxe"
+    # Its own folder: the tree is a symlink to a version folder beside it (builder/output.py
+    # Generations), all of which a fresh publish must start without.
+    tree = work / "trees" / "pxe"
     copy = work / "copy.iso"
     ksbuild = [sys.executable, __file__, "--publish-once", str(site), str(iso), str(tree)]
     times: dict[str, list[float]] = {name: [] for name in (
@@ -161,7 +163,8 @@ def bench_publish(iso: Path, work: Path, runs: int) -> tuple[Path, dict[str, lis
         return {"cp": seconds}
 
     def run_ksbuild() -> dict[str, float]:
-        shutil.rmtree(tree, ignore_errors=True)
+        shutil.rmtree(tree.parent, ignore_errors=True)
+        assert not tree.parent.exists(), "the previous tree is still there"
         subprocess.run(["sync"], check=True)
         first, printed = timed(ksbuild)
         build, copy_and_verify = (float(word) for word in printed.split())
