@@ -1,23 +1,36 @@
-"""`ksbuild build` on a generated fleet: the first build, a no-op rebuild, and a rebuild after
-one host changed. Prints wall times; the no-op target is <= 1 s for 10,000 hosts.
+"""`ksbuild build` on a generated fleet with a PXE tree (issue 16): a full build, a no-op
+rebuild, one host changed, a field of `defaults` changed; each with the files it rewrote, and
+the baselines measured in the same run: loading the site file alone (the floor of any
+rebuild that must look at it) and rendering + validating every kickstart once (what a full
+build cannot avoid). Then the same at a smaller size with per-host ISOs. Peak memory (this
+process, and the largest render worker) at the end.
 
-    python bench/bench_build.py [--hosts 10000]
+    python bench/bench_build.py [--hosts 10000] [--iso-hosts 20] [--base ISO]
+
+Targets on the 2-core reference machine, 10,000 hosts: full <= 10 s, one host <= 1 s, defaults
+changed <= full, no-op <= 0.2 s.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import fleet_site, write_fleet_site  # noqa: E402
-from builder import build  # noqa: E402
+from bench.fleet import fleet_site  # noqa: E402
+from builder import build, kickstart, site  # noqa: E402
+
+Edit = Callable[[dict[str, Any]], None]
 
 
 def timed(options: build.Options) -> tuple[float, build.Result]:
@@ -26,26 +39,71 @@ def timed(options: build.Options) -> tuple[float, build.Result]:
     return time.perf_counter() - start, result
 
 
+def one_host(doc: dict[str, Any]) -> None:
+    doc["hosts"][len(doc["hosts"]) // 2]["kernel_args"] = ["console=ttyS0"]
+
+
+def defaults(doc: dict[str, Any]) -> None:
+    doc["defaults"]["timezone"] = "Europe/Berlin"
+
+
+def fleet(count: int, base: Path, iso: str) -> dict[str, Any]:
+    doc = fleet_site(count)
+    doc.update(media={"path": str(base)}, outputs={"iso": iso, "pxe": True},
+               pxe={"server": "http://10.0.0.5", "tree_path": "/srv/ksbuild/pxe"})
+    return doc
+
+
+def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
+    doc = fleet(count, base, iso)
+    site_path = tmp / f"{label}.yaml"
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    options = build.Options(site=site_path, out=tmp / f"{label}-out",
+                            source_date_epoch=1700000000)
+    rows = []
+    seconds, result = timed(options)
+    rows.append(("full build", seconds, result))
+    seconds, result = timed(options)
+    assert result.up_to_date, "the second build should have had nothing to do"
+    rows.append(("no-op rebuild", seconds, result))
+    for name, edit in (("one host changed", one_host), ("a default changed", defaults)):
+        edit(doc)
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+        seconds, result = timed(options)
+        rows.append((name, seconds, result))
+    start = time.perf_counter()
+    loaded = site.load(site_path)
+    load = time.perf_counter() - start
+    kickstart.render_site(loaded)
+    render = time.perf_counter() - start - load
+    files = sum(len(files) for _, _, files in os.walk(options.out, followlinks=True))
+    print(f"{label}: {count} hosts, iso: {iso}, {files} files in the output")
+    print(f"  baseline: load the site:             {load:7.2f} s")
+    print(f"  baseline: render + validate all once: {render:7.2f} s")
+    for name, seconds, result in rows:
+        print(f"  {name + ':':<37} {seconds:7.2f} s, rewrote {len(result.written)} file(s)")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=10000)
+    parser.add_argument("--iso-hosts", type=int, default=20, help="the per-host ISO fleet")
+    parser.add_argument("--base", type=Path, help="base ISO (default: the tests' test ISO)")
     args = parser.parse_args()
+    base = args.base
+    if base is None:
+        from tests.fixtures import centos_iso
+
+        base = centos_iso()
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
-        site_path = write_fleet_site(Path(tmp) / "fleet.yaml", args.hosts)
-        options = build.Options(site=site_path, out=Path(tmp) / "out",
-                                source_date_epoch=1700000000)
-        first, result = timed(options)
-        noop, again = timed(options)
-        assert again.up_to_date, "the second build should have had nothing to do"
-        doc = fleet_site(args.hosts)
-        doc["hosts"][0]["timezone"] = "Europe/Berlin"  # type: ignore[index]
-        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        one, changed = timed(options)
-    print(f"hosts:                       {args.hosts}")
-    per_host = first / args.hosts * 1000
-    print(f"first build:                 {first:7.2f} s ({per_host:.2f} ms/host)")
-    print(f"no-op rebuild:               {noop:7.2f} s")
-    print(f"one host changed:            {one:7.2f} s, wrote {len(changed.written)} file(s)")
+        run("pxe", args.hosts, base, "none", Path(tmp))
+        run("per-host-iso", args.iso_hosts, base, "per-host", Path(tmp))
+    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak memory: {me:.0f} MiB (this process), {workers:.0f} MiB (largest worker)")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
 

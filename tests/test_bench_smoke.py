@@ -12,7 +12,7 @@ from tests.conftest import REPO
 
 @pytest.mark.parametrize(("script", "args", "expected"), [
     ("bench_kickstarts.py", ["--hosts", "300"], "total wall time"),
-    ("bench_build.py", ["--hosts", "300"], "no-op rebuild"),
+    ("bench_build.py", ["--hosts", "300", "--iso-hosts", "2"], "a default changed:"),
     ("bench_pxe.py", ["--hosts", "300"], "whole PXE tree"),
     ("bench_installtree.py", ["--smoke"], "nginx, kept alive:"),
     ("bench_post_sandbox.py", ["--repeat", "1"], "chroot"),
