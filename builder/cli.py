@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from builder import __version__
 from builder.errors import KsbuildError
@@ -343,8 +343,16 @@ def jobs(text: str) -> int:
     return int(text)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line and exit 2, like every other bad input
+    (argparse's own error() prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="ksbuild",
         description="CentOS 7 KVM-host kickstarts, install ISOs and PXE trees from a site file.",
     )

@@ -209,7 +209,16 @@ def test_an_ipv6_server_reaches_every_entry_with_brackets(tmp_path: Path) -> Non
 def test_jobs_out_of_range_is_one_line(tmp_path: Path, value: str) -> None:
     done = run_cli("build", "kickstarts/site.yaml", "-o", str(tmp_path / "out"), "-j", value)
     assert done.returncode == 2 and "-j/--jobs: " in done.stderr and "worker" in done.stderr
+    assert len(done.stderr.splitlines()) == 1, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv", [["build"], ["bogus"], ["pxe", "x.yaml", "--nope"],
+                                  ["serve", "t", "--listen"]])
+def test_a_bad_command_line_is_one_line_exit_2(argv: list[str]) -> None:
+    done = run_cli(*argv)
+    assert done.returncode == 2
+    assert len(done.stderr.splitlines()) == 1 and "--help" in done.stderr, done.stderr
 
 
 def test_more_hosts_than_the_limit_is_one_line_before_any_host_is_parsed(
