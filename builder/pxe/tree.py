@@ -290,6 +290,7 @@ class Writer:
         # written (a rebuild after one host changed writes that host's files only; writing
         # 40,000 entries and then swapping each for a link cost ~20 s).
         self.previous = previous
+        self.compared: set[str] = set()  # files already compared with the previous tree's
         self.count = 0
         # 40,000 files for a large fleet: skip the chmod when the umask leaves 0644 as it is.
         self.fix_mode = umask() & FILE_MODE != 0
@@ -306,9 +307,11 @@ class Writer:
         self.data(relative, text.encode())
 
     def data(self, relative: str, data: bytes) -> None:
-        if self.previous is not None and _has_bytes(self.previous / relative, data):
-            self.link(self.previous / relative, relative)
-            return
+        if self.previous is not None:
+            self.compared.add(relative)
+            if _has_bytes(self.previous / relative, data):
+                self.link(self.previous / relative, relative)
+                return
         fd = os.open(self.root / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         try:
             if self.fix_mode:
@@ -540,7 +543,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Res
     writer.data(pxestate.INDEX, pxestate.index_data(server, indexed))
     phase("entries, kickstarts, index written")
     if previous != temp and previous.is_dir():
-        link_unchanged(temp, previous)
+        link_unchanged(temp, previous, writer.compared)
         phase("unchanged files linked to the previous tree's")
 
     lock.acquire()  # held until the new tree is in place (the caller releases it)
@@ -557,14 +560,16 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Res
                   seconds, published)
 
 
-def link_unchanged(new: Path, old: Path) -> None:
-    """Replace each file of `new` (but run-time state/) that has the same bytes in `old` by a
-    hard link to the old one."""
+def link_unchanged(new: Path, old: Path, compared: set[str] | frozenset[str] = frozenset()
+                   ) -> None:
+    """Replace each file of `new` (but run-time state/, and the `compared` ones, whose bytes
+    were checked against `old` when written) that has the same bytes in `old` by a hard link
+    to the old one."""
     for folder, _dirs, files in os.walk(new):
         for name in files:
             path = Path(folder) / name
             relative = path.relative_to(new)
-            if relative.parts[0] == "state":
+            if relative.parts[0] == "state" or relative.as_posix() in compared:
                 continue
             if _same_file(path, old / relative):
                 temp = path.with_name(f".{name}.link")
