@@ -565,12 +565,15 @@ def link_unchanged(new: Path, old: Path, compared: set[str] | frozenset[str] = f
     """Replace each file of `new` (but run-time state/, and the `compared` ones, whose bytes
     were checked against `old` when written) that has the same bytes in `old` by a hard link
     to the old one."""
-    for folder, _dirs, files in os.walk(new):
-        for name in files:
+    for folder, dirs, files in os.walk(new):
+        where = os.path.relpath(folder, new)
+        if where == ".":
+            dirs[:] = [d for d in dirs if d != "state"]
+        # Strings until a file is a candidate: 60,000 files for a large fleet.
+        names = [n for n in files if (n if where == "." else f"{where}/{n}") not in compared]
+        for name in names:
             path = Path(folder) / name
             relative = path.relative_to(new)
-            if relative.parts[0] == "state" or relative.as_posix() in compared:
-                continue
             if _same_file(path, old / relative):
                 temp = path.with_name(f".{name}.link")
                 try:
