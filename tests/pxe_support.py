@@ -183,6 +183,19 @@ def tree_digest(root: Path) -> dict[str, tuple[int, str]]:
             found[str(path.relative_to(root))] = (mode, data)
     return found
 
+def request_from(source: str, port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request to 127.0.0.1:`port` from loopback address `source` (127.0.0.2 stands for
+    an installing host)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
+                                            source_address=(source, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
 
 class EventServer:
     """`ksbuild serve` on a free loopback port, in this process."""
@@ -195,13 +208,7 @@ class EventServer:
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return request_from("127.0.0.1", self.port, method, path, body, headers)
 
     def event(self, host: str, state: str, **fields: str) -> tuple[int, bytes]:
         return self.request("POST", f"/events/{host}/{state}", urlencode(fields).encode(),

@@ -32,7 +32,14 @@ from builder.pxe import bootlog, events
 from builder.pxe import tree as pxe
 from builder.run import run
 from tests.conftest import REPO
-from tests.pxe_support import GUEST_SERVER, HOSTS, build, small_base_iso, write_site
+from tests.pxe_support import (
+    GUEST_SERVER,
+    HOSTS,
+    build,
+    request_from,
+    small_base_iso,
+    write_site,
+)
 
 H1, MAC1, _ = HOSTS[0]
 H2 = HOSTS[1][0]
@@ -311,19 +318,6 @@ def test_nginx_serves_ranges_and_the_install_trees_dot_files(
     folder.mkdir(parents=True)
     (folder / ".treeinfo").write_text("[general]\n")
     assert get(port, "GET", "/centos/7.9.2009/os/x86_64/.treeinfo")[:2] == (200, b"[general]\n")
-
-
-def request_from(source: str, port: int, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """One request from loopback address `source` (127.0.0.2 stands for an installing host)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
-                                            source_address=(source, 0))
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
 
 
 def test_nginx_proxies_kickstarts_events_done_and_status_to_serve(
