@@ -64,6 +64,10 @@ class Node:
         raise NotImplementedError
 
 
+_UNSEEN = object()
+SEEN_LIMIT = 1 << 17  # values remembered per Str node (a 100,000-host fleet's addresses)
+
+
 @dataclass
 class Str(Node):
     """A string restricted to a pattern (always anchored), optionally converted."""
@@ -74,18 +78,33 @@ class Str(Node):
     convert: Callable[[str], Any] | None = None
     max_length: int = 255
 
+    def __post_init__(self) -> None:
+        self._match = re.compile(self.pattern).fullmatch
+        # Valid values already seen, with what they convert to. A fleet repeats the same
+        # strings (gateways, DNS servers, key names) thousands of times, and what convert
+        # returns is immutable (an ipaddress object, a str), so one result serves every
+        # occurrence. Bounded, since the nodes live as long as the process.
+        self._seen: dict[str, Any] = {}
+
     def parse(self, loc: Located) -> Any:
         value = loc.value
         if not isinstance(value, str):
             raise loc.error(f"expected {self.what or 'a string'}, got {type_name(value)}")
-        if len(value) > self.max_length or not re.fullmatch(self.pattern, value):
+        seen = self._seen.get(value, _UNSEEN)
+        if seen is not _UNSEEN:
+            return seen
+        if len(value) > self.max_length or not self._match(value):
             raise loc.error(f"{value!r} is not {self.what or 'valid here'}")
-        if self.convert is None:
-            return value
-        try:
-            return self.convert(value)
-        except ValueError as exc:
-            raise loc.error(f"{value!r} is not {self.what}: {exc}") from None
+        result = value
+        if self.convert is not None:
+            try:
+                result = self.convert(value)
+            except ValueError as exc:
+                raise loc.error(f"{value!r} is not {self.what}: {exc}") from None
+        if len(self._seen) >= SEEN_LIMIT:
+            self._seen.clear()
+        self._seen[value] = result
+        return result
 
     def json_schema(self) -> dict[str, Any]:
         return {
