@@ -37,10 +37,12 @@ from builder.progress import Progress, Silent
 from builder.run import run
 from builder.site import Host, Site
 from builder.site import load as load_site
+from builder.site import save_cache as save_site_cache
 
 CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
 LOCK = Path(".ksbuild") / "lock"
+SITE_CACHE = Path(".ksbuild") / "site-cache"  # the site loader's per-host cache
 ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRENT
 # What ksbuild before generations left in OUT when killed.
 OLD_DEBRIS = (".ks.*.part", ".ks.*.old", f".{manifest.MANIFEST}.*.part")
@@ -446,7 +448,7 @@ class Checked:
 
 
 def check_inputs(options: Options, state: dict[str, Any]) -> Checked:
-    site = load_site(options.site)
+    site = load_site(options.site, cache=options.out / SITE_CACHE)
     media = _preflight(site, options, state)
     # With secure_boot.policy: required, a revoked shim stops here.
     verdict = check_secure_boot(site, media) if media is not None else None
@@ -510,6 +512,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                            pxe_key, loader_files, verdict)
         write_bytes(gen / STATE.name, json.dumps(new_state, sort_keys=True).encode())
         generations.switch(gen)
+        save_site_cache(site, out / SITE_CACHE)
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
     return Result(out, False, sde, written, document, verdict.warnings if verdict else [])

@@ -11,8 +11,8 @@ import gc
 import ipaddress
 import json
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from builder import network as net
+from builder import sitecache
 from builder.errors import InputError
 from builder.network import NETWORK, Network
 from builder.pxe.config import PXE, PxeSettings
@@ -167,10 +168,25 @@ class Site:
     outputs: Outputs = Outputs(iso="none", pxe=False)
     pxe: PxeSettings | None = None  # the `pxe:` key (builder/pxe/config.py); None: not given
     secure_boot: SecureBoot = SecureBoot()
+    # Set by load(): each host's digest, and the hosts tuple they are the digests of.
+    digests: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    digested: tuple[Host, ...] = field(default=(), compare=False, repr=False)
+    # What load() leaves for save_cache() to write.
+    cache_update: sitecache.Update | None = field(default=None, compare=False, repr=False)
 
     @cached_property
     def _by_name(self) -> dict[str, Host]:
         return {host.hostname: host for host in self.hosts}
+
+    @cached_property
+    def host_digests(self) -> Mapping[str, str]:
+        """hostname -> a sha256 (hex) such that equal digests mean equal Host models (==),
+        in this site or any other loaded by the same ksbuild code. Cheap: load() derives it
+        from the host's text (builder/sitecache.py). For a site whose hosts were replaced
+        after loading (dataclasses.replace), it is the digest of each host's pickle."""
+        if self.digested is not self.hosts or len(self.digests) != len(self.hosts):
+            return {host.hostname: sitecache.model_digest(host) for host in self.hosts}
+        return dict(zip((host.hostname for host in self.hosts), self.digests))
 
     def host(self, name: str) -> Host:
         try:
@@ -563,6 +579,10 @@ def _locate(node: yaml.Node, path: str, file: str, loader: _Loader, depth: int =
 
 
 def read_located(path: Path) -> Located:
+    return _compose(read_text(path), str(path))
+
+
+def read_text(path: Path) -> str:
     name = str(path)
     try:
         data = path.read_bytes()
@@ -575,6 +595,10 @@ def read_located(path: Path) -> Located:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise InputError(f"{name}:{line}: not UTF-8 text (byte {data[exc.start]:#04x})") from None
+    return text
+
+
+def _compose(text: str, name: str) -> Located:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -638,13 +662,32 @@ def _no_gc() -> Iterator[None]:
             gc.enable()
 
 
-def load(path: Path | str) -> Site:
+def load(path: Path | str, cache: Path | None = None) -> Site:
+    """The site file's model. `cache`: a file for the per-host cache (builder/sitecache.py;
+    `ksbuild build` keeps it in OUT/.ksbuild): the hosts whose text did not change are taken
+    from it, and it is updated. Whatever the cache holds, the model and every error are the
+    ones a load without it gives."""
+    path = Path(path)
     with _no_gc():
-        return _load(Path(path))
+        if cache is not None:
+            cached = _load_cached(path, cache)
+            if cached is not None:
+                return cached
+        return _load(path)
+
+
+def save_cache(site: Site, cache: Path) -> None:
+    """Write what the load of `site` learned into the cache file (atomically); after the
+    build succeeded, so a cache never describes a site that failed."""
+    if site.cache_update is not None:
+        with contextlib.suppress(OSError):  # the cache only saves time
+            sitecache.write(cache, site.cache_update)
 
 
 def _load(path: Path) -> Site:
-    doc = read_located(path)
+    """The full load; with the cache entries of its hosts where the text splits into them."""
+    text = read_text(path)
+    doc = _compose(text, str(path))
     if not isinstance(doc.value, dict):
         raise doc.error("expected a mapping with `hosts:` at the top of the site file")
     # Everything but the hosts is checked as written; each host is checked once, merged over
@@ -666,13 +709,127 @@ def _load(path: Path) -> Site:
     first = _host(merge(defaults, raw_hosts.value[0]), given_seed)
     hosts = (first, *(_host(merge(defaults, raw), first.salt_seed)
                       for raw in raw_hosts.value[1:]))
-    _check_fleet(hosts, raw_hosts.value)
+    keys = [_fleet_keys(host) for host in hosts]
+    conflict = _fleet_conflict(keys)
+    if conflict is not None:
+        index, key, other = conflict
+        kind, value = key.split("=", 1)
+        raise raw_hosts.value[index].error(f"{kind} {value} is already used by hosts[{other}]")
+    site = _site(path, doc, hosts)
+    split = sitecache.split(text)
+    if split is None or not _aligned(split, raw_hosts.value):
+        digests = tuple(sitecache.model_digest(host) for host in hosts)
+        return replace(site, digests=digests, digested=site.hosts)
+    chunks = [sitecache.chunk_digest(chunk) for chunk in split.chunks]
+    digests = tuple(sitecache.host_digest(split.frame_digest, host.salt_seed, chunk)
+                    for host, chunk in zip(hosts, chunks))
+    entries = {chunk: (host, key) for chunk, host, key in zip(chunks, hosts, keys)}
+    return replace(site, digests=digests, digested=site.hosts,
+                   cache_update=sitecache.Update(split.frame_digest, entries, None))
+
+
+def _site(path: Path, doc: Located, hosts: tuple[Host, ...]) -> Site:
+    """The site around its checked hosts."""
     overlays = doc.value.get("overlays")
     media = _media(path, doc.value.get("media"))
     pxe = parse_pxe(path, doc.value.get("pxe"))
     return Site(path=path, hosts=hosts, overlays=_overlays(path, overlays), media=media,
                 outputs=_outputs(doc.value.get("outputs"), media, pxe is not None), pxe=pxe,
                 secure_boot=_secure_boot(path, doc.value.get("secure_boot")))
+
+
+def _aligned(split: sitecache.Split, raws: list[Located]) -> bool:
+    """Each chunk holds the host YAML read there (so the split is the parser's)."""
+    if len(split.starts) != len(raws):
+        return False
+    ends = (*split.starts[1:], split.end)
+    return all(start < raw.line <= end for start, end, raw in zip(split.starts, ends, raws))
+
+
+def _load_cached(path: Path, cache_file: Path) -> Site | None:
+    """The load from the cache, or None where it cannot be exactly the full load's: the text
+    does not split, the cache is unusable or for another frame, too many hosts changed, or
+    anything (a changed host, a fleet-wide check, the frame) fails: the full load then gives
+    the error, as it always has."""
+    try:
+        text = read_text(path)
+        split = sitecache.split(text)
+        if split is None or len(split.chunks) > MAX_HOSTS:
+            return None
+        cache = sitecache.read(cache_file)
+        if cache is None or cache.frame_digest != split.frame_digest:
+            return None
+        return _from_cache(path, split, cache)
+    except Exception:  # noqa: BLE001 - a cache is never a reason to fail: the full load decides
+        return None
+
+
+def _from_cache(path: Path, split: sitecache.Split, cache: sitecache.Cache) -> Site | None:
+    chunks = [sitecache.chunk_digest(chunk) for chunk in split.chunks]
+    missing = [index for index, chunk in enumerate(chunks) if chunk not in cache.hosts]
+    if len(missing) > max(16, len(chunks) // 8):
+        return None  # composing them one by one costs more than the full load
+    name = str(path)
+    doc = _compose(split.frame, name)
+    if not isinstance(doc.value, dict) or "hosts" not in doc.value:
+        return None
+    raw_hosts = doc.value["hosts"]
+    if raw_hosts.line != split.hosts_line or raw_hosts.value is not None:
+        return None
+    SITE_WITHOUT_HOSTS.parse(Located({k: v for k, v in doc.value.items() if k != "hosts"},
+                                     doc.path, doc.file, doc.line))
+    defaults = doc.value.get("defaults", Located({}, "defaults", name, doc.line))
+    seed = doc.value["salt_seed"].value if "salt_seed" in doc.value else None
+    if seed is None and chunks[0] in cache.hosts:
+        seed = cache.hosts[chunks[0]][0].hostname  # as the full load: the first host's name
+    new: dict[str, sitecache.Entry] = {}
+    for index in missing:  # in order: the first host, if changed, names the seed
+        host = _host(merge(defaults, _compose_item(split, index, name)), seed)
+        seed = host.salt_seed
+        new[chunks[index]] = (host, _fleet_keys(host))
+    assert seed is not None
+    entries = [new.get(chunk) or cache.hosts[chunk] for chunk in chunks]
+    # The seed is the site's, never cached: a host parsed under another one takes this one.
+    hosts = tuple(host if host.salt_seed == seed else replace(host, salt_seed=seed)
+                  for host, _ in entries)
+    if any(h.root_password_env and not os.environ.get(h.root_password_env) for h in hosts):
+        return None
+    if _fleet_conflict([keys for _, keys in entries]) is not None:
+        return None
+    site = _site(path, doc, hosts)
+    digests = tuple(sitecache.host_digest(split.frame_digest, seed, chunk) for chunk in chunks)
+    return replace(site, digests=digests, digested=site.hosts,
+                   cache_update=_cache_update(cache, split, dict(zip(chunks, entries)), new))
+
+
+def _compose_item(split: sitecache.Split, index: int, name: str) -> Located:
+    """A changed host's chunk read on its own, on its lines of the file; it must be one item
+    of a sequence (else the split was not the parser's: ValueError)."""
+    start = split.starts[index]
+    loader = _Loader("\n" * start + split.chunks[index])
+    try:
+        node = loader.get_single_node()
+        if not isinstance(node, yaml.SequenceNode) or len(node.value) != 1:
+            raise ValueError(f"hosts[{index}] is not one item on its own")
+        raw = _locate(node.value[0], f"hosts[{index}]", name, loader, depth=3, merges=False)
+    finally:
+        loader.dispose()
+    if not start < raw.line <= start + split.chunks[index].count("\n"):
+        raise ValueError(f"hosts[{index}] is not where its chunk is")
+    return raw
+
+
+def _cache_update(cache: sitecache.Cache, split: sitecache.Split,
+                  entries: dict[str, sitecache.Entry],
+                  new: dict[str, sitecache.Entry]) -> sitecache.Update | None:
+    """The hosts parsed now go into the delta; once it holds many, all into a new base."""
+    if not new:
+        return None
+    delta = {chunk: entry for chunk, entry in entries.items()
+             if chunk in new or chunk in cache.delta}
+    if len(delta) > max(64, len(entries) // 8):
+        return sitecache.Update(split.frame_digest, entries, None)
+    return sitecache.Update(split.frame_digest, delta, cache.base_id)
 
 
 def _host(merged: Located, salt_seed: str | None) -> Host:
@@ -781,21 +938,26 @@ def _check_storage(host: Host, merged: Located) -> None:
             raise merged.value["storage"].error(f"mount point {mount} given twice")
 
 
-def _check_fleet(hosts: tuple[Host, ...], raws: list[Located]) -> None:
-    """No two hosts may share a name, a MAC or an address."""
+def _fleet_keys(host: Host) -> tuple[str, ...]:
+    """What no two hosts may share: a name, a MAC, an address ("kind=value", in the order
+    they are checked)."""
+    macs = {host.mac} if host.mac else set()
+    addresses = {a.ip for a in host.network.addresses}
+    if host.network.install and host.network.install.address:
+        addresses.add(host.network.install.address.ip)
+    return (f"hostname={host.hostname}", *(f"mac={mac}" for mac in sorted(macs | set(
+        host.network.macs))), *(f"address={ip}" for ip in sorted(addresses)))
+
+
+def _fleet_conflict(keys: list[tuple[str, ...]]) -> tuple[int, str, int] | None:
+    """The first host with a key an earlier host has: (its index, the key, the other's)."""
     seen: dict[str, int] = {}
-    for index, (host, raw) in enumerate(zip(hosts, raws)):
-        keys = [("hostname", host.hostname)]
-        macs = {host.mac} if host.mac else set()
-        keys += [("mac", mac) for mac in sorted(macs | set(host.network.macs))]
-        addresses = {a.ip for a in host.network.addresses}
-        if host.network.install and host.network.install.address:
-            addresses.add(host.network.install.address.ip)
-        keys += [("address", str(ip)) for ip in sorted(addresses)]
-        for kind, value in keys:
-            other = seen.setdefault(f"{kind}={value}", index)
+    for index, host_keys in enumerate(keys):
+        for key in host_keys:
+            other = seen.setdefault(key, index)
             if other != index:
-                raise raw.error(f"{kind} {value} is already used by hosts[{other}]")
+                return index, key, other
+    return None
 
 
 def _outputs(given: Located | None, media: Media | None, pxe_given: bool) -> Outputs:

@@ -1,0 +1,272 @@
+"""The site loader's per-host cache (builder/sitecache.py): after any edit, a load through the
+cache gives the same Site (and the same error) as a load without it; host digests are equal
+only for equal hosts."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.fleet import fleet_site
+from builder import site, sitecache
+from builder.errors import InputError
+
+Edit = Callable[[str], str]
+
+
+def fleet_text(count: int = 40) -> str:
+    doc = fleet_site(count)
+    doc["pxe"] = {"server": "http://10.0.0.5"}  # a key after the hosts: its lines move
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def item_line(text: str, index: int) -> int:
+    """The line number (0-based) of hosts[index]'s `- ` line."""
+    lines = text.split("\n")
+    starts = [n for n, line in enumerate(lines) if line.startswith("- ")]
+    return starts[index]
+
+
+def insert(text: str, at: int, *new: str) -> str:
+    lines = text.split("\n")
+    return "\n".join(lines[:at] + list(new) + lines[at:])
+
+
+def set_line(text: str, old: str, new: str) -> str:
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+def field_changed(text: str) -> str:
+    return insert(text, item_line(text, 20) + 1, "  kernel_args: [console=ttyS0]")
+
+
+def line_above(text: str) -> str:
+    return insert(text, item_line(text, 20), "# a comment above hosts[20]", "")
+
+
+def host_added(text: str) -> str:
+    return insert(text, item_line(text, 20), "- hostname: new.example.com",
+                  "  mac: 52:54:00:aa:bb:cc", "  bridge: {name: br0, slaves: [eth0]}")
+
+
+def host_removed(text: str) -> str:
+    lines = text.split("\n")
+    start, end = item_line(text, 20), item_line(text, 21)
+    return "\n".join(lines[:start] + lines[end:])
+
+
+def host_renamed(text: str) -> str:
+    return set_line(text, "kvm00020.", "renamed20.")
+
+
+def first_renamed(text: str) -> str:  # the salt seed is the first host's name
+    return set_line(text, "kvm00000.", "first.")
+
+
+def host_moved(text: str) -> str:
+    lines = text.split("\n")
+    start, end = item_line(text, 20), item_line(text, 21)
+    moved = lines[start:end]
+    rest = lines[:start] + lines[end:]
+    at = item_line("\n".join(rest), 3)
+    return "\n".join(rest[:at] + moved + rest[at:])
+
+
+def defaults_changed(text: str) -> str:
+    return set_line(text, "timezone: UTC", "timezone: Europe/Berlin")
+
+
+def seed_given(text: str) -> str:
+    return text + "salt_seed: fleet-one\n"
+
+
+def anchor_added(text: str) -> str:
+    text = set_line(text, "  selinux: disabled", "  selinux: &sel disabled")
+    return insert(text, item_line(text, 20) + 1, "  selinux: *sel")
+
+
+def flow_hosts(text: str) -> str:
+    doc = yaml.safe_load(text)
+    return yaml.safe_dump(doc, sort_keys=False, default_flow_style=True)
+
+
+def comments_and_blanks(text: str) -> str:
+    text = insert(text, item_line(text, 20) + 1, "", "  # why this host differs", "")
+    return insert(text, item_line(text, 5), "", "", "#   commented out: - hostname: x", "")
+
+
+def block_scalar(text: str) -> str:
+    return insert(text, item_line(text, 20) + 1, "  timezone: >-", "    Europe/Berlin", "")
+
+
+def tab_separator(text: str) -> str:
+    return insert(text, item_line(text, 20) + 1, "  kernel_args:\t[console=ttyS0]")
+
+
+def crlf(text: str) -> str:
+    return field_changed(text).replace("\n", "\r\n")
+
+
+def indented_items(text: str) -> str:
+    text = field_changed(text)
+    return "\n".join(("  " + line if line.startswith(("- ", "  ")) and n > 5 else line)
+                     for n, line in enumerate(text.split("\n")))
+
+
+def unterminated_quote(text: str) -> str:
+    return insert(text, item_line(text, 20) + 1, '  lang: "en_US.UTF-8')
+
+
+EDITS: list[Edit] = [field_changed, line_above, host_added, host_removed, host_renamed,
+                     first_renamed, host_moved, defaults_changed, seed_given, anchor_added,
+                     flow_hosts, comments_and_blanks, block_scalar, tab_separator, crlf,
+                     indented_items]
+
+
+def load_both(path: Path, cache: Path) -> tuple[site.Site, site.Site]:
+    """The load through the cache (which is then saved, as a build does) and the full one."""
+    cached = site.load(path, cache=cache)
+    site.save_cache(cached, cache)
+    full = site.load(path)
+    return cached, full
+
+
+def assert_same(cached: site.Site, full: site.Site) -> None:
+    assert cached == full
+    assert repr(cached) == repr(full)
+    assert dict(cached.host_digests) == dict(full.host_digests)
+
+
+@pytest.mark.parametrize("edit", EDITS, ids=lambda e: e.__name__)
+def test_cached_load_equals_full_load(tmp_path: Path, edit: Edit) -> None:
+    path, cache = tmp_path / "site.yaml", tmp_path / "out" / "site-cache"
+    text = fleet_text()
+    path.write_text(text)
+    before, _ = load_both(path, cache)
+    assert cache.is_file()
+    path.write_bytes(edit(text).encode())
+    cached, full = load_both(path, cache)
+    assert_same(cached, full)
+    assert cached != before
+    # and once more, the cache now made from the edited text
+    cached, full = load_both(path, cache)
+    assert_same(cached, full)
+
+
+def test_unchanged_hosts_come_from_the_cache(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the edited host is parsed, and a line added above a host moves it without a
+    parse of it (its text is the same)."""
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    text = fleet_text()
+    path.write_text(text)
+    load_both(path, cache)
+    parsed: list[str] = []
+    real_host = site._host
+
+    def counting(merged: site.Located, seed: str | None) -> site.Host:
+        parsed.append(merged.path)
+        return real_host(merged, seed)
+
+    monkeypatch.setattr(site, "_host", counting)
+    path.write_text(field_changed(text))
+    site.save_cache(site.load(path, cache=cache), cache)
+    assert parsed == ["hosts[20]"]
+    parsed.clear()
+    edited = field_changed(text)
+    path.write_text(insert(edited, item_line(edited, 30) + 1, "  # moved down"))
+    site.save_cache(site.load(path, cache=cache), cache)
+    assert parsed == ["hosts[30]"]  # its chunk gained the comment; hosts[31..] only moved
+
+
+def test_digests_name_equal_hosts_only(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    text = fleet_text()
+    path.write_text(text)
+    before = site.load(path)
+    path.write_text(field_changed(text))
+    after = site.load(path)
+    changed = {name for name, digest in before.host_digests.items()
+               if after.host_digests[name] != digest}
+    assert changed == {after.hosts[20].hostname}
+    # a site whose hosts were replaced after loading: digests of the new models
+    replaced = site.replace(after, hosts=before.hosts)
+    assert dict(replaced.host_digests) == {h.hostname: sitecache.model_digest(h)
+                                           for h in before.hosts}
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[: len(data) // 2],  # truncated
+    lambda data: b"not a pickle at all",
+    lambda data: pickle.dumps({"code": "another ksbuild", "hosts": {}, "frame": ""}),
+    lambda data: b"",
+], ids=["truncated", "garbage", "foreign-version", "empty"])
+def test_a_damaged_cache_is_ignored(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    text = fleet_text()
+    path.write_text(text)
+    load_both(path, cache)
+    cache.write_bytes(damage(cache.read_bytes()))
+    path.write_text(field_changed(text))
+    cached, full = load_both(path, cache)
+    assert_same(cached, full)
+
+
+def error_of(path: Path, cache: Path | None) -> str:
+    with pytest.raises(InputError) as caught:
+        site.load(path, cache=cache)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(("edit", "expected"), [
+    (lambda t: set_line(t, "52:54:00:00:00:14", "52:54:00:00:00:03"),
+     "hosts[20]: mac 52:54:00:00:00:03 is already used by hosts[3]"),
+    (lambda t: set_line(t, "kvm00020.rack000", "kvm00030.rack000"),
+     "hosts[30]: hostname kvm00030.rack000.example.com is already used by hosts[20]"),
+    (lambda t: set_line(t, "10.0.1.20/8", "10.0.1.2/8"), "is already used by hosts[2]"),
+    (lambda t: set_line(t, "10.0.1.20/8", "10.0.1.300/8"), "hosts[20].bridge.address"),
+    (unterminated_quote, "YAML syntax error"),
+    (lambda t: insert(t, item_line(t, 20) + 1, "  colour: blue"), "unknown key"),
+    (lambda t: insert(t, item_line(t, 20) + 1, "  root_password_env: KSBUILD_UNSET_VAR"),
+     "give exactly one of root_password_hash or root_password_env"),
+    (lambda t: t + "media: {}\n", "media: give exactly one of release, path or url"),
+], ids=["mac", "hostname", "address", "bad-address", "quote", "unknown-key", "password",
+        "media"])
+def test_errors_equal_the_full_loads(tmp_path: Path, edit: Edit, expected: str) -> None:
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    text = fleet_text()
+    path.write_text(text)
+    load_both(path, cache)
+    path.write_text(edit(text))
+    message = error_of(path, cache)
+    assert message == error_of(path, None)
+    assert expected in message
+
+
+def test_an_environment_variable_unset_since_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    text = set_line(fleet_text(), "  root_password_hash:", "  root_password_env: KSBUILD_PW\n"
+                    "  old_hash:")
+    text = text.replace("  old_hash:", "#", 1)
+    monkeypatch.setenv("KSBUILD_PW", "secret")
+    path.write_text(text)
+    load_both(path, cache)
+    monkeypatch.delenv("KSBUILD_PW")
+    message = error_of(path, cache)
+    assert message == error_of(path, None)
+    assert "KSBUILD_PW is not set" in message
+
+
+def test_split_refuses_what_it_cannot_be_sure_of() -> None:
+    text = fleet_text()
+    assert sitecache.split(text) is not None
+    assert sitecache.split(flow_hosts(text)) is None
+    assert sitecache.split(anchor_added(text)) is None
+    assert sitecache.split(text.replace("\n  mac:", "\n\tmac:", 1)) is None
+    assert sitecache.split(text + "hosts:\n- hostname: b\n") is None
