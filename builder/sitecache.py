@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import builder
+from builder import output
 from builder.output import remove, write_bytes
 
 FORMAT = 1
@@ -201,6 +202,11 @@ def write(path: Path, update: Update) -> None:
         write_base(path, update.frame_digest, update.entries)
     else:
         write_delta(path, update.base_id, update.entries)
+
+
+def sweep(path: Path) -> None:
+    """The temporary files of writes that were killed (builder/output.py atomic_file)."""
+    output.sweep(path.parent, [f".{path.name}.*.part", f".{_delta_path(path).name}.*.part"])
 
 
 def write_base(path: Path, frame_digest: str, hosts: dict[str, Entry]) -> None:

@@ -13,6 +13,7 @@ from tests.conftest import REPO
 @pytest.mark.parametrize(("script", "args", "expected"), [
     ("bench_kickstarts.py", ["--hosts", "300"], "total wall time"),
     ("bench_build.py", ["--hosts", "300", "--iso-hosts", "2"], "a default changed:"),
+    ("bench_load.py", ["--hosts", "300", "--repeat", "1"], "a default changed:"),
     ("bench_pxe.py", ["--hosts", "300"], "whole PXE tree"),
     ("bench_installtree.py", ["--smoke"], "nginx, kept alive:"),
     ("bench_post_sandbox.py", ["--repeat", "1"], "chroot"),

@@ -352,7 +352,8 @@ def debris(out: Path) -> list[str]:
     extra = [p.name for p in out.iterdir()
              if p.name not in ("ks", "iso", "pxe", "manifest.json", ".ksbuild", ".pxe.lock")]
     extra += [f".ksbuild/{p.name}" for p in (out / ".ksbuild").iterdir()
-              if p.name not in ("lock", "current", "state.json", current)]
+              if p.name not in ("lock", "current", "state.json", current, "site-cache",
+                                "site-cache.delta")]
     extra += [str(p) for p in out.rglob("*") if p.name.endswith((".part", ".old", ".link"))]
     return extra
 
