@@ -757,8 +757,8 @@ def _load_cached(path: Path, cache_file: Path) -> Site | None:
         split = sitecache.split(text)
         if split is None or len(split.chunks) > MAX_HOSTS:
             return None
-        cache = sitecache.read(cache_file)
-        if cache is None or cache.frame_digest != split.frame_digest:
+        cache = sitecache.read(cache_file, split.frame_digest)
+        if cache is None:
             return None
         return _from_cache(path, split, cache)
     except Exception:  # noqa: BLE001 - a cache is never a reason to fail: the full load decides
@@ -815,7 +815,7 @@ def _compose_item(split: sitecache.Split, index: int, name: str) -> Located:
         raw = _locate(node.value[0], f"hosts[{index}]", name, loader, depth=3, merges=False)
     finally:
         loader.dispose()
-    if not start < raw.line <= start + split.chunks[index].count("\n"):
+    if not start < raw.line <= start + split.chunks[index].count("\n") + 1:
         raise ValueError(f"hosts[{index}] is not where its chunk is")
     return raw
 

@@ -37,8 +37,15 @@ from builder.output import remove, write_bytes
 FORMAT = 1
 # What could change how the text around it is read: anchors, aliases, tags, merge keys.
 UNSAFE = ("&", "*", "!", "<<")
+# The patterns below look for a line by the newline before it: re then skips to each "\n"
+# quickly, where "^" made it try every character (0.1 s for a 10,000-host text).
 HOSTS_KEY = re.compile(r"hosts:[ \t]*(?:#.*)?\r?")
-ITEM = re.compile(r"( *)-(?: |\r?$)")
+CONTENT = re.compile(r"\n[ \t]*[^ \t\r\n#]")
+ITEM = re.compile(r"( *)-(?: |\r?$)", re.M)
+# Where the hosts block ends: a line at column 0 that is not blank, a comment (or an item,
+# when the items are at column 0).
+END = re.compile(r"\n(?=[^ \t\r\n#])")
+END_OF_INDENTLESS = re.compile(r"\n(?=[^ \t\r\n#-]|-(?! |\r?$))", re.M)
 
 
 @dataclass(frozen=True)
@@ -54,49 +61,53 @@ class Split:
     chunks: tuple[str, ...]  # each host's text, whole lines
 
 
-def _blank(line: str) -> bool:
-    stripped = line.strip()
-    return not stripped or stripped.startswith("#")
-
-
 def split(text: str) -> Split | None:
-    """The frame and the host chunks, or None where the split could be ambiguous."""
+    """The frame and the host chunks, or None where the split could be ambiguous. Regular
+    expressions over the whole text (a loop over 150,000 lines cost 0.1 s)."""
     if any(mark in text for mark in UNSAFE):
         return None
-    lines = text.split("\n")
-    keys = [n for n, line in enumerate(lines) if line.startswith("hosts:")]
-    if len(keys) != 1 or not HOSTS_KEY.fullmatch(lines[keys[0]]):
-        return None  # a flow list, a value on the key's line, a second `hosts:`
-    first = next((n for n in range(keys[0] + 1, len(lines)) if not _blank(lines[n])), None)
-    item = ITEM.match(lines[first]) if first is not None else None
-    if first is None or item is None:
+    keys = [0] if text.startswith("hosts:") else []
+    keys += [match.start() + 1 for match in re.finditer("\nhosts:", text)]
+    if len(keys) != 1:
+        return None
+    key_end = text.find("\n", keys[0])
+    if key_end < 0 or not HOSTS_KEY.fullmatch(text, keys[0], key_end):
+        return None  # a flow list or a value on the key's line
+    first = CONTENT.search(text, key_end)  # the first line not blank nor a comment
+    item = ITEM.match(text, first.start() + 1) if first is not None else None
+    if item is None:
         return None
     indent = len(item.group(1))
-    inside = " " * (indent + 1)
-    starts: list[int] = []
-    end = len(lines)
-    for n in range(first, len(lines)):
-        line = lines[n]
-        if line.startswith(inside) or _blank(line):  # the first test: most lines, quickly
-            continue  # comments and blank lines never end an item
-        column = len(line) - len(line.lstrip(" "))
-        if line[column] == "\t":
-            return None  # a tab where indentation ends: leave it to the parser
-        if column > indent:
-            continue  # inside the item
-        if column == indent and ITEM.match(line):
-            starts.append(n)
-        elif column == 0:
-            end = n  # the next top-level key (or document marker)
-            break
-        else:
-            return None  # less indented than the items, yet not top-level: unsure
-    bounds = [*starts, end]
-    chunks = tuple("\n".join(lines[a:b]) + "\n" for a, b in zip(bounds, bounds[1:]))
-    prefix, suffix = lines[:first], lines[end:]
-    frame = "\n".join(prefix + [""] * (end - first) + suffix)
-    digest = hashlib.sha256("\n".join(prefix).encode() + b"\0" + "\n".join(suffix).encode())
-    return Split(frame, digest.hexdigest(), keys[0] + 1, tuple(starts), end, chunks)
+    after = (END_OF_INDENTLESS if indent == 0 else END).search(text, item.start())
+    end = after.start() + 1 if after is not None else len(text)
+    if _unsure(indent).search(text, item.start() - 1, end):
+        return None
+    positions = [match.start() + 1
+                 for match in _item(indent).finditer(text, item.start() - 1, end)]
+    starts, line = [], text.count("\n", 0, item.start())
+    for previous, position in zip([item.start(), *positions], positions):
+        line += text.count("\n", previous, position)
+        starts.append(line)
+    bounds = [*positions, end]
+    chunks = tuple(text[a:b] for a, b in zip(bounds, bounds[1:]))
+    prefix, suffix = text[:item.start()], text[end:]
+    frame = prefix + "\n" * text.count("\n", item.start(), end) + suffix
+    digest = hashlib.sha256(prefix.encode() + b"\0" + suffix.encode()).hexdigest()
+    return Split(frame, digest, text.count("\n", 0, keys[0]) + 1, tuple(starts),
+                 line + text.count("\n", bounds[-2], end), chunks)
+
+
+@functools.cache
+def _item(indent: int) -> re.Pattern[str]:
+    return re.compile(f"\n {{{indent}}}-(?: |\r?$)", re.M)
+
+
+@functools.cache
+def _unsure(indent: int) -> re.Pattern[str]:
+    """A line in the hosts block the split cannot place: indentation that ends in a tab, or
+    content less indented than the items' contents that is not an item."""
+    fewer = f" {{1,{indent - 1}}}[^ \t\r\n#]|" if indent > 1 else ""
+    return re.compile(f"\n(?: *\t|{fewer} {{{indent}}}(?!-(?: |\r?$))[^ \t\r\n#])", re.M)
 
 
 def chunk_digest(chunk: str) -> str:
@@ -133,10 +144,43 @@ def model_digest(model: Any) -> str:
 Entry = tuple[Any, tuple[str, ...]]  # a host's model and its fleet-wide keys
 
 
+@functools.lru_cache(maxsize=4096)
+def _network(network: int, prefixlen: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network((network, prefixlen))
+
+
+def _rebuilt_interface(ip: int, prefixlen: int) -> ipaddress.IPv4Interface:
+    """An interface from its integers, its network shared with the fleet's other addresses
+    in it. It sets the attributes IPv4Interface.__init__ sets (checked once, at import, by
+    _REBUILD_WORKS)."""
+    network = _network(ip & (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF, prefixlen)
+    interface = ipaddress.IPv4Interface.__new__(ipaddress.IPv4Interface)
+    interface._ip = ip  # type: ignore[attr-defined]
+    interface.network = network
+    interface.netmask = network.netmask
+    interface._prefixlen = prefixlen  # type: ignore[attr-defined]
+    return interface
+
+
+def _rebuild_works() -> bool:
+    made = ipaddress.IPv4Interface("192.0.2.5/24")
+    try:
+        rebuilt = _rebuilt_interface(int(made.ip), 24)
+    except Exception:  # another Python's ipaddress
+        return False
+    return (rebuilt == made and vars(rebuilt) == vars(made) and hash(rebuilt) == hash(made)
+            and str(rebuilt) == str(made) and rebuilt.network == made.network)
+
+
+_REBUILD_WORKS = _rebuild_works()
+
+
 def _interface(value: ipaddress.IPv4Interface) -> tuple[Any, tuple[Any, ...]]:
     # The default pickles an interface as its text, parsed again on loading: 70% of the
-    # time to load 10,000 hosts. From integers it is ~3x faster.
-    return ipaddress.IPv4Interface, ((int(value.ip), value.network.prefixlen),)
+    # time to load 10,000 hosts. From integers (and a shared network) it is ~20x faster.
+    args = (int(value.ip), value.network.prefixlen)
+    return (_rebuilt_interface if _REBUILD_WORKS else ipaddress.IPv4Interface), (
+        args if _REBUILD_WORKS else (args,))
 
 
 _DISPATCH = copyreg.dispatch_table.copy()
@@ -155,37 +199,48 @@ def _delta_path(path: Path) -> Path:
     return path.with_name(path.name + ".delta")
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read(path: Path, *header: str) -> dict[str, Entry] | None:
+    """The entries of a cache file whose first line is `header` (its kind, the code's digest
+    and what it goes with), checked before the rest is unpickled."""
+    expected = " ".join(("ksbuild-site-cache", *header)).encode() + b"\n"
     try:
         with open(path, "rb") as stream:
+            if stream.readline() != expected:
+                return None  # another frame, other code, or not a cache at all
             value = pickle.load(stream)
-    except Exception:  # missing, truncated, corrupt, written by other code: not a cache
+    except Exception:  # missing, truncated, corrupt: not a cache
         return None
-    if not isinstance(value, dict) or value.get("code") != code_digest():
-        return None
-    if not isinstance(value.get("hosts"), dict):
-        return None
-    return value
+    return value if isinstance(value, dict) else None
+
+
+def _write(path: Path, hosts: dict[str, Entry], *header: str) -> None:
+    write_bytes(path, " ".join(("ksbuild-site-cache", *header)).encode() + b"\n" +
+                _dumps(hosts))
 
 
 @dataclass
 class Cache:
-    frame_digest: str
     hosts: dict[str, Entry]  # the base's entries and the delta's
     delta: dict[str, Entry]
     base_id: str
 
 
-def read(path: Path) -> Cache | None:
-    base = _read(path)
-    if base is None or not isinstance(base.get("frame"), str):
+def _base_id(path: Path) -> str:
+    try:
+        with open(path, "rb") as stream:
+            return stream.readline().split()[-1].decode()
+    except (OSError, IndexError, UnicodeDecodeError):
+        return ""
+
+
+def read(path: Path, frame_digest: str) -> Cache | None:
+    """The cache for a text of this frame, or None."""
+    base_id = _base_id(path)
+    base = _read(path, "base", code_digest(), frame_digest, base_id)
+    if base is None:
         return None
-    hosts = dict(base["hosts"])
-    delta = _read(_delta_path(path))
-    delta_hosts = delta["hosts"] if delta is not None and delta.get("base") == base.get(
-        "id") else {}
-    hosts.update(delta_hosts)
-    return Cache(base["frame"], hosts, delta_hosts, str(base.get("id")))
+    delta = _read(_delta_path(path), "delta", code_digest(), base_id) or {}
+    return Cache({**base, **delta}, delta, base_id)
 
 
 @dataclass(frozen=True)
@@ -211,14 +266,10 @@ def sweep(path: Path) -> None:
 
 def write_base(path: Path, frame_digest: str, hosts: dict[str, Entry]) -> None:
     """Every host's entry, after a full load; the delta of the previous base goes."""
-    base_id = hashlib.sha256(os.urandom(16)).hexdigest()
-    data = _dumps({"code": code_digest(), "frame": frame_digest, "id": base_id,
-                   "hosts": hosts})
-    write_bytes(path, data)
+    _write(path, hosts, "base", code_digest(), frame_digest, os.urandom(16).hex())
     remove(_delta_path(path))
 
 
 def write_delta(path: Path, base_id: str, new: dict[str, Entry]) -> None:
     """The entries the base lacks (the hosts parsed since it was written)."""
-    data = _dumps({"code": code_digest(), "base": base_id, "hosts": new})
-    write_bytes(_delta_path(path), data)
+    _write(_delta_path(path), new, "delta", code_digest(), base_id)

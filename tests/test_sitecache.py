@@ -4,6 +4,7 @@ only for equal hosts."""
 
 from __future__ import annotations
 
+import ipaddress
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -270,3 +271,17 @@ def test_split_refuses_what_it_cannot_be_sure_of() -> None:
     assert sitecache.split(anchor_added(text)) is None
     assert sitecache.split(text.replace("\n  mac:", "\n\tmac:", 1)) is None
     assert sitecache.split(text + "hosts:\n- hostname: b\n") is None
+
+
+@pytest.mark.parametrize("text", ["10.0.1.20/8", "192.168.1.108/16", "10.1.0.12/24",
+                                  "172.16.5.1/30", "10.9.9.0/31", "203.0.113.7/32",
+                                  "0.0.0.1/1", "255.255.255.254/31"])
+def test_a_cached_interface_is_the_parsed_one(text: str) -> None:
+    """The cache rebuilds interfaces from integers (builder/sitecache.py _interface)."""
+    made = ipaddress.IPv4Interface(text)
+    assert sitecache._REBUILD_WORKS
+    back = pickle.loads(sitecache._dumps(made))
+    assert (back, repr(back), hash(back), back.network, back.netmask, back.hostmask,
+            back.with_prefixlen) == (made, repr(made), hash(made), made.network,
+                                     made.netmask, made.hostmask, made.with_prefixlen)
+    assert vars(back) == vars(made) and back.ip == made.ip
