@@ -3,7 +3,7 @@ pykickstart ksbuild validates with.
 
 Anaconda 21.48.22.159 parses kickstarts with pykickstart 1.99.66.22 (tag r1.99.66.22-1),
 which is not on PyPI; ksbuild validates with pykickstart 3.x's RHEL7 handler. A kickstart
-must pass both, so builder/kickstart.py's Validator runs 3.x and then `problem()` below: every
+must pass both, so builder/ksvalidate.py's Validator runs 3.x and then `problem()` below: every
 command must be one ksbuild writes, and every option one the 1.99.66.22 RHEL7 handler knows
 (pykickstart/handlers/rhel7.py there, and the command classes it names). Where 1.99.66.22 is
 the more lenient one (sshkey, reboot --kexec, ...) 3.x already refuses. docs/real-installer.md
@@ -12,6 +12,7 @@ lists each difference found and how it was found.
 
 from __future__ import annotations
 
+import functools
 import shlex
 
 # Command -> its options in the 1.99.66.22 RHEL7 handler, for the commands ksbuild writes or
@@ -80,30 +81,42 @@ DIRECTIVES = ("%include", "%ksappend")
 def problem(text: str) -> str | None:
     """What in `text` the RHEL 7.9 grammar refuses or ksbuild has not checked against it
     (line number and reason), or None."""
-    in_section = False
-    for number, line in enumerate(text.splitlines(), 1):
-        if in_section:  # a script or package list: only its end matters (most lines are here)
-            in_section = not line.lstrip().startswith("%end")
-            continue
-        words = line.split()
-        if not words or words[0].startswith("#"):
-            continue
-        head = words[0]
-        if head in DIRECTIVES:
-            continue
-        if head.startswith("%"):
-            allowed = SECTION_OPTIONS.get(head)
-            what = "section"
-            in_section = True
-        else:
-            allowed = COMMAND_OPTIONS.get(head)
-            what = "command"
-        if allowed is None:
-            return f"line {number}: {what} {head} (not in ksbuild's table of that grammar)"
-        for option in _options(line):
-            if option not in allowed:
-                return f"line {number}: {head} has no option {option}"
+    lines = enumerate(text.splitlines(), 1)
+    for number, line in lines:
+        opens_section, wrong = _line_problem(line)
+        if wrong is not None:
+            return f"line {number}: {wrong}"
+        if opens_section:  # a script or package list: only its end matters (most lines)
+            for _, body_line in lines:
+                if "%end" in body_line and body_line.lstrip().startswith("%end"):
+                    break
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _line_problem(line: str) -> tuple[bool, str | None]:
+    """For a line outside any section: does it open one, and what is wrong with it. A pure
+    function of the line, remembered: most lines are the same in every kickstart of a fleet
+    (the network lines are not, so the memo is bounded)."""
+    words = line.split()
+    if not words or words[0].startswith("#"):
+        return False, None
+    head = words[0]
+    if head in DIRECTIVES:
+        return False, None
+    if head.startswith("%"):
+        allowed = SECTION_OPTIONS.get(head)
+        what = "section"
+    else:
+        allowed = COMMAND_OPTIONS.get(head)
+        what = "command"
+    opens_section = what == "section"
+    if allowed is None:
+        return opens_section, f"{what} {head} (not in ksbuild's table of that grammar)"
+    for option in _options(line):
+        if option not in allowed:
+            return opens_section, f"{head} has no option {option}"
+    return opens_section, None
 
 
 def _options(line: str) -> list[str]:

@@ -8,12 +8,10 @@ derived), so no logic lives in the templates beyond loops and conditions.
 from __future__ import annotations
 
 import base64
-import copy
 import importlib.resources
 import multiprocessing
 import os
 import shlex
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from functools import cached_property
@@ -22,9 +20,10 @@ from typing import Any
 
 import jinja2
 
-from builder import __version__, el7grammar, network
+from builder import __version__, network
 from builder.errors import InputError, KsbuildError
 from builder.ifcfg import anaconda_leftovers, ifcfg_files, network_lines
+from builder.ksvalidate import Validator as Validator  # where builder.media and tests find it
 from builder.output import atomic_dir
 from builder.overlay import Overlay, OverlayTree
 from builder.secrets import sha512_crypt
@@ -183,81 +182,6 @@ class Renderer:
             raise KsbuildError(f"rendering the kickstart of {host.hostname}: {exc}") from None
         self.validator.validate(text, f"{host.hostname}.cfg")
         return text
-
-
-def _parser_built_once(section: type[Any]) -> type[Any]:
-    class Section(section):  # type: ignore[misc]
-        _op = None
-
-        def _getParser(self) -> Any:  # noqa: N802 (pykickstart's name)
-            if self._op is None:
-                self._op = super()._getParser()
-            return self._op
-
-    return Section
-
-
-def _fresh(state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of a command's attributes in which the lists it fills in place (network devices,
-    partitions...) are new, so parsing one kickstart cannot leak into the saved state."""
-    return {key: copy.copy(value) if isinstance(value, (list, dict, set)) else value
-            for key, value in state.items()}
-
-
-class Validator:
-    """pykickstart's RHEL7 grammar, one handler for all kickstarts.
-
-    Building a handler costs ~20 ms and pykickstart's resetCommand() rebuilds a command's
-    argparse parser (~1 ms each): both are far too slow for a fleet. Instead the state of every
-    command is saved once, right after the handler is built, and put back before each parse;
-    tests/test_kickstart.py proves a reused validator sees the same as a fresh one.
-    """
-
-    def __init__(self) -> None:
-        from pykickstart.parser import KickstartParser
-        from pykickstart.version import RHEL7, makeVersion
-
-        self.handler = makeVersion(RHEL7)
-        self.parser = KickstartParser(self.handler, followIncludes=False)
-        # Section headers (%packages, %post) build a new argparse parser on every header:
-        # register the same sections with their parser built once.
-        from pykickstart.parser import Script
-        from pykickstart.sections import PackageSection, PostScriptSection
-
-        self.parser.registerSection(_parser_built_once(PostScriptSection)(
-            self.handler, dataObj=Script))
-        self.parser.registerSection(_parser_built_once(PackageSection)(self.handler))
-        self.pristine = {name: _fresh(vars(cmd)) for name, cmd in self.handler.commands.items()}
-        self.used: set[str] = set(self.handler.commands)  # first parse: reset nothing yet
-
-    def _reset(self) -> None:
-        from pykickstart.parser import Packages
-
-        for name in self.used:
-            state = vars(self.handler.commands[name])
-            state.clear()
-            state.update(_fresh(self.pristine[name]))
-        self.handler.scripts = []
-        self.handler.packages = Packages()
-
-    def validate(self, text: str, name: str) -> None:
-        from pykickstart.errors import KickstartError, KickstartWarning
-
-        self._reset()
-        # Only the commands this kickstart names can be changed by parsing it.
-        self.used = {line.split(None, 1)[0] for line in text.splitlines()
-                     if line[:1].isalpha() and line.split(None, 1)[0] in self.handler.commands}
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", KickstartWarning)
-            try:
-                self.parser.readKickstartFromString(text)
-            except (KickstartError, KickstartWarning) as exc:
-                message = " ".join(str(exc).split())
-                raise KsbuildError(f"{name}: pykickstart (RHEL7) rejects it: {message}") from None
-        strict = el7grammar.problem(text)
-        if strict is not None:
-            raise KsbuildError(f"{name}: the RHEL 7.9 grammar (pykickstart 1.99.66.22) rejects "
-                               f"it: {strict}")
 
 
 # Below this many hosts a worker pool costs more than it saves.

@@ -1,0 +1,115 @@
+"""Validating a kickstart (issue 16): ms per kickstart for a generated fleet's ks/ and PXE
+kickstarts, in one process, with the baselines measured in the same run: a brand-new plain
+pykickstart RHEL7 handler per kickstart (what the Validator must agree with), and ksbuild's
+Validator with its memos and its section reader switched off (one reused handler, as before
+issue 16's validation work).
+
+    python bench/bench_validate.py [--hosts 2000] [--repeat 5]
+
+Target on the 2-core reference machine: a few tenths of a ms per kickstart (10,000 hosts are
+validated twice in a full build that must take <= 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.fleet import write_fleet_site  # noqa: E402
+from builder import el7grammar, kickstart, ksvalidate, site  # noqa: E402
+from builder.site import Host  # noqa: E402
+
+
+def pxe_extra(host: Host) -> dict[str, str]:
+    return {"pxe_done_url": f"http://10.0.0.5/pxe/done/{host.hostname}",
+            "pxe_events_url": f"http://10.0.0.5/events/{host.hostname}"}
+
+
+@contextlib.contextmanager
+def memos_off() -> Iterator[None]:
+    """The Validator as it parses without its memos and its own section reader."""
+    from pykickstart.parser import KickstartParser
+
+    def unmemoized(self: Any, known: bool, args: Any, kwargs: dict[str, Any]) -> Any:
+        return (self.options.parse_known_args if known else self.options.parse_args)(
+            args, **kwargs)
+
+    saved = (ksvalidate._MemoShlex, ksvalidate._MemoOptions._parse,
+             ksvalidate._Parser._readSection, el7grammar._line_problem)
+    ksvalidate._MemoShlex = shlex  # type: ignore[misc, assignment]
+    ksvalidate._MemoOptions._parse = unmemoized  # type: ignore[method-assign]
+    ksvalidate._Parser._readSection = KickstartParser._readSection
+    el7grammar._line_problem = el7grammar._line_problem.__wrapped__  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        (ksvalidate._MemoShlex, ksvalidate._MemoOptions._parse,  # type: ignore[misc]
+         ksvalidate._Parser._readSection, el7grammar._line_problem) = saved
+
+
+def plain_validate(text: str, _: str) -> None:
+    """A brand-new plain pykickstart RHEL7 handler, warnings as errors, then the EL 7.9
+    grammar."""
+    from pykickstart.errors import KickstartWarning
+    from pykickstart.parser import KickstartParser
+    from pykickstart.version import RHEL7, makeVersion
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KickstartWarning)
+        KickstartParser(makeVersion(RHEL7), followIncludes=False).readKickstartFromString(text)
+    assert el7grammar.problem(text) is None
+
+
+def per_kickstart(validate: Callable[[str, str], None], texts: list[str],
+                  repeat: int) -> tuple[float, float]:
+    """Best and median ms per kickstart over `repeat` passes over `texts`."""
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for text in texts:
+            validate(text, "x.cfg")
+        runs.append((time.perf_counter() - start) / len(texts) * 1000)
+    return min(runs), statistics.median(runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hosts", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    os.environ["LANGUAGE"] = "C"  # as render_site's workers run (builder/kickstart.py)
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded = site.load(write_fleet_site(Path(tmp) / "fleet.yaml", args.hosts))
+    variants = {"ks/": list(kickstart.render_site(loaded, jobs=1).values()),
+                "PXE": list(kickstart.render_site(loaded, jobs=1, extra=pxe_extra).values())}
+    print(f"{args.hosts} hosts, one process, ms per kickstart (best / median of "
+          f"{args.repeat} passes):")
+    for label, texts in variants.items():
+        lines = sum(text.count("\n") for text in texts) / len(texts)
+        fresh = per_kickstart(plain_validate, texts[:20], 1)[0]
+        with memos_off():
+            off = per_kickstart(ksvalidate.Validator().validate, texts, args.repeat)
+        on = per_kickstart(ksvalidate.Validator().validate, texts, args.repeat)
+        print(f"  {label:<4} ({lines:.0f} lines): Validator {on[0]:.3f} / {on[1]:.3f}; "
+              f"baselines: memos off {off[0]:.3f} / {off[1]:.3f} ({off[0] / on[0]:.1f}x), "
+              f"a new plain handler {fresh:.1f} ({fresh / on[0]:.0f}x)")
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
