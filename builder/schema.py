@@ -4,6 +4,7 @@ as JSON Schema, so the loader and the shipped schema come from one table and can
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -277,6 +278,9 @@ class Map(Node):
 
 
 def ipv4_interface(text: str) -> ipaddress.IPv4Interface:
+    fast = _canonical_interface(text)
+    if fast is not None:
+        return fast
     iface = ipaddress.IPv4Interface(text)
     if iface.network.prefixlen == 32 or iface.ip in (
         iface.network.network_address,
@@ -284,6 +288,61 @@ def ipv4_interface(text: str) -> ipaddress.IPv4Interface:
     ) and iface.network.prefixlen < 31:
         raise ValueError(f"{iface.ip} is the network or broadcast address of {iface.network}")
     return iface
+
+
+def _canonical_interface(text: str) -> ipaddress.IPv4Interface | None:
+    """`text` as an interface, when it is written the way ipaddress writes it and is a host
+    address (neither the network's nor its broadcast): its network shared with the other
+    interfaces in it. Anything else (None) goes through ipaddress, for its checks and
+    messages. A fleet's addresses are all different, and ipaddress took 0.2 s for 10,000."""
+    if not text.isascii():
+        return None
+    address, _, prefix = text.partition("/")
+    octets = address.split(".")
+    if not _REBUILD_WORKS or len(octets) != 4 or not prefix.isdigit() or str(
+            int(prefix)) != prefix or not 0 < int(prefix) < 31:
+        return None
+    ip = 0
+    for octet in octets:
+        if not octet.isdigit() or str(int(octet)) != octet or int(octet) > 255:
+            return None
+        ip = ip << 8 | int(octet)
+    prefixlen = int(prefix)
+    host_bits = (1 << (32 - prefixlen)) - 1
+    if ip & host_bits in (0, host_bits):
+        return None  # the network or broadcast address: ipaddress says which
+    return interface_from_ints(ip, prefixlen)
+
+
+@functools.lru_cache(maxsize=4096)
+def _network(network: int, prefixlen: int) -> ipaddress.IPv4Network:
+    return ipaddress.IPv4Network((network, prefixlen))
+
+
+def interface_from_ints(ip: int, prefixlen: int) -> ipaddress.IPv4Interface:
+    """IPv4Interface((ip, prefixlen)), ~20x faster, its network shared with the others in it.
+    It sets the attributes IPv4Interface.__init__ sets (checked once, at import, by
+    _REBUILD_WORKS; where that fails, the callers use ipaddress)."""
+    network = _network(ip & (0xFFFFFFFF << (32 - prefixlen)) & 0xFFFFFFFF, prefixlen)
+    interface = ipaddress.IPv4Interface.__new__(ipaddress.IPv4Interface)
+    interface._ip = ip  # type: ignore[attr-defined]
+    interface.network = network
+    interface.netmask = network.netmask
+    interface._prefixlen = prefixlen  # type: ignore[attr-defined]
+    return interface
+
+
+def _rebuild_works() -> bool:
+    made = ipaddress.IPv4Interface("192.0.2.5/24")
+    try:
+        rebuilt = interface_from_ints(int(made.ip), 24)
+    except Exception:  # another Python's ipaddress
+        return False
+    return (rebuilt == made and vars(rebuilt) == vars(made) and hash(rebuilt) == hash(made)
+            and str(rebuilt) == str(made) and rebuilt.network == made.network)
+
+
+_REBUILD_WORKS = _rebuild_works()
 
 
 def ipv4_address(text: str) -> ipaddress.IPv4Address:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bench.fleet import fleet_site
-from builder import site, sitecache
+from builder import schema, site, sitecache
 from builder.errors import InputError
 
 Edit = Callable[[str], str]
@@ -279,9 +279,35 @@ def test_split_refuses_what_it_cannot_be_sure_of() -> None:
 def test_a_cached_interface_is_the_parsed_one(text: str) -> None:
     """The cache rebuilds interfaces from integers (builder/sitecache.py _interface)."""
     made = ipaddress.IPv4Interface(text)
-    assert sitecache._REBUILD_WORKS
+    assert schema._REBUILD_WORKS
     back = pickle.loads(sitecache._dumps(made))
     assert (back, repr(back), hash(back), back.network, back.netmask, back.hostmask,
             back.with_prefixlen) == (made, repr(made), hash(made), made.network,
                                      made.netmask, made.hostmask, made.with_prefixlen)
     assert vars(back) == vars(made) and back.ip == made.ip
+
+
+@pytest.mark.parametrize("text", ["10.0.1.20/8", "192.168.1.108/16", "10.1.0.0/16",
+                                  "10.1.255.255/16", "10.9.9.0/31", "10.9.9.1/32",
+                                  "10.0.0.1/0", "010.0.0.1/8", "10.0.0.1/08", "256.0.0.1/8",
+                                  "10.0.0.1/33", "10.0.0.1/255.0.0.0", "1.2.3/8"])
+def test_interfaces_read_as_ipaddress_reads_them(text: str) -> None:
+    """schema.ipv4_interface's quick path for canonical text: the same interface, or the
+    same error, as through ipaddress alone."""
+    def slow(text: str) -> object:
+        try:
+            schema._REBUILD_WORKS = False
+            return schema.ipv4_interface(text)
+        except ValueError as exc:
+            return str(exc)
+        finally:
+            schema._REBUILD_WORKS = True
+
+    try:
+        quick: object = schema.ipv4_interface(text)
+    except ValueError as exc:
+        quick = str(exc)
+    expected = slow(text)
+    assert (quick, repr(quick)) == (expected, repr(expected))
+    if isinstance(quick, ipaddress.IPv4Interface):
+        assert vars(quick) == vars(expected)
