@@ -143,20 +143,77 @@ def assert_same(cached: site.Site, full: site.Site) -> None:
     assert dict(cached.host_digests) == dict(full.host_digests)
 
 
+# The edits that leave the frame (all but the hosts block) as it was and the text plain: the
+# load takes the other hosts from the cache. The others load the whole file.
+FROM_CACHE = {field_changed, line_above, host_added, host_removed, host_renamed, first_renamed,
+              host_moved, comments_and_blanks, block_scalar, tab_separator}
+
+
+def crlf_base(text: str) -> str:
+    return text.replace("\n", "\r\n")
+
+
+def indented_base(text: str) -> str:
+    return "\n".join(("  " + line if line.startswith(("- ", "  ")) and n > 5 else line)
+                      for n, line in enumerate(text.split("\n")))
+
+
+def full_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The paths site.load loaded whole from now on."""
+    loaded: list[Path] = []
+    real = site._load
+
+    def counting(path: Path) -> site.Site:
+        loaded.append(path)
+        return real(path)
+
+    monkeypatch.setattr(site, "_load", counting)
+    return loaded
+
+
+@pytest.mark.parametrize("base", [fleet_text, lambda: crlf_base(fleet_text())],
+                         ids=["lf", "crlf"])
 @pytest.mark.parametrize("edit", EDITS, ids=lambda e: e.__name__)
-def test_cached_load_equals_full_load(tmp_path: Path, edit: Edit) -> None:
+def test_cached_load_equals_full_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      edit: Edit, base: Callable[[], str]) -> None:
     path, cache = tmp_path / "site.yaml", tmp_path / "out" / "site-cache"
-    text = fleet_text()
-    path.write_text(text)
+    text = base()
+    path.write_bytes(text.encode())
     before, _ = load_both(path, cache)
     assert cache.is_file()
-    path.write_bytes(edit(text).encode())
+    edited = edit(text)
+    path.write_bytes(edited.encode())
+    whole = full_loads(monkeypatch)
+    site.load(path, cache=cache)
+    assert bool(whole) != (edit in FROM_CACHE)
+    monkeypatch.undo()
     cached, full = load_both(path, cache)
     assert_same(cached, full)
     assert cached != before
     # and once more, the cache now made from the edited text
     cached, full = load_both(path, cache)
     assert_same(cached, full)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace("    mac: 52:54:00:00:00:14\n",
+                        "    mac: 52:54:00:00:00:14\n    timezone: Europe/Berlin\n"),
+    lambda t: t.replace("  - hostname: kvm00020", "  # a comment\n\n  - hostname: kvm00020"),
+    lambda t: t.replace("  - hostname: kvm00020", "  - hostname: kvm00099"),
+], ids=["field", "line-above", "renamed"])
+def test_items_indented_under_hosts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    edit: Edit) -> None:
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    text = indented_base(fleet_text())
+    assert "\n  - hostname: kvm00020" in text
+    path.write_text(text)
+    load_both(path, cache)
+    path.write_text(edit(text))
+    whole = full_loads(monkeypatch)
+    site.load(path, cache=cache)
+    assert not whole
+    monkeypatch.undo()
+    assert_same(*load_both(path, cache))
 
 
 def test_unchanged_hosts_come_from_the_cache(tmp_path: Path,
