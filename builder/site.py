@@ -840,8 +840,9 @@ def _host(merged: Located, salt_seed: str | None) -> Host:
     if fields["bridge"] is not None and fields["bridges"] is not None:
         raise merged.error("give `bridge` or `bridges`, not both")
     bridges: tuple[Bridge, ...] = fields.pop("bridges") or ()
-    if fields.pop("bridge") is not None:
-        bridges = (HOST_FIELDS["bridge"].node.parse(merged.value["bridge"]),)
+    bridge = fields.pop("bridge")
+    if bridge is not None:  # the one-bridge shorthand, already parsed
+        bridges = (bridge,)
     fields["bridges"] = bridges
     parsed_network = fields.pop("network")
     if parsed_network is not None and bridges:
