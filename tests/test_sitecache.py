@@ -15,6 +15,7 @@ import yaml
 from bench.fleet import fleet_site
 from builder import schema, site, sitecache
 from builder.errors import InputError
+from tests.conftest import REPO
 
 Edit = Callable[[str], str]
 
@@ -368,3 +369,34 @@ def test_interfaces_read_as_ipaddress_reads_them(text: str) -> None:
     assert (quick, repr(quick)) == (expected, repr(expected))
     if isinstance(quick, ipaddress.IPv4Interface):
         assert vars(quick) == vars(expected)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: t.replace("  - hostname: kvm2.example.com", "  # moved down a line\n"
+                        "  - hostname: kvm2.example.com"),
+    lambda t: t.replace("        bond0.30: {address: 198.51.100.12/24}",
+                        "        bond0.30: {address: 198.51.100.12/24, mtu: 1500}"),
+    lambda t: t.replace('"52:54:00:10:00:12"', '"52:54:00:10:00:01"'),  # kvm1's NIC
+], ids=["line-above", "vlan-field", "duplicate-mac"])
+def test_the_example_fleet_with_networks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                         edit: Edit) -> None:
+    """kickstarts/fleet.yaml (bonds, VLANs, bridges under `network:`): the cache gives what
+    the full load gives, or its error."""
+    path, cache = tmp_path / "fleet.yaml", tmp_path / "site-cache"
+    text = (REPO / "kickstarts" / "fleet.yaml").read_text()
+    path.write_text(text)
+    assert_same(*load_both(path, cache))
+    edited = edit(text)
+    assert edited != text
+    path.write_text(edited)
+    try:
+        expected: object = site.load(path)
+    except InputError as exc:
+        expected = str(exc)
+        assert error_of(path, cache) == expected
+        return
+    whole = full_loads(monkeypatch)
+    assert site.load(path, cache=cache) == expected
+    assert not whole
+    monkeypatch.undo()
+    assert_same(*load_both(path, cache))
