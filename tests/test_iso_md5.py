@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.media import isomd5
+from builder.media import isomd5, writer
 from builder.run import run
 
 
@@ -106,6 +106,45 @@ def test_streamed_digest_equals_one_pass(tmp_path: Path) -> None:
         assert streamed.result() == whole
     finally:
         os.close(fd)
+
+
+def test_hasher_reads_copies_from_their_source_and_a_short_file_as_zeros(
+        tmp_path: Path) -> None:
+    """The repack's hasher (builder.media.writer.Hasher) reads the ranges the writer copied
+    from the base in the base, the rest in the output, and past the output's end zeros: the
+    sums equal one pass over the finished image."""
+    base = make_iso(tmp_path, tmp_path / "base.iso", 6_000_000)
+    source = base.read_bytes()
+    out = tmp_path / "out.iso"
+    out.write_bytes(b"")
+    # Output: the base's first 100,001 bytes as written, two odd ranges copied from elsewhere
+    # in the base (hashed from there), a written gap between, and the volume's last 3 sectors
+    # left unwritten (a hole the file does not reach yet).
+    copies = [(100_001, 2_000_003, 300_000), (2_500_000, 3_000_000, 50)]
+    with base.open("rb") as f:
+        volume = isomd5.volume_size(f.fileno())
+    image = bytearray(source[:volume - 3 * isomd5.SECTOR])
+    for start, length, at in copies:
+        image[start:start + length] = source[at:at + length]
+    fd = os.open(out, os.O_RDWR)
+    base_fd = os.open(base, os.O_RDONLY)
+    try:
+        hasher = writer.Hasher(fd, volume)
+        hasher.start()
+        for start, length, at in copies:
+            hasher.copied(start, length, base_fd, at)
+        step = 777_777
+        for offset in range(0, len(image), step):
+            os.pwrite(fd, bytes(image[offset:offset + step]), offset)
+            hasher.advance(min(offset + step, len(image)))
+        hasher.advance(volume)
+        hasher.join(timeout=60)
+        assert hasher.error is None
+        os.ftruncate(fd, volume)
+        assert hasher.digest.result() == isomd5.digest_file(fd, volume).result()
+    finally:
+        os.close(fd)
+        os.close(base_fd)
 
 
 def test_fragment_cuts() -> None:
