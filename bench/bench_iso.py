@@ -11,8 +11,9 @@ shell script that repacks with a media checksum pays).
 
 `ksbuild` is the whole command as a user runs it (`python -m builder iso ...`: process start,
 imports, the Secure Boot check, rendering and validating the kickstart, the repack, exit);
-`ksbuild-call` is the library call alone (builder.media.iso.build_site_iso in a process that
-has loaded the site; it times itself). The bases are the test fixture's CentOS-shaped ISO with
+`ksbuild-rerun` the same over the ISO the run before wrote (a rebuild); `ksbuild-call` is the
+library call alone (builder.media.iso.build_site_iso in a process that has loaded the site; it
+times itself). The bases are the test fixture's CentOS-shaped ISO with
 zero-filled padding, copied to a plain (not sparse) file, so every contestant really moves
 every byte. One warm-up round first: all runs then read the base from the page cache. Rounds
 run every contestant in turn, so each baseline is measured in the same run, under the same
@@ -57,6 +58,8 @@ start = time.perf_counter()
 iso.build_site_iso(loaded, Path(sys.argv[2]), Path(sys.argv[3]))
 print(f"KSBUILD-CALL-SECONDS {time.perf_counter() - start}")
 """
+# Contestants that write over the output the one before them left, instead of a new file.
+RERUN = {"ksbuild-rerun"}
 CALL_SECONDS = re.compile(r"^KSBUILD-CALL-SECONDS ([0-9.]+)$", re.M)
 
 
@@ -120,6 +123,9 @@ def contestants(base: Path, work: Path, site: Path, ks: Path) -> dict[str, list[
         "md5sum": ["md5sum", str(base)],
         "ksbuild": [sys.executable, "-m", "builder", "iso", str(site), "--base", str(base),
                     "-o", str(out)],
+        # The same again over the output the run before left (a rebuild; see RERUN).
+        "ksbuild-rerun": [sys.executable, "-m", "builder", "iso", str(site), "--base",
+                          str(base), "-o", str(out)],
         "ksbuild-call": [sys.executable, "-c", LIBRARY_CALL, str(site), str(base), str(out)],
         "xorriso": ["xorriso", "-abort_on", "FATAL", "-indev", str(base), "-outdev", str(out),
                     "-boot_image", "any", "replay", "-map", str(ks), "/ks.cfg"],
@@ -153,7 +159,8 @@ def bench_size(size: int, runs: int, work: Path) -> list[Row]:
     results: dict[str, list[Run]] = {name: [] for name in commands}
     for round_ in range(runs + 1):  # round 0 warms the page cache and is not counted
         for name, argv in commands.items():
-            (work / "out.iso").unlink(missing_ok=True)
+            if name not in RERUN:
+                (work / "out.iso").unlink(missing_ok=True)
             subprocess.run(["sync"], check=True)
             measured = timed(argv, env)
             if round_:
@@ -169,10 +176,11 @@ def bench_size(size: int, runs: int, work: Path) -> list[Row]:
 def goals(size: int, rows: list[Row]) -> str:
     """One line: the ratios the goals are about, with the baselines they are taken against."""
     by = {row.tool: row for row in rows}
-    whole, call = by["ksbuild"], by["ksbuild-call"]
+    whole, call, rerun = by["ksbuild"], by["ksbuild-call"], by["ksbuild-rerun"]
     return (f"{size / GIB:.2f} GiB: ksbuild {whole.to_md5sum:.2f}x md5sum "
             f"({whole.median:.2f} s vs {by['md5sum'].median:.2f} s, same run; goal <= 1.10x), "
-            f"library call {call.to_md5sum:.2f}x md5sum ({call.median:.2f} s); "
+            f"library call {call.to_md5sum:.2f}x md5sum ({call.median:.2f} s), "
+            f"over an existing output {rerun.to_md5sum:.2f}x md5sum ({rerun.median:.2f} s); "
             f"{whole.to_cp:.2f}x cp ({by['cp'].median:.2f} s); "
             f"{whole.median / by['xorriso+implant'].median:.2f}x xorriso+implant; "
             f"peak RSS {whole.peak_mib:.0f} MiB")

@@ -15,10 +15,12 @@ private), except what a PXE tree serves, which builder/pxe/tree.py writes 0644.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -49,9 +51,13 @@ def _hold(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(target: Path, mode: int | None = None) -> Iterator[Path]:
+def atomic_file(target: Path, mode: int | None = None,
+                exchange: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it replaces `target` in one rename.
-    `mode`: default the umask's."""
+    `mode`: default the umask's. `exchange`: for a large file (an ISO), swap it with an existing
+    `target` and remove the old one after, rather than rename over it: ext4 (auto_da_alloc)
+    starts writing back the whole new file inside a rename that replaces a file, 0.8 s per GiB
+    measured, where the swap costs nothing and the removal ~0.3 s."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     temp = Path(name)
@@ -59,12 +65,35 @@ def atomic_file(target: Path, mode: int | None = None) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield temp
         os.chmod(temp, file_mode() if mode is None else mode)
-        os.replace(temp, target)
+        if exchange and _exchange(temp, target):
+            temp.unlink()  # now the old file
+        else:
+            os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     finally:
         os.close(fd)
+
+
+def _exchange(temp: Path, target: Path) -> bool:
+    """Swap `temp` and `target`, an existing regular file, in one step (renameat2 with
+    RENAME_EXCHANGE, Linux 3.15); False where that cannot be done: no such target, not a
+    regular file, or a file system or C library without it."""
+    try:
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            return False
+    except FileNotFoundError:
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    at_cwd, rename_exchange = -100, 2
+    done: int = renameat2(at_cwd, os.fsencode(temp), at_cwd, os.fsencode(target),
+                          rename_exchange)
+    return done == 0
 
 
 def write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:

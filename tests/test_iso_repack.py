@@ -20,6 +20,7 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from builder import output
 from builder.errors import InputError
 from builder.media import iso, isomd5
 from builder.run import run
@@ -264,6 +265,39 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path: Path) -> None:
         iso.repack(centos_iso(), tmp_path / "o.iso",
                    iso.RepackOptions(payload=iso.fixed(b"reboot\n")), Interrupting())
     no_leftovers(tmp_path / "o.iso")
+
+
+def test_a_rebuild_swaps_the_new_iso_in_and_removes_the_old(tmp_path: Path) -> None:
+    """Over an existing ISO the new one is swapped in (renameat2 RENAME_EXCHANGE: a rename
+    over a file makes ext4 start writing back the whole new file, 0.8 s per GiB) and the old
+    one removed after: a reader that has the old one open keeps its bytes, nothing is left
+    beside the output; a symlink in the output's place is replaced, as a rename would."""
+    swap = [tmp_path / "a", tmp_path / "b"]
+    swap[0].write_bytes(b"a")
+    swap[1].write_bytes(b"b")
+    assert output._exchange(swap[0], swap[1])  # this file system can
+    assert [p.read_bytes() for p in swap] == [b"b", b"a"]
+    assert not output._exchange(tmp_path / "missing", swap[0])
+    for path in swap:
+        path.unlink()
+    site = write_site(tmp_path, ONE_HOST)
+    out = tmp_path / "out.iso"
+    out.write_bytes(b"the previous build")
+    with out.open("rb") as reader:
+        done = ksbuild("iso", site, "--base", centos_iso(), "-o", out)
+        assert done.returncode == 0, done.stderr
+        assert reader.read() == b"the previous build"
+        assert os.fstat(reader.fileno()).st_nlink == 0  # removed, not left under a temp name
+    assert isomd5.check(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.iso", "site.yaml"]
+    new = out.read_bytes()
+    link = tmp_path / "link.iso"
+    link.symlink_to("out.iso")
+    with output.atomic_file(link, exchange=True) as temp:
+        temp.write_bytes(b"replaces the link")
+    assert not link.is_symlink() and link.read_bytes() == b"replaces the link"
+    assert out.read_bytes() == new
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.iso", "out.iso", "site.yaml"]
 
 
 # --- refused bases and options -----------------------------------------------------------------

@@ -274,7 +274,7 @@ def _repack(iso: Any, base: Path, head: bytes, base_size: int, output: Path,
             hybrid.Layout(volume_bytes, 0, new_boot.boot_lba, new_boot.efi_lba,
                           new_boot.efi_bytes),
             what)
-    with atomic_file(output) as temp:
+    with atomic_file(output, exchange=True) as temp:
         md5, size = write_image(iso, temp, plan.head if plan else system_area, plan,
                                 volume_bytes, output.name, progress)
     return RepackResult(output, volid, flavor, md5, size)
