@@ -31,7 +31,7 @@ from typing import Any
 from builder import __version__, kickstart, manifest, secureboot
 from builder.errors import InputError
 from builder.manifest import Entry
-from builder.output import Generations, link_or_copy, link_tree, sweep, write_bytes
+from builder.output import Generations, link_or_copy, link_tree, sweep, write_bytes, write_new
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
 from builder.run import run
@@ -148,13 +148,6 @@ def _identity(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
-def _identity_or_none(path: Path) -> list[int] | None:
-    try:
-        return _identity(path)
-    except OSError:
-        return None
-
-
 def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
     root = f"{out}/"  # strings, not Paths: 60,000 outputs for a large PXE fleet
     for name, identity in recorded.items():
@@ -200,41 +193,85 @@ def _entries_linked(out: Path) -> bool:
 # Kickstarts, re-rendered only for hosts whose inputs changed.
 
 
-def _host_key(host: Host, shared: str, overlays: OverlayTree) -> str:
-    """Everything a host's kickstart depends on: its model, its password hash, the templates
-    (`shared`) and its overlay files."""
-    overlay = overlays.for_host(host.hostname)
-    blob = repr((host, kickstart.root_password_hash(host), shared, overlay))
-    return hashlib.sha256(blob.encode()).hexdigest()
+def _password_key(host: Host) -> str:
+    """What the host's password hash depends on, cheaply: the hash given, or a digest of the
+    password variable's value (the salt seed and hostname are in the host's model; running
+    sha512_crypt for every host of a fleet on every build would cost seconds)."""
+    if host.root_password_hash:
+        return host.root_password_hash
+    value = os.environ.get(host.root_password_env or "", "")
+    return hashlib.sha256(value.encode()).hexdigest()
 
 
-def build_kickstarts(site: Site, options: Options, state: dict[str, Any], shared: str,
-                     into: Path) -> tuple[dict[str, Path], dict[str, str], list[str]]:
-    """Write <into>/ks/<host>.cfg for every host (a hard link to OUT's where unchanged);
-    returns the files, the host keys, and the names of the files that changed."""
-    folder, current = into / "ks", options.out / "ks"
-    folder.mkdir(parents=True, exist_ok=True)
+def host_keys(site: Site, shared: str) -> dict[str, str]:
+    """hostname -> everything its kickstarts depend on: its model, its password, the
+    templates (`shared`) and its overlay files."""
     overlays = OverlayTree(site.overlays)
-    previous: dict[str, str] = state.get("hosts", {})
-    keys = {h.hostname: _host_key(h, shared, overlays) for h in site.hosts}
-    paths = {name: folder / f"{name}.cfg" for name in keys}
-    recorded = state.get("outputs", {})
-    stale = tuple(h for h in site.hosts  # changed, or its file is not the one recorded
-                  if previous.get(h.hostname) != keys[h.hostname]
-                  or not _intact(current / f"{h.hostname}.cfg", recorded,
-                                 f"ks/{h.hostname}.cfg"))
-    rendered = kickstart.render_site(site, stale, jobs=options.jobs) if stale else {}
-    written = []
-    for name, path in paths.items():
-        old = current / path.name
-        data = rendered[name].encode() if name in rendered else None
-        if old.is_file() and (data is None or old.read_bytes() == data):
-            link_or_copy(old, path)
-        else:
-            assert data is not None
-            write_bytes(path, data)
-            written.append(f"ks/{name}.cfg")
-    return paths, keys, written
+    return {host.hostname: hashlib.sha256(repr((
+        host, _password_key(host), shared, overlays.for_host(host.hostname))).encode()
+    ).hexdigest() for host in site.hosts}
+
+
+def _unchanged(keys: dict[str, str], state: dict[str, Any], sde: int, out: Path,
+               files: Callable[[str], Iterable[str]]) -> frozenset[str]:
+    """Hosts whose key is the previous build's and whose output `files` (relative to OUT)
+    are those it recorded: their files can be hard-linked, not rendered again. None when the
+    file times change (SOURCE_DATE_EPOCH): a link would change the live file's too."""
+    if state.get("source_date_epoch") != sde:
+        return frozenset()
+    previous, recorded = state.get("hosts", {}), state.get("outputs", {})
+
+    def intact(name: str) -> bool:
+        names = files(name)
+        return all(f in recorded for f in names) and _outputs_intact(
+            out, {f: recorded[f] for f in names})
+
+    return frozenset(name for name, key in keys.items()
+                     if previous.get(name) == key and intact(name))
+
+
+def _ks_name(hostname: str) -> list[str]:
+    return [f"ks/{hostname}.cfg"]
+
+
+def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozenset[str],
+                     rendered: dict[str, str], sde: int, into: Path,
+                     relink: bool) -> dict[str, str]:
+    """<into>/ks/<host>.cfg for every host: a hard link to OUT's where unchanged (or rendered
+    to the same bytes), else written (mode: the umask's; time: SOURCE_DATE_EPOCH, for tar and
+    rsync of the output; `relink`: OUT's files have that time too). Returns the sha256 of
+    the files written."""
+    folder, current = f"{into}/ks/", f"{options.out}/ks/"
+    os.makedirs(folder, exist_ok=True)
+    hashes = {}
+    for name in sorted(keys):
+        old, new = f"{current}{name}.cfg", f"{folder}{name}.cfg"
+        if name in unchanged:
+            os.link(old, new)
+            continue
+        data = rendered[name].encode()
+        if relink and _has_bytes(old, data) and _linked(old, new):
+            continue
+        write_new(new, data)
+        os.utime(new, (sde, sde))
+        hashes[f"ks/{name}.cfg"] = hashlib.sha256(data).hexdigest()
+    return hashes
+
+
+def _has_bytes(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return os.fstat(handle.fileno()).st_size == len(data) and handle.read() == data
+    except OSError:
+        return False
+
+
+def _linked(source: str, target: str) -> bool:
+    try:
+        os.link(source, target)
+    except OSError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,37 +348,89 @@ def build_isos(site: Site, options: Options, media: tuple[Path, str], sde: int,
     return keys
 
 
-def build_pxe(site: Site, options: Options, media: tuple[Path, str],
-              host_keys: dict[str, str], state: dict[str, Any], into: Path,
-              held: contextlib.ExitStack) -> tuple[str, list[Path]]:
-    """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
-    made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
-    switch a host that reports done) is taken before its installed hosts are read and
-    stays held (`held`) until the new generation is in place, so no report is lost.
-    Returns the tree's key and the boot-loader files it took from this machine (inputs)."""
-    from builder.pxe import state as pxestate
+@dataclass
+class PxeStep:
+    """The PXE tree's part of a build, decided before any kickstart is rendered (so that
+    the tree's kickstarts are rendered in the same pass as ks/)."""
+    key: str
+    shared: str
+    loader_files: list[Path]
+    # None: the tree's inputs are unchanged (it is linked whole); else the base ISO (open),
+    # the tree's plan and the hosts whose files in the live tree are current.
+    plan: tuple[Any, Any] | None = None
+    reuse: frozenset[str] = frozenset()
+
+    def stale(self, site: Site) -> tuple[Host, ...]:
+        """Hosts whose PXE kickstart must be rendered."""
+        if self.plan is None:
+            return ()
+        return tuple(h for h in site.hosts if h.hostname not in self.reuse)
+
+
+def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[str, str],
+             state: dict[str, Any], sde: int, into: Path, held: contextlib.ExitStack
+             ) -> PxeStep:
     from builder.pxe import tree as pxe
 
     settings, _ = pxe.settings_of(site, None)
     loaders = pxe.find_bios_loaders(settings)
     loader_files = [loaders.pxelinux, *loaders.modules.values()]
     shared = pxe_shared_key(site, options, media, loader_files)
-    key = _key(shared, sorted(host_keys.items()))
-    live, new = options.out / "pxe", into / "pxe"
+    step = PxeStep(_key(shared, sorted(keys.items())), shared, loader_files)
+    if state.get("pxe") == step.key and (options.out / "pxe").is_dir():
+        return step
+    base = held.enter_context(pxe.BaseIso(media[0]))
+    step.plan = (base, pxe.plan(_pxe_options(site, options, media, into / "pxe"), base))
+    index = {"pxe/hosts.json": state.get("outputs", {}).get("pxe/hosts.json", [])}
+    if state.get("pxe_shared") == shared and _outputs_intact(options.out, index):
+        step.reuse = _unchanged(keys, state, sde, options.out, _pxe_host_files(site))
+    return step
+
+
+def _pxe_host_files(site: Site) -> Callable[[str], list[str]]:
+    """A host's files in the PXE tree (relative to OUT), which a rebuild links when the host
+    is unchanged (its line of hosts.json is copied)."""
+    from builder.pxe.menus import host_files
+
+    def files(name: str) -> list[str]:
+        mac = site.host(name).mac or ""
+        return [f"pxe/http/ks/{name}.cfg", *(f"pxe/{f}" for f in host_files(mac).values())]
+    return files
+
+
+def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Path,
+                 **more: Any) -> Any:
+    from builder.pxe import tree as pxe
+
+    return pxe.Options(site=site, out=into, base=media[0], jobs=options.jobs,
+                       previous=options.out / "pxe", served_as=_pxe_path(options), **more)
+
+
+def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
+              kickstarts: dict[str, str], into: Path,
+              held: contextlib.ExitStack) -> dict[str, str]:
+    """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
+    made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
+    switch a host that reports done) is taken before its installed hosts are read and
+    stays held (`held`) until the new generation is in place, so no report is lost.
+    Returns the sha256 of the files written from memory (relative to `into`)."""
+    from builder.pxe import state as pxestate
+    from builder.pxe import tree as pxe
+
+    live = options.out / "pxe"
     lock = held.enter_context(pxestate.TreeLock(live))
-    if state.get("pxe") == key and live.is_dir():
+    if step.plan is None:
         lock.acquire()
-        link_tree(live, new)
-        return key, loader_files
+        link_tree(live, into / "pxe")
+        return {}
     options.report(f"pxe: writing {live}")
-    if settings.tree_path is None:
+    if step.plan[1].settings.tree_path is None:
         options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
-    pxe.write_tree(pxe.Options(site=site, out=new, base=media[0], jobs=options.jobs,
-                               previous=live, served_as=_pxe_path(options),
-                               reuse_kickstarts=_current_pxe_kickstarts(
-                                   options, state, shared, host_keys)), lock)
-    return key, loader_files
+    result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
+                                         reuse_hosts=step.reuse, kickstarts=kickstarts),
+                            lock, step.plan)
+    return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
 
 
 def pxe_shared_key(site: Site, options: Options, media: tuple[Path, str],
@@ -351,20 +440,8 @@ def pxe_shared_key(site: Site, options: Options, media: tuple[Path, str],
     # Not where pxe: is in the site file (origin, for messages): a line added above it
     # changes no output.
     settings = replace(site.pxe, origin="") if site.pxe is not None else None
-    return _key(media[1], repr(settings), __version__, [_stat_key(f) for f in loader_files],
-                str(_pxe_path(options)))
-
-
-def _current_pxe_kickstarts(options: Options, state: dict[str, Any], shared: str,
-                            host_keys: dict[str, str]) -> frozenset[str]:
-    """Hosts whose PXE kickstart in the live tree is current: the tree-wide inputs and the
-    host's own are those of the build that wrote it, and the file is the one it recorded."""
-    if state.get("pxe_shared") != shared:
-        return frozenset()
-    previous, recorded = state.get("hosts", {}), state.get("outputs", {})
-    folder = options.out / "pxe" / "http" / "ks"
-    return frozenset(name for name, key in host_keys.items() if previous.get(name) == key
-                     and _intact(folder / f"{name}.cfg", recorded, f"pxe/http/ks/{name}.cfg"))
+    return _key(media[1], repr(settings), __version__,
+                [_stat_key(f) for f in loader_files], str(_pxe_path(options)))
 
 
 def _pxe_path(options: Options) -> Path:
@@ -471,45 +548,45 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
               for kind, f, root in files]
 
     with generations.new() as gen, contextlib.ExitStack() as held:
-        ks_paths, host_keys, written = build_kickstarts(site, options, state, shared, gen)
-        options.report(f"kickstarts: {len(written)} written, "
-                       f"{len(ks_paths) - len(written)} unchanged")
-        for path in ks_paths.values():
-            os.utime(path, (sde, sde))  # file times too, for tar and rsync of the output
-        known = _known_hashes(out, state)
-        outputs = [_output_entry("kickstart", path, f"ks/{name}.cfg", known)
-                   for name, path in sorted(ks_paths.items())]
+        keys = host_keys(site, shared)
+        relink = state.get("source_date_epoch") == sde
+        unchanged = _unchanged(keys, state, sde, out, _ks_name)
+        pxe_step = plan_pxe(site, options, media, keys, state, sde, gen, held) \
+            if media is not None and site.outputs.pxe else None
+        variants = {"ks": kickstart.Variant(tuple(h for h in site.hosts
+                                                  if h.hostname not in unchanged))}
+        if pxe_step is not None and pxe_step.plan is not None:
+            variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site))
+        rendered = kickstart.render_variants(site, variants, jobs=options.jobs)
+        hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink)
+        options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
+        names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
 
         iso_keys: dict[str, str] = {}
-        pxe_key = None
-        loader_files: list[Path] = []
         if media is not None:
             inputs.append(Entry("base-media", media[0].name, media[1], media[0].stat().st_size))
             if site.secure_boot.revocations is not None and verdict is not None:
                 inputs.append(manifest.entry("revocations", site.secure_boot.revocations,
                                              site.secure_boot.revocations.name))
             if site.outputs.iso != "none":
-                iso_keys = build_isos(site, options, media, sde, host_keys, state, ks_paths,
-                                      gen)
-                outputs += [_output_entry("iso", gen / name, name, known)
-                            for name in sorted(iso_keys)]
-            if site.outputs.pxe:
-                pxe_key, loader_files = build_pxe(site, options, media, host_keys, state, gen,
-                                                  held)
-                inputs += [manifest.entry("boot-loader", f, f.name) for f in loader_files]
-                outputs += [_output_entry("pxe", gen / name, name, known)
-                            for name in _pxe_outputs(gen)]
-        recorded = {e.path: _identity(gen / e.path) for e in outputs}
-        # Written: a media output that is not the (hard-linked) file OUT has now.
-        written += [e.path for e in outputs if e.kind != "kickstart"
-                    and _identity_or_none(out / e.path) != recorded[e.path]]
+                ks_paths = {name: gen / "ks" / f"{name}.cfg" for name in sorted(keys)}
+                iso_keys = build_isos(site, options, media, sde, keys, state, ks_paths, gen)
+                names += [("iso", name) for name in sorted(iso_keys)]
+            if pxe_step is not None:
+                hashes.update(build_pxe(site, options, media, pxe_step,
+                                        rendered.get("pxe", {}), gen, held))
+                inputs += [manifest.entry("boot-loader", f, f.name)
+                           for f in pxe_step.loader_files]
+                names += [("pxe", name) for name in _pxe_outputs(gen)]
+        outputs, recorded = _output_entries(gen, names, _known_hashes(out, state), hashes)
+        previous = state.get("outputs", {})
+        written = [name for _, name in names if previous.get(name) != recorded[name]]
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
-        manifest.write(gen, __version__, sde, inputs, outputs, sections)
+        document = manifest.write(gen, __version__, sde, inputs, outputs, sections)
         written.append(manifest.MANIFEST)
-        document = manifest.read(gen)
         recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
-        new_state = _state(options, site, files, media, sde, host_keys, recorded, iso_keys,
-                           pxe_key, loader_files, verdict)
+        new_state = _state(options, site, files, media, sde, keys, recorded, iso_keys,
+                           pxe_step, verdict)
         write_bytes(gen / STATE.name, json.dumps(new_state, sort_keys=True).encode())
         generations.switch(gen)
         save_site_cache(site, out / SITE_CACHE)
@@ -533,18 +610,29 @@ def _known_hashes(out: Path, state: dict[str, Any]) -> dict[str, tuple[list[int]
             if e["path"] in recorded}
 
 
-def _output_entry(kind: str, path: Path, name: str,
-                  known: dict[str, tuple[list[int], str]]) -> Entry:
-    was = known.get(name)
-    if was is not None and _identity(path) == was[0]:
-        return Entry(kind, name, was[1], path.stat().st_size)
-    return manifest.entry(kind, path, name)
+def _output_entries(gen: Path, names: list[tuple[str, str]],
+                    known: dict[str, tuple[list[int], str]], hashes: dict[str, str]
+                    ) -> tuple[list[Entry], dict[str, list[int]]]:
+    """The manifest's entries of the outputs (kind, name) and each one's identity, stat'ed
+    once. A file's sha256 is the one recorded for the same file (identity) by the last build,
+    else the one of the bytes this build wrote it from, else read from the file."""
+    root = f"{gen}/"  # strings: 60,000 outputs for a large PXE fleet
+    entries, recorded = [], {}
+    for kind, name in names:
+        stat = os.stat(root + name)
+        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        was = known.get(name)
+        sha = was[1] if was is not None and was[0] == identity else hashes.get(name)
+        entries.append(Entry(kind, name, sha or manifest.sha256_file(Path(root + name)),
+                             stat.st_size))
+        recorded[name] = identity
+    return entries, recorded
 
 
 def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
            media: tuple[Path, str] | None, sde: int, host_keys: dict[str, str],
-           recorded: dict[str, list[int]], iso_keys: dict[str, str], pxe_key: str | None,
-           loader_files: list[Path], verdict: secureboot.Verdict | None) -> dict[str, Any]:
+           recorded: dict[str, list[int]], iso_keys: dict[str, str], pxe: PxeStep | None,
+           verdict: secureboot.Verdict | None) -> dict[str, Any]:
     """What the next build needs to know about this one (in the generation it describes)."""
     env_names = {h.root_password_env for h in site.hosts if h.root_password_env}
     input_dirs = [(str(kickstart.template_dir().resolve()), TEMPLATES)]
@@ -553,8 +641,8 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
     sde_given = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
     stats = [_stat_key(f) for _, f, _ in files]
     outside = [media[0]] if media else []  # files outside the input folders: media, loaders
-    if pxe_key is not None:
-        outside += loader_files
+    if pxe is not None:
+        outside += pxe.loader_files
     if verdict is not None and site.secure_boot.revocations is not None:
         outside.append(site.secure_boot.revocations)
     stats_all = stats + [_stat_key(f) for f in outside]
@@ -571,9 +659,8 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
         "outputs": recorded,
         "media": {"stat": _stat_key(media[0]), "sha256": media[1]} if media else {},
         "isos": iso_keys,
-        "pxe": pxe_key,
-        "pxe_shared": pxe_shared_key(site, options, media, loader_files)
-        if pxe_key is not None and media is not None else None,
+        "pxe": pxe.key if pxe is not None else None,
+        "pxe_shared": pxe.shared if pxe is not None else None,
     }
 
 

@@ -13,7 +13,7 @@ import multiprocessing
 import os
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -184,47 +184,78 @@ class Renderer:
         return text
 
 
-# Below this many hosts a worker pool costs more than it saves.
+# Below this many kickstarts a worker pool costs more than it saves.
 PARALLEL_MIN_HOSTS = 200
-_worker: Renderer | None = None
 # More template values for one host (e.g. builder/pxe/tree.py's done URL), on top of context().
 ExtraFor = Callable[[Host], Mapping[str, Any]]
-_extra: ExtraFor | None = None
 
 
-def _start_worker(site: Site, extra: ExtraFor | None = None) -> None:
-    global _worker, _extra
+@dataclass(frozen=True)
+class Variant:
+    """One kind of kickstart of a host: the plain one (ks/), or the PXE tree's, which installs
+    the host as `installs` makes it (the install tree as its source) with `extra` values (the
+    done and events URLs)."""
+    hosts: tuple[Host, ...]  # the hosts to render this variant for
+    extra: ExtraFor | None = None
+    installs: Callable[[Host], Host] | None = None
+
+    def render(self, renderer: Renderer, host: Host) -> str:
+        installed = self.installs(host) if self.installs else host
+        return renderer.render_host(installed, self.extra(host) if self.extra else None)
+
+
+_worker: Renderer | None = None
+_variants: Mapping[str, Variant] = {}
+
+
+def _start_worker(site: Site, variants: Mapping[str, Variant]) -> None:
+    global _worker, _variants
     # pykickstart looks up its message catalog on disk for every option's help text; with
     # LANGUAGE=C that lookup ends at once (ksbuild's messages are English anyway).
     os.environ["LANGUAGE"] = "C"
     _worker = Renderer(site)
-    _extra = extra
+    _variants = variants
 
 
-def _render_in_worker(hostname: str) -> str:
+def _render_in_worker(task: tuple[str, str]) -> str:
     assert _worker is not None
-    host = _worker.site.host(hostname)
-    return _worker.render_host(host, _extra(host) if _extra else None)
+    variant, hostname = task
+    return _variants[variant].render(_worker, _worker.site.host(hostname))
+
+
+def render_variants(site: Site, variants: Mapping[str, Variant],
+                    jobs: int | None = None) -> dict[str, dict[str, str]]:
+    """variant -> hostname -> validated kickstart text, sorted by hostname: every variant of
+    every host in one pass (one pool: a host whose plain and PXE kickstarts are both due is
+    not forked for twice).
+
+    A large fleet is spread over worker processes (pykickstart is pure Python: ~1.5 ms a
+    kickstart, so 10,000 hosts need every core). Workers are forked: they inherit the site
+    and the variants (any callables); only names go to them and texts come back."""
+    chosen = [(name, host) for name, variant in variants.items()
+              for host in sorted(variant.hosts, key=lambda h: h.hostname)]
+    tasks = [(name, host.hostname) for name, host in chosen]
+    jobs = jobs or os.cpu_count() or 1
+    texts: list[str]
+    if jobs == 1 or len(tasks) < PARALLEL_MIN_HOSTS:
+        renderer = Renderer(site)
+        texts = [variants[name].render(renderer, host) for name, host in chosen]
+    else:
+        context = multiprocessing.get_context("fork")
+        with context.Pool(jobs, initializer=_start_worker, initargs=(site, variants)) as pool:
+            texts = pool.map(_render_in_worker, tasks,
+                             chunksize=max(1, len(tasks) // (jobs * 8)))
+    rendered: dict[str, dict[str, str]] = {name: {} for name in variants}
+    for (name, hostname), text in zip(tasks, texts):
+        rendered[name][hostname] = text
+    return rendered
 
 
 def render_site(site: Site, hosts: tuple[Host, ...] | None = None,
                 jobs: int | None = None, extra: ExtraFor | None = None) -> dict[str, str]:
-    """hostname -> validated kickstart text, for every host (or those given), sorted.
-
-    A large fleet is spread over worker processes (pykickstart is pure Python: ~3 ms a
-    kickstart, so 10,000 hosts need every core)."""
-    chosen = sorted(hosts if hosts is not None else site.hosts, key=lambda h: h.hostname)
-    jobs = jobs or os.cpu_count() or 1
-    names = [host.hostname for host in chosen]
-    if jobs == 1 or len(chosen) < PARALLEL_MIN_HOSTS:
-        renderer = Renderer(site)
-        return {host.hostname: renderer.render_host(host, extra(host) if extra else None)
-                for host in chosen}
-    context = multiprocessing.get_context("fork")
-    # Forked workers inherit initargs unpickled, so `extra` may be any callable.
-    with context.Pool(jobs, initializer=_start_worker, initargs=(site, extra)) as pool:
-        texts = pool.map(_render_in_worker, names, chunksize=max(1, len(names) // (jobs * 8)))
-    return dict(zip(names, texts))
+    """hostname -> validated kickstart text, for every host (or those given), sorted."""
+    variant = Variant(site.hosts if hosts is None else hosts, extra)
+    return render_variants(site, {"ks": variant}, jobs)["ks"]
 
 
 def write_kickstarts(site: Site, folder: Path) -> list[Path]:

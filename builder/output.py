@@ -101,6 +101,21 @@ def write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
         temp.write_bytes(data)
 
 
+def write_new(path: str | Path, data: bytes, mode: int = 0o666, exact: bool = False) -> None:
+    """A new file in a folder nobody reads yet (a generation being built, switched into
+    place as a whole): no temporary name needed. `mode` is masked by the umask (the kernel
+    applies it: nothing to read per file), unless `exact`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        if exact:
+            os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target`; on success it takes `target`'s place.

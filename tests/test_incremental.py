@@ -5,6 +5,7 @@ a template or an overlay file changed); and it rewrites only what the edit touch
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from builder import build, kickstart
+from builder.pxe.menus import host_files
 from tests.test_build import media_site, tree_bytes
 
 Edit = Callable[[dict[str, Any], Path], None]
@@ -77,31 +79,49 @@ def test_incremental_builds_equal_clean_builds(tmp_path: Path,
         shutil.rmtree(clean.parent)
 
 
-def test_one_host_changed_renders_only_its_pxe_kickstart(tmp_path: Path) -> None:
-    """The PXE step reuses the live tree's kickstarts of hosts whose inputs are unchanged
-    (it rendered every one of them again before)."""
-    site_path = media_site(tmp_path)
+def identities(root: Path) -> dict[str, tuple[int, int]]:
+    return {name: (os.stat(root / name).st_ino, os.stat(root / name).st_mtime_ns)
+            for name in tree_bytes(root)}
+
+
+def test_one_host_changed_renders_and_rewrites_only_that_host(tmp_path: Path) -> None:
+    """A change to one host renders its two kickstarts (ks/ and the PXE tree's) in one pass
+    and rewrites exactly its files: the kickstarts, its boot entries, the PXE index and the
+    manifest; every other file is the previous one (hard-linked), and all equal a clean
+    build's."""
+    site_path = media_site(tmp_path, "none")
     out = tmp_path / "out"
     options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
     build.build(options)
-    kept = out / "pxe" / "http" / "ks" / "cdh-host.c7.jevoncode.com.cfg"
-    identity = (kept.stat().st_ino, kept.stat().st_mtime_ns)
+    before = identities(out)
     doc = yaml.safe_load(site_path.read_text())
-    doc["hosts"][1]["timezone"] = "Europe/Berlin"
+    doc["hosts"][1]["source"] = "http://mirror.example.com/centos/7/os/x86_64/"  # inst.repo=
     site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    rendered: list[str] = []
-    real = kickstart.render_site
+    rendered: list[tuple[str, bool]] = []
+    passes: list[list[str]] = []
+    render_host, render_variants = kickstart.Renderer.render_host, kickstart.render_variants
 
-    def counting(site: Any, hosts: Any = None, **kwargs: Any) -> dict[str, str]:
-        chosen = hosts if hosts is not None else site.hosts
-        rendered.extend(h.hostname for h in chosen)
-        return real(site, hosts, **kwargs)
+    def counting_host(self: kickstart.Renderer, host: Any, extra: Any = None) -> str:
+        rendered.append((host.hostname, extra is not None))
+        return render_host(self, host, extra)
+
+    def counting_pass(site: Any, variants: Any, jobs: Any = None) -> Any:
+        passes.append(sorted(variants))
+        return render_variants(site, variants, jobs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(kickstart, "render_site", counting)
+        patch.setattr(kickstart.Renderer, "render_host", counting_host)
+        patch.setattr(kickstart, "render_variants", counting_pass)
         changed = build.build(options)
-    # Once for ks/, once for the PXE tree: the changed host only.
-    assert rendered == ["kvm2.example.com", "kvm2.example.com"]
-    assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == identity
-    assert "pxe/http/ks/kvm2.example.com.cfg" in changed.written
+    assert passes == [["ks", "pxe"]]
+    assert sorted(rendered) == [("kvm2.example.com", False), ("kvm2.example.com", True)]
+    entries = host_files(doc["hosts"][1]["mac"].lower()).values()
+    expected = {"ks/kvm2.example.com.cfg", "pxe/http/ks/kvm2.example.com.cfg",
+                "pxe/hosts.json", "manifest.json", *(f"pxe/{name}" for name in entries)}
+    after = identities(out)
+    assert {name for name in after if after[name] != before.get(name)} == expected
+    assert set(changed.written) == expected
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
     assert build.build(options).up_to_date

@@ -50,13 +50,31 @@ class Index:
 
 def index_data(server: str, hosts: list[IndexedHost]) -> bytes:
     """hosts.json's bytes: sorted keys, one host per line (readable, diffable, reproducible)."""
-    lines = [json.dumps({"format": INDEX_FORMAT, "server": server})[:-1] + ', "hosts": {']
-    for number, host in enumerate(sorted(hosts, key=lambda h: h.hostname)):
-        entry = json.dumps({"mac": host.mac, "install": host.install}, sort_keys=True)
-        comma = "," if number < len(hosts) - 1 else ""
-        lines.append(f"{json.dumps(host.hostname)}: {entry}{comma}")
-    lines.append("}}")
-    return ("\n".join(lines) + "\n").encode()
+    return index_from_lines(server, {host.hostname: index_line(host) for host in hosts})
+
+
+def index_line(host: IndexedHost) -> str:
+    """A host's line in hosts.json (without the comma between lines)."""
+    entry = json.dumps({"mac": host.mac, "install": host.install}, sort_keys=True)
+    return f"{json.dumps(host.hostname)}: {entry}"
+
+
+def index_from_lines(server: str, lines: dict[str, str]) -> bytes:
+    """hosts.json from each host's line (index_line), in hostname order."""
+    head = json.dumps({"format": INDEX_FORMAT, "server": server})[:-1] + ', "hosts": {'
+    body = ",\n".join(lines[name] for name in sorted(lines))
+    return f"{head}\n{body}\n}}}}\n".encode() if lines else f"{head}\n}}}}\n".encode()
+
+
+def index_lines(tree: Path) -> dict[str, str]:
+    """hostname -> its line in the tree's hosts.json, as written (a rebuild copies the lines
+    of unchanged hosts instead of rendering their entries again)."""
+    lines = (tree / INDEX).read_text(encoding="utf-8").split("\n")[1:-2]
+    found = {}
+    for line in lines:
+        line = line.removesuffix(",")
+        found[json.loads(line[:line.index(": ")])] = line
+    return found
 
 
 _cache: dict[Path, tuple[tuple[int, int, int], Index]] = {}

@@ -41,13 +41,14 @@ whatever the umask: dnsmasq and nginx read them as other users.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import re
 import shlex
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -57,7 +58,7 @@ from builder import kickstart, network
 from builder.errors import InputError
 from builder.media import flavor as media_flavor
 from builder.media import isofs
-from builder.output import Generations, umask, write_bytes
+from builder.output import Generations, umask, write_bytes, write_new
 from builder.pxe import config as pxeconfig
 from builder.pxe import events as pxeevents
 from builder.pxe import grubimage, installtree
@@ -109,9 +110,12 @@ class Options:
     # Where the tree is served from, named in dnsmasq.conf and nginx.conf unless the site
     # sets pxe.tree_path: the final path, not the temporary one it is written to.
     served_as: Path | None = None
-    # Hosts whose PXE kickstart in `previous` is current (the caller knows their inputs did
-    # not change): hard-linked from there instead of rendered and validated again.
-    reuse_kickstarts: frozenset[str] = frozenset()
+    # Hosts whose files in `previous` (PXE kickstart, install entries, index line) are
+    # current (the caller knows their inputs did not change and the files are the ones it
+    # wrote): hard-linked (the line copied) from there, not rendered and compared again.
+    reuse_hosts: frozenset[str] = frozenset()
+    # PXE kickstarts the caller rendered (hostname -> text); the others are rendered here.
+    kickstarts: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,6 +128,9 @@ class Result:
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase
     install_tree: installtree.Published | None = None  # with pxe.install_tree: local
+    # sha256 of the files written from bytes in memory (relative to the tree): the manifest
+    # need not read them back.
+    hashes: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,15 +168,6 @@ def preflight(site: Site, server: str | None, served_as: Path) -> None:
         config_path(settings.tree_path, f"{settings.origin}.tree_path")
     else:
         config_path(served_as, "-o")
-
-
-def pxe_site(site: Site, settings: PxeSettings) -> Site:
-    """The site as the PXE tree installs it: pxe.install_tree, if given, is every host's
-    source."""
-    if settings.install_tree is None:
-        return site
-    hosts = tuple(replace(host, source=settings.install_tree) for host in site.hosts)
-    return replace(site, hosts=hosts)
 
 
 def local_install_tree(site: Site, settings: PxeSettings, server: str,
@@ -291,6 +289,7 @@ class Writer:
         # 40,000 entries and then swapping each for a link cost ~20 s).
         self.previous = previous
         self.compared: set[str] = set()  # files already compared with the previous tree's
+        self.hashes: dict[str, str] = {}  # sha256 of the files given as bytes
         self.count = 0
         # 40,000 files for a large fleet: skip the chmod when the umask leaves 0644 as it is.
         self.fix_mode = umask() & FILE_MODE != 0
@@ -307,25 +306,19 @@ class Writer:
         self.data(relative, text.encode())
 
     def data(self, relative: str, data: bytes) -> None:
+        self.hashes[relative] = hashlib.sha256(data).hexdigest()
         if self.previous is not None:
             self.compared.add(relative)
             if _has_bytes(self.previous / relative, data):
                 self.link(self.previous / relative, relative)
                 return
-        fd = os.open(self.root / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            if self.fix_mode:
-                os.fchmod(fd, FILE_MODE)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
+        write_new(self.root / relative, data, FILE_MODE, exact=self.fix_mode)
         self.count += 1
 
     def link(self, source: Path, relative: str) -> None:
         """A hard link to a file of the previous tree (written 0644 by a Writer)."""
         os.link(source, self.root / relative)
+        self.compared.add(relative)
         self.count += 1
 
     def copy(self, source: Path, relative: str) -> Path:
@@ -469,27 +462,66 @@ def build_tree(options: Options) -> Result:
     return replace(result, out=out)
 
 
-def write_tree(options: Options, lock: pxestate.TreeLock) -> Result:
+def write_tree(options: Options, lock: pxestate.TreeLock,
+               opened: tuple[BaseIso, Plan] | None = None) -> Result:
     """Check and render everything, write the tree into the empty folder `options.out`, then
     acquire `lock` (the live tree's) and carry over from `options.previous` which hosts have
     installed. Returns with the lock held: the caller releases it once the new tree is in
     place. Files equal to the previous tree's are hard links to them (an unchanged file
-    keeps its identity: a rebuild after a change to one host rewrites that host's files)."""
+    keeps its identity: a rebuild after a change to one host rewrites that host's files).
+    `opened`: the base ISO and the plan, when the caller made them (to render the PXE
+    kickstarts with its own)."""
+    if opened is not None:
+        return _write_tree(options, lock, *opened)
     # Opened once: pycdlib parses every directory record on open (~1 s for a DVD).
     with BaseIso(options.base) as base:
-        return _write_tree(options, lock, base)
+        return _write_tree(options, lock, base, plan(options, base))
 
 
-def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Result:
+@dataclass(frozen=True)
+class Plan:
+    """What a tree build decides before it renders anything: the settings (with a local
+    install tree's URL), the server, where the tree is served from, each host's boot entry
+    values."""
+    settings: PxeSettings
+    server: str
+    tree_path: Path
+    tree_folder: str | None  # with pxe.install_tree: local, its folder under http/
+    hosts: dict[str, pxemenus.BootHost]
+    reinstall: list[str]
+
+    def kickstarts(self, hosts: Iterable[Host]) -> kickstart.Variant:
+        """The PXE kickstarts of `hosts`: installed from the install tree, reporting done
+        and events to the server."""
+        return kickstart.Variant(tuple(hosts), self._kickstart_values, self._installs)
+
+    def _kickstart_values(self, host: Host) -> dict[str, str]:
+        return {"pxe_done_url": self.hosts[host.hostname].done_url,
+                "pxe_events_url": f"{self.server}/events/{host.hostname}"}
+
+    def _installs(self, host: Host) -> Host:
+        tree = self.settings.install_tree
+        return replace(host, source=tree) if tree is not None else host
+
+
+def plan(options: Options, base: BaseIso) -> Plan:
     site = options.site
     settings, server = settings_of(site, options.server)
     server = server_url(server)
     check_hosts(site, settings)
     reinstall = _check_reinstall(site, options.reinstall)
+    tree_path = config_path(settings.tree_path, f"{settings.origin}.tree_path") \
+        if settings.tree_path else config_path(options.served_as or options.out.absolute(), "-o")
+    settings, tree_folder = local_install_tree(site, settings, server, base)
+    hosts = {h.hostname: boot_host(h, server, settings) for h in site.hosts}
+    return Plan(settings, server, tree_path, tree_folder, hosts, reinstall)
+
+
+def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: Plan) -> Result:
+    site, settings, hosts = options.site, plan.settings, plan.hosts
     temp = options.out.absolute()
     previous = options.previous or temp
-    tree_path = config_path(settings.tree_path, f"{settings.origin}.tree_path") \
-        if settings.tree_path else config_path(options.served_as or temp, "-o")
+    old = previous if previous != temp and previous.is_dir() else None
     seconds: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -499,65 +531,82 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso) -> Res
         seconds[name] = now - mark
         mark = now
 
-    settings, tree_folder = local_install_tree(site, settings, server, base)
-    hosts = {h.hostname: boot_host(h, server, settings) for h in site.hosts}
-    configs = server_configs(site, settings, server, tree_path)
+    configs = server_configs(site, settings, plan.server, plan.tree_path)
     phase("checks and server configs")
-    installing = pxe_site(site, settings)
-    reused = {name for name in options.reuse_kickstarts & set(hosts)
-              if (previous / "http" / "ks" / f"{name}.cfg").is_file()}
-    fresh = tuple(h for h in installing.hosts if h.hostname not in reused)
-    texts = kickstart.render_site(
-        installing, fresh, jobs=options.jobs,
-        extra=lambda host: {"pxe_done_url": hosts[host.hostname].done_url,
-                            "pxe_events_url": f"{server}/events/{host.hostname}"}
-    ) if fresh else {}
+    reused = options.reuse_hosts & set(hosts) if old is not None else frozenset()
+    texts = dict(options.kickstarts)
+    fresh = [h for h in site.hosts if h.hostname not in reused and h.hostname not in texts]
+    if fresh:
+        texts.update(kickstart.render_variants(site, {"pxe": plan.kickstarts(fresh)},
+                                               jobs=options.jobs)["pxe"])
     phase("kickstarts (render + validate)")
 
     temp.mkdir(exist_ok=True)
     os.chmod(temp, DIR_MODE)
-    writer = Writer(temp, previous if previous != temp and previous.is_dir() else None)
+    writer = Writer(temp, old)
     for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
                    "http/images", str(pxestate.INSTALLED)):
         writer.folder(folder)
     grub_commands = _loaders(writer, base, settings)
     phase("boot loaders, kernel, initrd")
     published = None
-    if tree_folder is not None:
-        published = _publish(base, temp, tree_folder, previous,
+    if plan.tree_folder is not None:
+        published = _publish(base, temp, plan.tree_folder, previous,
                              settings.verify_packages == "all")
         phase("install tree published and verified")
-    menus = pxemenus.Menus(grub_commands, settings.menu_timeout, http_root=server)
+    menus = pxemenus.Menus(grub_commands, settings.menu_timeout, http_root=plan.server)
     for relative, text in {**menus.shared(), **configs}.items():
         writer.text(relative, text)
-    indexed = []
-    for name in sorted(hosts):
-        entries = menus.host(hosts[name], local=False)
-        for relative, text in entries.items():
-            writer.text(relative, text)
-        if name in reused:
-            writer.link(previous / "http" / "ks" / f"{name}.cfg", f"http/ks/{name}.cfg")
-        else:
-            writer.text(f"http/ks/{name}.cfg", texts[name])
-        indexed.append(pxestate.IndexedHost(name, hosts[name].mac, entries))
-    writer.data(pxestate.INDEX, pxestate.index_data(server, indexed))
+    index = {name: line for name, line in pxestate.index_lines(old).items()
+             if name in reused} if old is not None and reused else {}
+    for name in sorted(set(hosts) - reused):
+        index[name] = _write_host(writer, menus, hosts[name], texts[name])
+    writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
     phase("entries, kickstarts, index written")
-    if previous != temp and previous.is_dir():
-        link_unchanged(temp, previous, writer.compared)
+    if old is not None:
+        for name in sorted(reused):
+            writer.link(old / "http" / "ks" / f"{name}.cfg", f"http/ks/{name}.cfg")
+        link_unchanged(temp, old, writer.compared)
         phase("unchanged files linked to the previous tree's")
 
     lock.acquire()  # held until the new tree is in place (the caller releases it)
     before = pxestate.installed(previous) & set(hosts)
-    keep = before - set(reinstall)
+    keep = before - set(plan.reinstall)
+    if old is not None:
+        # Under the lock: a host without a marker has its install entries in `old`.
+        _link_entries(writer, old, [hosts[n] for n in sorted(reused - before)])
+        for name in sorted(reused & before):  # the old ones are local: install ones here
+            _write_host(writer, menus, hosts[name], None)
     pxestate.carry_over(previous, temp, {n: h.mac for n, h in hosts.items()}, keep)
+    for name in keep:  # their entries are the local ones now, not the bytes written
+        for relative in pxemenus.host_files(hosts[name].mac).values():
+            writer.hashes.pop(relative, None)
     pxeevents.carry_over(previous, temp)
     if (previous / DONE_LOG_STATE).is_file():
         shutil.copyfile(previous / DONE_LOG_STATE, temp / DONE_LOG_STATE)
-    phase("state carried over")
-    return Result(temp, len(hosts), sorted(keep), sorted(set(reinstall) & before),
+    phase("entries of unchanged hosts linked, state carried over")
+    return Result(temp, len(hosts), sorted(keep), sorted(set(plan.reinstall) & before),
                   grub_commands, [f"{name} had not installed; it installs anyway"
-                                  for name in reinstall if name not in before],
-                  seconds, published)
+                                  for name in plan.reinstall if name not in before],
+                  seconds, published, writer.hashes)
+
+
+def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost,
+                text: str | None) -> str:
+    """Write a host's install entries (and its PXE kickstart, if given); its index line."""
+    entries = menus.host(host, local=False)
+    for relative, entry in entries.items():
+        writer.text(relative, entry)
+    if text is not None:
+        writer.text(f"http/ks/{host.hostname}.cfg", text)
+    return pxestate.index_line(pxestate.IndexedHost(host.hostname, host.mac, entries))
+
+
+def _link_entries(writer: Writer, old: Path, hosts: list[pxemenus.BootHost]) -> None:
+    """Hard links to the install entries of unchanged hosts in the previous tree."""
+    for host in hosts:
+        for relative in pxemenus.host_files(host.mac).values():
+            writer.link(old / relative, relative)
 
 
 def link_unchanged(new: Path, old: Path, compared: set[str] | frozenset[str] = frozenset()
