@@ -148,6 +148,14 @@ def _identity(path: Path) -> list[int]:
     return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
 
 
+def _identity_or_none(path: str) -> list[int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+
+
 def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
     root = f"{out}/"  # strings, not Paths: 60,000 outputs for a large PXE fleet
     for name, identity in recorded.items():
@@ -207,9 +215,10 @@ def host_keys(site: Site, shared: str) -> dict[str, str]:
     """hostname -> everything its kickstarts depend on: its model, its password, the
     templates (`shared`) and its overlay files."""
     overlays = OverlayTree(site.overlays)
+    digests = site.host_digests  # equal digests: equal models (no repr of every host)
     return {host.hostname: hashlib.sha256(repr((
-        host, _password_key(host), shared, overlays.for_host(host.hostname))).encode()
-    ).hexdigest() for host in site.hosts}
+        digests[host.hostname], _password_key(host), shared,
+        overlays.for_host(host.hostname))).encode()).hexdigest() for host in site.hosts}
 
 
 def _unchanged(keys: dict[str, str], state: dict[str, Any], sde: int, out: Path,
@@ -580,7 +589,10 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
         outputs, recorded = _output_entries(gen, names, _known_hashes(out, state), hashes)
         previous = state.get("outputs", {})
-        written = [name for _, name in names if previous.get(name) != recorded[name]]
+        # Written: an output that is not the (hard-linked) file OUT has now (looked at only
+        # where the identity differs from the one recorded: a few files).
+        written = [name for _, name in names if previous.get(name) != recorded[name]
+                   and _identity_or_none(f"{out}/{name}") != recorded[name]]
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
         document = manifest.write(gen, __version__, sde, inputs, outputs, sections)
         written.append(manifest.MANIFEST)
