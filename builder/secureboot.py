@@ -256,20 +256,16 @@ def iso_first_stages(base: Path, overlay: Path | None) -> dict[str, bytes]:
     firmware starts from a USB stick or a disk copy) and the copy in images/efiboot.img (what
     it starts from the CD's El Torito EFI image); a file under the site's overlays/iso/
     replaces the base's."""
-    from builder.media import fat, isofs
-    from builder.media.iso import open_base
+    from builder.media import fat
+    from builder.media.iso import read_base_files
 
     def from_overlay(name: str) -> bytes | None:
         given = overlay / name if overlay is not None else None
         return given.read_bytes() if given is not None and given.is_file() else None
 
-    iso, handle, _, _ = open_base(base)
-    try:
-        shim = from_overlay(ISO_SHIM) or isofs.read(iso, "/" + ISO_SHIM)
-        image = from_overlay(EFIBOOT_IMG) or isofs.read(iso, "/" + EFIBOOT_IMG)
-    finally:
-        iso.close()
-        handle.close()
+    on_base = read_base_files(base, ["/" + ISO_SHIM, "/" + EFIBOOT_IMG])
+    shim = from_overlay(ISO_SHIM) or on_base["/" + ISO_SHIM]
+    image = from_overlay(EFIBOOT_IMG) or on_base["/" + EFIBOOT_IMG]
     found = {}
     if shim is not None:
         found[ISO_SHIM] = shim

@@ -22,7 +22,7 @@ import pytest
 
 from builder import output
 from builder.errors import InputError
-from builder.media import iso, isomd5
+from builder.media import iso, isofs, isomd5
 from builder.run import run
 from tests.fixtures import centos_iso, sgdisk_problems
 from tests.fixtures.tree import escape_label, write_tree
@@ -650,6 +650,44 @@ def test_thousands_of_files_whose_8_3_names_collide(tmp_path: Path) -> None:
     assert len(names) == len(set(names)) == 1500
     assert all(re.fullmatch(r"[A-Z0-9_]{1,8}\.CFG;1", name) for name in names)
     assert isomd5.check(out)
+
+
+def test_quick_read_answers_as_pycdlib_does(tmp_path: Path) -> None:
+    """The Secure Boot check reads two files of the base without pycdlib's parse of the whole
+    image (isofs.quick_read): the same bytes as pycdlib's Rock Ridge lookup, the same None for
+    a folder or a missing file, and pycdlib's answer where the quick reader is unsure (no
+    Rock Ridge, names long enough for a continuation area)."""
+    extra = {f"/deep/Mixed.Case-{i}/file.name.with.dots-{i}.txt": f"{i}\n".encode()
+             for i in range(40)}
+    out = tmp_path / "many.iso"
+    iso.repack(centos_iso(), out, iso.RepackOptions(
+        payload=lambda volid, flavor: iso.Payload(b"ks\n", extra)))
+    paths = ["/EFI/BOOT/BOOTX64.EFI", "/images/efiboot.img", "/ks.cfg", "/isolinux",
+             "/deep/Mixed.Case-39/file.name.with.dots-39.txt", "/deep/mixed.case-39",
+             "/no/such/file", "/EFI/BOOT/bootx64.efi"]
+    image = pycdlib.PyCdlib()
+    image.open(str(out))
+    try:
+        expected = {path: isofs.read(image, path) for path in paths}
+    finally:
+        image.close()
+    assert expected["/EFI/BOOT/BOOTX64.EFI"] and expected[paths[4]] == b"39\n"
+    with out.open("rb") as f:
+        assert isofs.quick_read(f.fileno(), paths) == expected
+    assert iso.read_base_files(out, paths) == expected
+
+    tree = tmp_path / "tree"
+    (tree / "EFI" / "BOOT").mkdir(parents=True)
+    (tree / "EFI" / "BOOT" / "BOOTX64.EFI").write_bytes(b"first stage")
+    (tree / ("a-long-name" * 20)).write_bytes(b"listed before EFI, in a continuation area")
+    for rock_ridge in ("off", "on"):
+        plain = tmp_path / f"rock-ridge-{rock_ridge}.iso"
+        run(["xorriso", "-abort_on", "FATAL", "-rockridge", rock_ridge, "-joliet", "on",
+             "-outdev", plain, "-map", tree, "/"])
+        with plain.open("rb") as f:
+            assert isofs.quick_read(f.fileno(), ["/EFI/BOOT/BOOTX64.EFI"]) is None
+        assert iso.read_base_files(plain, ["/EFI/BOOT/BOOTX64.EFI"]) == {
+            "/EFI/BOOT/BOOTX64.EFI": b"first stage"}
 
 
 def test_runs_without_privileges(tmp_path: Path) -> None:

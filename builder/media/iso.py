@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from pycdlib.pycdlibexception import PyCdlibException
 
 from builder.errors import InputError
-from builder.media import bootmenu, fat, hybrid, isomd5, kickstarts
+from builder.media import bootmenu, fat, hybrid, isofs, isomd5, kickstarts
 from builder.media.flavor import Flavor, check_cdrom_hosts, detect
 from builder.media.isofs import KS_PATH, Edit, apply_overlay, read
 from builder.media.kickstarts import check_source_labels
@@ -203,6 +203,23 @@ def open_base(base: Path) -> tuple[Any, BinaryIO, bytes, int]:
         handle.close()
         raise InputError(f"{base}: not a readable ISO 9660 image: {exc}") from None
     return iso, handle, head, size
+
+
+def read_base_files(base: Path, paths: list[str]) -> dict[str, bytes | None]:
+    """path -> bytes (None: not on the image) of a few files of the base, without pycdlib's
+    parse of the whole image where the quick reader can (isofs.quick_read); the same
+    InputError as open_base for a file that is not an ISO image."""
+    read_base_head(base)
+    with open_base_file(base) as handle:
+        quick = isofs.quick_read(handle.fileno(), paths)
+    if quick is not None:
+        return quick
+    iso, handle, _, _ = open_base(base)
+    try:
+        return {path: isofs.read(iso, path) for path in paths}
+    finally:
+        iso.close()
+        handle.close()
 
 
 def check_output(base: Path, output: Path) -> None:
