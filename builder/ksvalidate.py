@@ -128,8 +128,8 @@ class _MemoOptions:
 
     def _parse(self, known: bool, args: Any, kwargs: dict[str, Any]) -> Any:
         real = self.options.parse_known_args if known else self.options.parse_args
-        if type(args) is not list or not kwargs.keys() <= {"lineno"} \
-                or not all(type(arg) is str for arg in args):
+        # pykickstart passes shlex's words: a list of str.
+        if type(args) is not list or not kwargs.keys() <= {"lineno"}:
             return real(args, **kwargs)
         key = (known, tuple(args))
         hit = self.memo.get(key)
@@ -186,19 +186,33 @@ def _copied(value: Any) -> Any:
 
 
 class _Pristine:
-    """An object's attributes as built, put back before a kickstart that may find them
-    changed."""
+    """An object's attributes as built, put back (in their order) before a kickstart that may
+    find them changed."""
 
     def __init__(self, obj: object) -> None:
         self.state = vars(obj)
-        self.fixed = {k: v for k, v in self.state.items() if type(v) not in (list, dict, set)}
-        self.containers = {k: _copied(v) for k, v in self.state.items() if k not in self.fixed}
+        self.saved = {key: _copied(value) for key, value in self.state.items()}
+        # A container of plain items is copied by its copy(), one holding containers deeply.
+        self.flat: list[str] = []
+        self.nested: list[str] = []
+        for key, value in self.saved.items():
+            if type(value) in (list, dict, set):
+                items = value.values() if type(value) is dict else value
+                nested = any(type(item) in (list, dict, set) for item in items)
+                (self.nested if nested else self.flat).append(key)
 
     def restore(self) -> None:
-        self.state.clear()
-        self.state.update(self.fixed)
-        for key, value in self.containers.items():
-            self.state[key] = _copied(value)
+        state, saved = self.state, self.saved
+        # Unchanged (a section no header named; a dispatched command is never: its `seen`):
+        # equal, and sharing no container with `saved`, so there is nothing to put back.
+        if state == saved:
+            return
+        state.clear()
+        state.update(saved)
+        for key in self.flat:
+            state[key] = saved[key].copy()
+        for key in self.nested:
+            state[key] = _copied(saved[key])
 
 
 class _Lines(PutBackIterator):  # type: ignore[misc]
