@@ -679,7 +679,7 @@ def load(path: Path | str, cache: Path | None = None) -> Site:
 def save_cache(site: Site, cache: Path) -> None:
     """Write what the load of `site` learned into the cache file (atomically); after the
     build succeeded, so a cache never describes a site that failed."""
-    with contextlib.suppress(OSError):  # the cache only saves time
+    with contextlib.suppress(OSError), _no_gc():  # the cache only saves time
         sitecache.sweep(cache)
         if site.cache_update is not None:
             sitecache.write(cache, site.cache_update)
