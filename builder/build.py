@@ -157,15 +157,26 @@ def _identity_or_none(path: str) -> list[int] | None:
 
 
 def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
-    root = f"{out}/"  # strings, not Paths: 60,000 outputs for a large PXE fleet
+    return len(_intact_outputs(out, recorded)) == len(recorded)
+
+
+def _intact_outputs(out: Path, recorded: dict[str, list[int]]) -> set[str]:
+    """The outputs (relative to OUT) whose file has the identity recorded. Stat'ed by string
+    through each top-level entry resolved once (OUT/pxe is a symlink into the current
+    generation): 60,000 outputs for a large PXE fleet."""
+    tops: dict[str, str] = {}
+    intact = set()
     for name, identity in recorded.items():
+        top, _, rest = name.partition("/")
+        if top not in tops:
+            tops[top] = os.path.realpath(f"{out}/{top}") if rest else f"{out}/{top}"
         try:
-            stat = os.stat(root + name)
+            stat = os.stat(f"{tops[top]}/{rest}" if rest else tops[top])
         except OSError:
-            return False
-        if [stat.st_size, stat.st_mtime_ns, stat.st_ino] != identity:
-            return False
-    return True
+            continue
+        if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == identity:
+            intact.add(name)
+    return intact
 
 
 def _quick_check(options: Options, state: dict[str, Any]) -> bool:
@@ -229,14 +240,10 @@ def _unchanged(keys: dict[str, str], state: dict[str, Any], sde: int, out: Path,
     if state.get("source_date_epoch") != sde:
         return frozenset()
     previous, recorded = state.get("hosts", {}), state.get("outputs", {})
-
-    def intact(name: str) -> bool:
-        names = files(name)
-        return all(f in recorded for f in names) and _outputs_intact(
-            out, {f: recorded[f] for f in names})
-
-    return frozenset(name for name, key in keys.items()
-                     if previous.get(name) == key and intact(name))
+    same = {name: files(name) for name, key in keys.items() if previous.get(name) == key}
+    intact = _intact_outputs(out, {f: recorded[f] for names in same.values() for f in names
+                                   if f in recorded})
+    return frozenset(name for name, names in same.items() if intact.issuperset(names))
 
 
 def _ks_name(hostname: str) -> list[str]:
@@ -244,8 +251,8 @@ def _ks_name(hostname: str) -> list[str]:
 
 
 def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozenset[str],
-                     rendered: dict[str, str], sde: int, into: Path,
-                     relink: bool) -> dict[str, str]:
+                     rendered: dict[str, str], sde: int, into: Path, relink: bool,
+                     known: Callable[[str], str | None]) -> dict[str, str]:
     """<into>/ks/<host>.cfg for every host: a hard link to OUT's where unchanged (or rendered
     to the same bytes), else written (mode: the umask's; time: SOURCE_DATE_EPOCH, for tar and
     rsync of the output; `relink`: OUT's files have that time too). Returns the sha256 of
@@ -259,12 +266,35 @@ def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozense
             os.link(old, new)
             continue
         data = rendered[name].encode()
-        if relink and _has_bytes(old, data) and _linked(old, new):
+        sha = hashlib.sha256(data).hexdigest()
+        if relink and _same_bytes(old, data, sha, known(f"{name}.cfg")) and _linked(old, new):
             continue
         write_new(new, data)
         os.utime(new, (sde, sde))
-        hashes[f"ks/{name}.cfg"] = hashlib.sha256(data).hexdigest()
+        hashes[f"ks/{name}.cfg"] = sha
     return hashes
+
+
+def recorded_hash(out: Path, top: str, known: dict[str, tuple[list[int], str]]
+                  ) -> Callable[[str], str | None]:
+    """The sha256 of OUT's output <top>/<name> as the last build's manifest has it, if the
+    file is still the one it recorded (one stat, no read); else None."""
+    root = os.path.realpath(out / top)
+
+    def sha256(name: str) -> str | None:
+        was = known.get(f"{top}/{name}")
+        if was is None:
+            return None
+        try:
+            stat = os.stat(f"{root}/{name}")
+        except OSError:
+            return None
+        return was[1] if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == was[0] else None
+    return sha256
+
+
+def _same_bytes(path: str, data: bytes, sha: str, recorded: str | None) -> bool:
+    return recorded == sha if recorded is not None else _has_bytes(path, data)
 
 
 def _has_bytes(path: str, data: bytes) -> bool:
@@ -416,8 +446,8 @@ def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Pa
 
 
 def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
-              kickstarts: dict[str, str], into: Path,
-              held: contextlib.ExitStack) -> dict[str, str]:
+              kickstarts: dict[str, str], previous_hash: Callable[[str], str | None],
+              into: Path, held: contextlib.ExitStack) -> dict[str, str]:
     """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
     made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
     switch a host that reports done) is taken before its installed hosts are read and
@@ -437,7 +467,8 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
         options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
     result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
-                                         reuse_hosts=step.reuse, kickstarts=kickstarts),
+                                         reuse_hosts=step.reuse, kickstarts=kickstarts,
+                                         previous_hash=previous_hash),
                             lock, step.plan)
     return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
 
@@ -567,7 +598,9 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         if pxe_step is not None and pxe_step.plan is not None:
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site))
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs)
-        hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink)
+        known = _known_hashes(out, state)
+        hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink,
+                                  recorded_hash(out, "ks", known))
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
 
@@ -582,12 +615,12 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 iso_keys = build_isos(site, options, media, sde, keys, state, ks_paths, gen)
                 names += [("iso", name) for name in sorted(iso_keys)]
             if pxe_step is not None:
-                hashes.update(build_pxe(site, options, media, pxe_step,
-                                        rendered.get("pxe", {}), gen, held))
+                hashes.update(build_pxe(site, options, media, pxe_step, rendered.get("pxe", {}),
+                                        recorded_hash(out, "pxe", known), gen, held))
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
-        outputs, recorded = _output_entries(gen, names, _known_hashes(out, state), hashes)
+        outputs, recorded = _output_entries(gen, names, known, hashes)
         previous = state.get("outputs", {})
         # Written: an output that is not the (hard-linked) file OUT has now (looked at only
         # where the identity differs from the one recorded: a few files).
@@ -599,7 +632,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
         new_state = _state(options, site, files, media, sde, keys, recorded, iso_keys,
                            pxe_step, verdict)
-        write_bytes(gen / STATE.name, json.dumps(new_state, sort_keys=True).encode())
+        # Not sorted: not an output, and its 60,000 outputs are in a fixed order already.
+        write_bytes(gen / STATE.name, json.dumps(new_state).encode())
         generations.switch(gen)
         save_site_cache(site, out / SITE_CACHE)
         _link_entries(out, gen, generations)

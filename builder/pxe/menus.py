@@ -94,7 +94,7 @@ class Menus:
         # known, else TFTP (paths from the TFTP root).
         self.ipxe_root = http_root or ""
         self.grub_root = grub_http_root(http_root) if http_root else ""
-        self.host_templates = {kind: template(name) for kind, name in HOST_TEMPLATES.items()}
+        self.templates = {name: template(name) for name in set(HOST_TEMPLATES.values())}
 
     def shared(self) -> dict[str, str]:
         return {path: render(name, menu_timeout=self.menu_timeout)
@@ -106,10 +106,13 @@ class Menus:
                   "grub_initrd": self.grub_initrd, "ipxe_root": self.ipxe_root,
                   "grub_root": self.grub_root}
         files = host_files(host.mac)
+        texts: dict[str, str] = {}  # by template name: grub and grub_mac are one text
         try:
-            return {files[kind]: tpl.render(values) for kind, tpl in self.host_templates.items()}
+            for name in dict.fromkeys(HOST_TEMPLATES.values()):
+                texts[name] = self.templates[name].render(values)
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"rendering the boot entries of {host.hostname}: {exc}") from None
+        return {files[kind]: texts[name] for kind, name in HOST_TEMPLATES.items()}
 
 
 def grub_http_root(server: str) -> str:

@@ -73,7 +73,9 @@ def index_lines(tree: Path) -> dict[str, str]:
     found = {}
     for line in lines:
         line = line.removesuffix(",")
-        found[json.loads(line[:line.index(": ")])] = line
+        name = line[:line.index(": ")]
+        # A hostname is plain ASCII (the site's grammar): its JSON is it in quotes.
+        found[json.loads(name) if "\\" in name else name[1:-1]] = line
     return found
 
 
