@@ -578,10 +578,6 @@ def _locate(node: yaml.Node, path: str, file: str, loader: _Loader, depth: int =
     )
 
 
-def read_located(path: Path) -> Located:
-    return _compose(read_text(path), str(path))
-
-
 def read_text(path: Path) -> str:
     name = str(path)
     try:
