@@ -13,6 +13,8 @@ leave behind:
   (_MemoShlex);
 - argparse over a command's or a section header's arguments is memoized when it returned
   without a warning (_MemoOptions): the namespace depends on the arguments alone;
+- a non-data command's parse from its state as built is memoized by its line and line
+  number (_ParseMemo): the dispatcher runs for real, the parse's effect is put back;
 - the ordinary lines of a section body are handed to the section in one step; from the first
   line that could end or change the section on, pykickstart's own _readSection reads
   (_Parser).
@@ -66,26 +68,50 @@ _SCALARS = (str, int, float, bool, type(None))
 
 
 def _plain(value: object) -> bool:
-    """Can a copy of this value stand for it: scalars, and lists and tuples of them."""
+    """Can a copy of this value stand for it: scalars; lists, tuples and dicts of plain
+    values (dicts keyed by scalars); sets of scalars."""
     if isinstance(value, _SCALARS):
         return True
     if type(value) in (list, tuple):
         return all(_plain(item) for item in value)  # type: ignore[attr-defined]
+    if type(value) is dict:
+        return all(isinstance(key, _SCALARS) and _plain(item)
+                   for key, item in value.items())
+    if type(value) in (set, frozenset):
+        return all(isinstance(item, _SCALARS) for item in value)  # type: ignore[attr-defined]
     return False
 
 
 def _immutable(value: object) -> bool:
-    return isinstance(value, _SCALARS) or (type(value) is tuple
-                                           and all(_immutable(item) for item in value))
+    if type(value) in (tuple, frozenset):
+        return all(_immutable(item) for item in value)  # type: ignore[attr-defined]
+    return isinstance(value, _SCALARS)
 
 
 def _thawed(value: Any) -> Any:
-    """A copy of a _plain value that shares no list with it."""
+    """A copy of a _plain value that shares no mutable container with it."""
     if type(value) is list:
         return [_thawed(item) for item in value]
     if type(value) is tuple:
         return tuple(_thawed(item) for item in value)
+    if type(value) is dict:
+        return {key: _thawed(item) for key, item in value.items()}
+    if type(value) is set:
+        return set(value)
     return value
+
+
+def _same(one: Any, other: Any) -> bool:
+    """Equal plain values of the same types throughout (so 1 and True differ)."""
+    if type(one) is not type(other):
+        return False
+    if type(one) in (list, tuple):
+        return len(one) == len(other) and all(map(_same, one, other))
+    if type(one) is dict:
+        return one.keys() == other.keys() and all(_same(one[key], other[key]) for key in one)
+    if type(one) in (set, frozenset):
+        return {(type(item), item) for item in one} == {(type(item), item) for item in other}
+    return bool(one == other)
 
 
 class _ShownWarnings:
@@ -215,6 +241,89 @@ class _Pristine:
             state[key] = _copied(saved[key])
 
 
+# What pykickstart's dispatcher sets on a command before it calls the command's parse.
+_DISPATCHER_SETS = ("currentCmd", "currentLine", "lineno", "seen")
+# What a command holds that its parse may use but never changes: the handler (only data
+# commands, which are never remembered, read it) and the argparse parser.
+_REFERENCES = ("handler", "op")
+
+
+
+class _ParseMemo:
+    """The effect of a command's parse on its attributes, remembered by (command name, line,
+    line number): the dispatcher still runs for real (seen, the conflicting-commands check);
+    only the command's parse is replaced by putting that effect back.
+
+    A command is remembered only where its parse depends on nothing else: not a data command
+    (network, part, repo...: they append to lists and compare with earlier lines), not a
+    proxy (method), only plain values and the handler and parser held, and only from its
+    state as built (its first line in this kickstart; `seen` is set by every dispatch). Its
+    parse then reads the arguments, the line, the command's name and line number, and that
+    state: all in the key or fixed. tests/test_ksvalidate.py checks that no such command's
+    code reads the handler. A parse that raised, showed a warning, returned another object
+    or left anything but plain values is not remembered."""
+
+    def __init__(self, commands: dict[str, _Pristine], handler: Any,
+                 shown: _ShownWarnings) -> None:
+        self.commands = commands
+        self.handler = handler
+        self.shown = shown
+        self.eligible = {name for name, pristine in commands.items()
+                         if _rememberable(handler.commands[name], pristine.saved)}
+        self.memo: dict[tuple[str, str, int], dict[str, Any]] = {}
+
+    def dispatch(self, dispatch: Callable[[int, list[str]], Any], name: str, line: str,
+                 lineno: int, args: list[str]) -> Any:
+        command = self.handler.commands[name]
+        state = vars(command)
+        key = (name, line, lineno)
+        found = self.memo.get(key)
+        if found is not None:
+            def remembered(_: list[str]) -> Any:
+                for attribute, value in found.items():
+                    state[attribute] = _thawed(value)
+                return command
+
+            state["parse"] = remembered  # found before the class's parse, for this line only
+            try:
+                return dispatch(lineno, args)
+            finally:
+                state.pop("parse", None)
+        shown = self.shown.count
+        result = dispatch(lineno, args)
+        if result is command and self.shown.count == shown:
+            before = dict(self.commands[name].saved, currentCmd=name, currentLine=line,
+                          lineno=lineno, seen=True)
+            effect = _effect(before, state)
+            if effect is not None:
+                if len(self.memo) >= MEMO_LIMIT:
+                    self.memo.clear()
+                self.memo[key] = effect
+        return result
+
+
+def _rememberable(command: Any, saved: dict[str, Any]) -> bool:
+    proxy = any("__getattr__" in vars(kind) or "__setattr__" in vars(kind)
+                for kind in type(command).__mro__[:-1])
+    return command.dataList() is None and not proxy \
+        and all(_plain(value) for key, value in saved.items() if key not in _REFERENCES)
+
+
+def _effect(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """The attributes a parse changed (copies), or None if it removed one or left a value
+    that is not plain."""
+    if not before.keys() <= after.keys():
+        return None
+    effect = {}
+    for key, value in after.items():
+        if key in before and (value is before[key] or _same(value, before[key])):
+            continue
+        if not _plain(value):
+            return None
+        effect[key] = _thawed(value)
+    return effect
+
+
 class _Lines(PutBackIterator):  # type: ignore[misc]
     """pykickstart's PutBackIterator over a list of lines, which _Parser._readSection can read
     ahead in by index."""
@@ -244,10 +353,15 @@ class _Parser(KickstartParser):  # type: ignore[misc]
     def __init__(self, handler: Any) -> None:
         super().__init__(handler, followIncludes=False)
         self.dispatched: set[str] = set()
+        self.parses: _ParseMemo | None = None
 
     def handleCommand(self, lineno: int, args: list[str]) -> Any:  # noqa: N802 (its name)
-        self.dispatched.add(args[0])
-        return super().handleCommand(lineno, args)
+        name = args[0]
+        self.dispatched.add(name)
+        if self.parses is None or name not in self.parses.eligible \
+                or self.handler.commands[name].seen:  # not as built: parse for real
+            return super().handleCommand(lineno, args)
+        return self.parses.dispatch(super().handleCommand, name, self._line, lineno, args)
 
     def readKickstartFromString(self, s: str, reset: bool = True) -> None:  # noqa: N802
         # As pykickstart's: the lines, then "" as the end of the text.
@@ -299,6 +413,7 @@ class Validator:
         self.commands = {name: _Pristine(command)
                          for name, command in self.handler.commands.items() if command}
         self.sections = [_Pristine(section) for section in self.parser._sections.values()]
+        self.parser.parses = _ParseMemo(self.commands, self.handler, self.shown)
 
     def _reset(self) -> None:
         """Put back what the last kickstart may have changed."""
