@@ -157,26 +157,45 @@ def _identity_or_none(path: str) -> list[int] | None:
 
 
 def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
-    return len(_intact_outputs(out, recorded)) == len(recorded)
+    path = _output_path(out)
+    for name, identity in recorded.items():
+        try:
+            stat = os.stat(path(name))
+        except OSError:
+            return False
+        if [stat.st_size, stat.st_mtime_ns, stat.st_ino] != identity:
+            return False
+    return True
 
 
 def _intact_outputs(out: Path, recorded: dict[str, list[int]]) -> set[str]:
-    """The outputs (relative to OUT) whose file has the identity recorded. Stat'ed by string
-    through each top-level entry resolved once (OUT/pxe is a symlink into the current
-    generation): 60,000 outputs for a large PXE fleet."""
-    tops: dict[str, str] = {}
+    """The outputs (relative to OUT) whose file has the identity recorded."""
+    path = _output_path(out)
     intact = set()
     for name, identity in recorded.items():
-        top, _, rest = name.partition("/")
-        if top not in tops:
-            tops[top] = os.path.realpath(f"{out}/{top}") if rest else f"{out}/{top}"
         try:
-            stat = os.stat(f"{tops[top]}/{rest}" if rest else tops[top])
+            stat = os.stat(path(name))
         except OSError:
             continue
         if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == identity:
             intact.add(name)
     return intact
+
+
+def _output_path(out: Path) -> Callable[[str], str]:
+    """An output's path (relative to OUT) as a string through its top-level entry resolved
+    once (OUT/pxe is a symlink into the current generation), to stat 60,000 outputs of a
+    large PXE fleet quickly."""
+    tops: dict[str, str] = {}
+
+    def path(name: str) -> str:
+        top, _, rest = name.partition("/")
+        if not rest:
+            return f"{out}/{name}"
+        if top not in tops:
+            tops[top] = os.path.realpath(f"{out}/{top}")
+        return f"{tops[top]}/{rest}"
+    return path
 
 
 def _quick_check(options: Options, state: dict[str, Any]) -> bool:
@@ -279,14 +298,14 @@ def recorded_hash(out: Path, top: str, known: dict[str, tuple[list[int], str]]
                   ) -> Callable[[str], str | None]:
     """The sha256 of OUT's output <top>/<name> as the last build's manifest has it, if the
     file is still the one it recorded (one stat, no read); else None."""
-    root = os.path.realpath(out / top)
+    path = _output_path(out)
 
     def sha256(name: str) -> str | None:
         was = known.get(f"{top}/{name}")
         if was is None:
             return None
         try:
-            stat = os.stat(f"{root}/{name}")
+            stat = os.stat(path(f"{top}/{name}"))
         except OSError:
             return None
         return was[1] if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == was[0] else None

@@ -323,7 +323,7 @@ class Writer:
             if was == sha if was is not None else _has_bytes(self.previous / relative, data):
                 self.link(self.previous / relative, relative)
                 return
-        write_new(self.root / relative, data, FILE_MODE, exact=self.fix_mode)
+        write_new(f"{self.root}/{relative}", data, FILE_MODE, exact=self.fix_mode)
         self.count += 1
 
     def link(self, source: str | Path, relative: str) -> None:
