@@ -436,14 +436,14 @@ class Validator:
         with warnings.catch_warnings():
             warnings.simplefilter("error", KickstartWarning)
             warnings.showwarning = self.shown.counting(warnings.showwarning)
-            real_shlex, ksparser.shlex = ksparser.shlex, _MemoShlex
+            ksparser.shlex = _MemoShlex
             try:
                 self.parser.readKickstartFromString(text)
             except (KickstartError, KickstartWarning) as exc:
                 message = " ".join(str(exc).split())
                 raise KsbuildError(f"{name}: pykickstart (RHEL7) rejects it: {message}") from None
-            finally:
-                ksparser.shlex = real_shlex
+            finally:  # always the module itself after (even if validators overlap)
+                ksparser.shlex = shlex
         strict = el7grammar.problem(text)
         if strict is not None:
             raise KsbuildError(f"{name}: the RHEL 7.9 grammar (pykickstart 1.99.66.22) rejects "

@@ -6,6 +6,7 @@ a refused kickstart never changes the verdict on the next one."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import random
 import shlex
@@ -289,6 +290,13 @@ def test_the_memos_are_used(rendered: list[str]) -> None:
 
 
 def test_shlex_memo_is_shlex(corpus: list[str]) -> None:
+    from pykickstart import parser
+
+    for text in ("install\n", "frobnicate\n", 'lang "x\n'):  # accepted, refused, ValueError
+        with pytest.raises((KsbuildError, ValueError)) if text != "install\n" \
+                else contextlib.nullcontext():
+            ksvalidate.Validator().validate(text, "x.cfg")
+        assert parser.shlex is shlex  # the stand-in is only there while a Validator parses
     lines = {line for text in corpus for line in text.splitlines(True)}
     lines |= {'a "b c" d', "a 'b", 'a "b', "a \\", "x # y", "#", "", " ", "a\\ b"}
     for line in sorted(lines):
