@@ -10,6 +10,8 @@ import contextlib
 import inspect
 import random
 import shlex
+import subprocess
+import sys
 import warnings
 from argparse import ArgumentParser
 from pathlib import Path
@@ -414,3 +416,15 @@ def test_a_command_parse_that_warned_is_not_remembered(monkeypatch: pytest.Monke
         for _ in range(3):
             validator.validate("skipx\n", "x.cfg")
     assert [str(w.message) for w in seen] == ["noisy skipx"] * 3
+
+
+def test_ksbuild_commands_do_not_import_pykickstart_until_they_validate() -> None:
+    """pykickstart takes ~60 ms to import (it imports requests): a no-op `ksbuild build`
+    (goal <= 0.2 s) must not pay for it."""
+    code = ("import sys, builder.cli, builder.build, builder.kickstart, builder.media.kickstarts;"
+            "assert 'pykickstart' not in sys.modules, 'imported';"
+            "from builder import kickstart; kickstart.Validator;"
+            "assert 'pykickstart' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

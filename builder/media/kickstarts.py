@@ -23,7 +23,6 @@ import re
 from dataclasses import dataclass
 
 from builder.errors import InputError
-from builder.kickstart import Validator
 from builder.media.bootmenu import escape_label
 from builder.site import Host
 
@@ -106,6 +105,8 @@ def for_iso(rendered: dict[str, str], hosts: list[Host], label: str) -> IsoKicks
     extra = {f"{KS_DIR}/{name}.cfg": text.encode("utf-8") for name, text in rendered.items()}
     picker = dispatcher(hosts, label)
     # The installer parses /ks.cfg like any kickstart: the same grammars as the hosts'.
+    from builder.ksvalidate import Validator  # pykickstart: imported only where it is used
+
     Validator().validate(picker, "ks.cfg (the per-site dispatcher)")
     return IsoKickstarts(picker.encode("utf-8"), extra, tuple(sorted(rendered)))
 
