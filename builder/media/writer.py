@@ -6,8 +6,9 @@ MD5 computed behind the writer, and pycdlib's clock frozen.
   stays flat whatever the ISO's size.
 - pycdlib writes the descriptors, directories and boot catalog first, then the file data;
   with its inode list sorted by extent that data goes out front to back, so everything below
-  the current write position is final. A thread hashes up to there (builder.media.isomd5):
-  the copy and the MD5 run on two cores, and the image is read back once, from the cache.
+  the current write position is final. A thread hashes up to there (builder.media.isomd5),
+  and reads the data copied from the base in the base, so it may run ahead of the copy: the
+  copy and the MD5 run on two cores, and no byte is read twice.
 - pycdlib stamps time.time() in local time on what it touches; frozen_clock makes both
   answer a fixed epoch, in UTC, so the bytes do not depend on the clock or the time zone.
 """
@@ -101,13 +102,13 @@ class Writer(pycdlib.PyCdlib):
             return
         source = ino.orig_extent_loc * self.logical_block_size
         if self.in_order:
+            # The hash reads these bytes in the base (Hasher.copied), so it need not wait for
+            # the copy: a writer slowed by the kernel's dirty page limits (a 4 GiB image) no
+            # longer holds the MD5 back.
             self.on_copy(start, ino.data_length, ino.data_fp.fileno(), source)
-        done = 0
-        for count in _copy_range(ino.data_fp.fileno(), outfp.fileno(), source, start,
-                                 ino.data_length):
-            done += count
-            final(start + done)
-            yield count
+            final(start + ino.data_length)
+        yield from _copy_range(ino.data_fp.fileno(), outfp.fileno(), source, start,
+                               ino.data_length)
 
 
 def _copy_range(src: int, dst: int, src_at: int, dst_at: int, length: int) -> Iterator[int]:
