@@ -26,6 +26,7 @@ messages and the handlers' whole state.
 from __future__ import annotations
 
 import functools
+import re
 import shlex
 import warnings
 from argparse import Namespace
@@ -53,14 +54,24 @@ def _split_words(line: str, comments: bool, posix: bool) -> tuple[str, ...]:
     return tuple(shlex.split(line, comments=comments, posix=posix))
 
 
+# shlex.split's whitespace (shlex.whitespace): in POSIX mode, a line with no quote, no
+# backslash and (when comments count) no # is split at these and nowhere else.
+_SHLEX_BLANKS = re.compile("[ \t\r\n]+")
+
+
 class _MemoShlex:
     """Stands in for the shlex module inside pykickstart.parser while a Validator parses
     (pykickstart looks `shlex.split` up at each call). The same words as shlex.split, in a
     new list each time; an unbalanced quote raises the same ValueError (errors are not
-    cached)."""
+    cached). A line shlex has nothing to interpret in (most: a host's network lines too) is
+    split at shlex's whitespace directly; tests/test_ksvalidate.py compares the two on
+    random text."""
 
     @staticmethod
     def split(s: str, comments: bool = False, posix: bool = True) -> list[str]:
+        if posix and '"' not in s and "'" not in s and "\\" not in s \
+                and not (comments and "#" in s):
+            return [word for word in _SHLEX_BLANKS.split(s) if word]
         return list(_split_words(s, comments, posix))
 
 
@@ -129,6 +140,23 @@ class _ShownWarnings:
         return shown
 
 
+class _Recurring:
+    """The inputs seen once, so that a result is remembered from an input's second time on:
+    a host's own lines (its network, its name) come once in a build, and remembering each
+    would cost more than parsing it."""
+
+    def __init__(self) -> None:
+        self.once: set[Any] = set()
+
+    def again(self, key: Any) -> bool:
+        if key in self.once:
+            return True
+        if len(self.once) >= MEMO_LIMIT:
+            self.once.clear()
+        self.once.add(key)
+        return False
+
+
 class _MemoOptions:
     """A KSOptionParser whose parse_args/parse_known_args results are remembered by the
     argument list. argparse's namespace is a function of the arguments and of the parser,
@@ -140,6 +168,7 @@ class _MemoOptions:
         self.shown = shown
         # (parse_known_args?, the arguments) -> the namespace's values, the names of those
         # that hold lists (copied for each caller), the arguments left over
+        self.recurring = _Recurring()
         self.memo: dict[tuple[bool, tuple[str, ...]],
                         tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]] = {}
 
@@ -171,6 +200,8 @@ class _MemoOptions:
             return (namespace, list(extra)) if known else namespace
         shown = self.shown.count
         result = real(args, **kwargs)
+        if not self.recurring.again(key):
+            return result
         namespace, extra = result if known else (result, [])
         values = vars(namespace)
         if self.shown.count == shown and type(namespace) is Namespace and _plain(extra) \
@@ -271,6 +302,7 @@ class _ParseMemo:
         self.eligible = {name for name, pristine in commands.items()
                          if _rememberable(handler.commands[name], pristine.saved)}
         self.memo: dict[tuple[str, str, int], dict[str, Any]] = {}
+        self.recurring = _Recurring()
 
     def dispatch(self, dispatch: Callable[[int, list[str]], Any], name: str, line: str,
                  lineno: int, args: list[str]) -> Any:
@@ -291,7 +323,7 @@ class _ParseMemo:
                 state.pop("parse", None)
         shown = self.shown.count
         result = dispatch(lineno, args)
-        if result is command and self.shown.count == shown:
+        if result is command and self.shown.count == shown and self.recurring.again(key):
             before = dict(self.commands[name].saved, currentCmd=name, currentLine=line,
                           lineno=lineno, seen=True)
             effect = _effect(before, state)

@@ -284,9 +284,11 @@ def test_the_memos_are_used(rendered: list[str]) -> None:
     """The corpus test would pass with the memos off: prove they are on."""
     validator = ksvalidate.Validator()
     info = ksvalidate._split_words.cache_info()
+    for _ in range(3):  # a quoted line goes through shlex, remembered
+        validator.validate('lang "en_US.UTF-8"\n', "x.cfg")
+    assert ksvalidate._split_words.cache_info().hits >= info.hits + 2
     for text in rendered[:4]:
         validator.validate(text, "x.cfg")
-    assert ksvalidate._split_words.cache_info().hits > info.hits + 20
     lang = validator.handler.commands["lang"].op
     assert isinstance(lang, ksvalidate._MemoOptions) and len(lang.memo) == 1
 
@@ -315,6 +317,26 @@ def test_shlex_memo_is_shlex(corpus: list[str]) -> None:
                 assert got == expected, line
                 if isinstance(got, list):
                     got.append("changed by a caller")  # a new list each time
+
+
+def test_shlex_stand_in_on_random_text() -> None:
+    """Lines without quotes, backslashes or # are split without shlex: the same words on
+    random text from characters that matter to shlex, str.split or splitlines."""
+    alphabet = ["a", "b", " ", "  ", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85", "\xa0",
+                "\u2028", "\u3000", "\x00", "#", "'", '"', "\\", "=", "-", "%", ",", "é"]
+    chance = random.Random(16)
+    for _ in range(20000):
+        line = "".join(chance.choice(alphabet) for _ in range(chance.randrange(12)))
+        for comments in (False, True):
+            try:
+                expected: Any = shlex.split(line, comments=comments)
+            except ValueError as exc:
+                expected = str(exc)
+            try:
+                got: Any = ksvalidate._MemoShlex.split(line, comments=comments)
+            except ValueError as exc:
+                got = str(exc)
+            assert got == expected, (line, comments)
 
 
 def test_el7grammar_memo_is_pure(corpus: list[str]) -> None:
@@ -361,7 +383,8 @@ def test_memos_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ksvalidate, "MEMO_LIMIT", 10)
     validator = ksvalidate.Validator()
     for n in range(25):
-        validator.validate(f"network --device=eth{n} --bootproto=dhcp\n", "x.cfg")
+        for _ in range(2):  # remembered from its second time on
+            validator.validate(f"network --device=eth{n} --bootproto=dhcp\n", "x.cfg")
     assert 0 < len(validator.handler.commands["network"].op.memo) <= 10
 
 
