@@ -293,6 +293,17 @@ def test_the_memos_are_used(rendered: list[str]) -> None:
     assert isinstance(lang, ksvalidate._MemoOptions) and len(lang.memo) == 1
 
 
+def split_both(line: str, comments: bool) -> tuple[Any, Any]:
+    """shlex.split's words (or error) and the stand-in's."""
+    results = []
+    for split in (shlex.split, ksvalidate._MemoShlex.split):
+        try:
+            results.append(split(line, comments=comments))
+        except ValueError as exc:
+            results.append(str(exc))
+    return results[0], results[1]
+
+
 def test_shlex_memo_is_shlex(corpus: list[str]) -> None:
     from pykickstart import parser
 
@@ -306,14 +317,7 @@ def test_shlex_memo_is_shlex(corpus: list[str]) -> None:
     for line in sorted(lines):
         for comments in (False, True):
             for _ in range(2):
-                try:
-                    expected: Any = shlex.split(line, comments=comments)
-                except ValueError as exc:
-                    expected = str(exc)
-                try:
-                    got: Any = ksvalidate._MemoShlex.split(line, comments=comments)
-                except ValueError as exc:
-                    got = str(exc)
+                expected, got = split_both(line, comments)
                 assert got == expected, line
                 if isinstance(got, list):
                     got.append("changed by a caller")  # a new list each time
@@ -328,14 +332,7 @@ def test_shlex_stand_in_on_random_text() -> None:
     for _ in range(20000):
         line = "".join(chance.choice(alphabet) for _ in range(chance.randrange(12)))
         for comments in (False, True):
-            try:
-                expected: Any = shlex.split(line, comments=comments)
-            except ValueError as exc:
-                expected = str(exc)
-            try:
-                got: Any = ksvalidate._MemoShlex.split(line, comments=comments)
-            except ValueError as exc:
-                got = str(exc)
+            expected, got = split_both(line, comments)
             assert got == expected, (line, comments)
 
 
