@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder import __version__, kickstart, manifest, secureboot
 from builder.errors import InputError
@@ -38,6 +38,9 @@ from builder.run import run
 from builder.site import Host, Site
 from builder.site import load as load_site
 from builder.site import save_cache as save_site_cache
+
+if TYPE_CHECKING:  # imported where used: a build without a PXE tree never loads it
+    from builder.pxe import tree as pxe_tree
 
 CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
@@ -415,7 +418,7 @@ class PxeStep:
     loader_files: list[Path]
     # None: the tree's inputs are unchanged (it is linked whole); else the base ISO (open),
     # the tree's plan and the hosts whose files in the live tree are current.
-    plan: tuple[Any, Any] | None = None
+    plan: tuple[pxe_tree.BaseIso, pxe_tree.Plan] | None = None
     reuse: frozenset[str] = frozenset()
 
     def stale(self, site: Site) -> tuple[Host, ...]:
@@ -457,7 +460,7 @@ def _pxe_host_files(site: Site) -> Callable[[str], list[str]]:
 
 
 def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Path,
-                 **more: Any) -> Any:
+                 **more: Any) -> pxe_tree.Options:
     from builder.pxe import tree as pxe
 
     return pxe.Options(site=site, out=into, base=media[0], jobs=options.jobs,

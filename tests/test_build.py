@@ -416,3 +416,23 @@ def test_killed_builds_leave_old_or_new_outputs_never_a_mix_and_no_debris(
     assert final.returncode == 0, final.stderr
     assert tree_bytes(out) == expected[1 - now]
     assert debris(out) == []
+
+
+def test_remove_tree_removes_everything_and_follows_no_symlink(tmp_path: Path) -> None:
+    """A replaced generation is removed by several threads (output.remove_tree): all of it,
+    and nothing a symlink in it points at."""
+    from builder.output import remove_tree
+
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("kept\n")
+    tree = tmp_path / "tree"
+    for number in range(50):
+        folder = tree / f"d{number % 5}" / "deeper"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{number}").write_text(f"{number}\n")
+    (tree / "link-to-folder").symlink_to(outside / "keep")
+    (tree / "d0" / "link-to-file").symlink_to(outside / "keep" / "file")
+    remove_tree(tree)
+    assert not os.path.lexists(tree)
+    assert (outside / "keep" / "file").read_text() == "kept\n"
