@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from builder import __version__, kickstart, manifest, secureboot
 from builder.errors import InputError
 from builder.manifest import Entry
-from builder.output import Generations, link_or_copy, link_tree, sweep, write_bytes, write_new
+from builder.output import Generations, link_or_copy, link_tree, sweep, write_bytes, write_new_files
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
 from builder.run import run
@@ -281,7 +281,7 @@ def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozense
     the files written."""
     folder, current = f"{into}/ks/", f"{options.out}/ks/"
     os.makedirs(folder, exist_ok=True)
-    hashes = {}
+    hashes, new_files = {}, []
     for name in sorted(keys):
         old, new = f"{current}{name}.cfg", f"{folder}{name}.cfg"
         if name in unchanged:
@@ -291,9 +291,9 @@ def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozense
         sha = hashlib.sha256(data).hexdigest()
         if relink and _same_bytes(old, data, sha, known(f"{name}.cfg")) and _linked(old, new):
             continue
-        write_new(new, data)
-        os.utime(new, (sde, sde))
+        new_files.append((new, data))
         hashes[f"ks/{name}.cfg"] = sha
+    write_new_files(new_files, times=(sde, sde))
     return hashes
 
 

@@ -58,7 +58,7 @@ from builder import kickstart, network
 from builder.errors import InputError
 from builder.media import flavor as media_flavor
 from builder.media import isofs
-from builder.output import Generations, umask, write_bytes, write_new
+from builder.output import Generations, umask, write_bytes, write_new_files
 from builder.pxe import config as pxeconfig
 from builder.pxe import events as pxeevents
 from builder.pxe import grubimage, installtree
@@ -300,6 +300,7 @@ class Writer:
         self.previous_hash = previous_hash or (lambda relative: None)
         self.compared: set[str] = set()  # files already compared with the previous tree's
         self.hashes: dict[str, str] = {}  # sha256 of the files given as bytes
+        self.queued: list[tuple[str, bytes]] = []
         self.count = 0
         # 40,000 files for a large fleet: skip the chmod when the umask leaves 0644 as it is.
         self.fix_mode = umask() & FILE_MODE != 0
@@ -323,8 +324,13 @@ class Writer:
             if was == sha if was is not None else _has_bytes(self.previous / relative, data):
                 self.link(self.previous / relative, relative)
                 return
-        write_new(f"{self.root}/{relative}", data, FILE_MODE, exact=self.fix_mode)
+        self.queued.append((f"{self.root}/{relative}", data))  # written by flush()
         self.count += 1
+
+    def flush(self) -> None:
+        """Write the files queued by data() (by several threads: output.write_new_files)."""
+        write_new_files(self.queued, FILE_MODE, exact=self.fix_mode)
+        self.queued = []
 
     def link(self, source: str | Path, relative: str) -> None:
         """A hard link to a file of the previous tree (written 0644 by a Writer). Strings,
@@ -574,6 +580,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     for name in sorted(set(hosts) - reused):
         index[name] = _write_host(writer, menus, hosts[name], texts[name])
     writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
+    writer.flush()
     phase("entries, kickstarts, index written")
     if old is not None:
         for name in sorted(reused):
@@ -589,6 +596,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
         _link_entries(writer, old, [hosts[n] for n in sorted(reused - before)])
         for name in sorted(reused & before):  # the old ones are local: install ones here
             _write_host(writer, menus, hosts[name], None)
+        writer.flush()
     pxestate.carry_over(previous, temp, {n: h.mac for n, h in hosts.items()}, keep)
     for name in keep:  # their entries are the local ones now, not the bytes written
         for relative in pxemenus.host_files(hosts[name].mac).values():
