@@ -285,6 +285,9 @@ class BaseIso:
 # Writing.
 
 
+QUEUED_MAX = 4096  # files a Writer holds before writing them
+
+
 class Writer:
     """Files under a fresh folder with fixed modes (the umask must not change what is served)."""
 
@@ -326,6 +329,8 @@ class Writer:
                 return
         self.queued.append((f"{self.root}/{relative}", data))  # written by flush()
         self.count += 1
+        if len(self.queued) >= QUEUED_MAX:  # a bounded copy of the bytes in memory
+            self.flush()
 
     def flush(self) -> None:
         """Write the files queued by data() (by several threads: output.write_new_files)."""
