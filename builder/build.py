@@ -74,8 +74,17 @@ class Result:
     up_to_date: bool
     source_date_epoch: int
     written: list[str]  # outputs (relative to out) written by this build
-    manifest: dict[str, Any]
+    outputs: int  # how many outputs the manifest lists
     warnings: list[str] = field(default_factory=list)  # for the user (cli prints them)
+    # The manifest, when the build has it in hand; else read on first use (a no-op build of
+    # a large fleet must not parse its 60,000 entries only to say it had nothing to do).
+    document: dict[str, Any] | None = None
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        if self.document is None:
+            self.document = manifest.read(self.out)
+        return self.document
 
 
 # ---------------------------------------------------------------------------------------------
@@ -541,9 +550,10 @@ def build(options: Options) -> Result:
         state = read_state(out)
         if _quick_check(options, state):
             options.report("nothing changed since the last build: nothing to do")
-            document = manifest.read(out)
-            return Result(out, True, state["source_date_epoch"], [], document,
-                          list(document.get("secure_boot", {}).get("warnings", [])))
+            result = Result(out, True, state["source_date_epoch"], [], len(state["outputs"]) - 1)
+            result.warnings = state["warnings"] if "warnings" in state else list(
+                result.manifest.get("secure_boot", {}).get("warnings", []))  # older state
+            return result
         return _build(options, state, generations, checked)
 
 
@@ -660,7 +670,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         save_site_cache(site, out / SITE_CACHE)
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
-    return Result(out, False, sde, written, document, verdict.warnings if verdict else [])
+    return Result(out, False, sde, written, len(outputs),
+                  verdict.warnings if verdict else [], document)
 
 
 def _known_hashes(out: Path, state: dict[str, Any]) -> dict[str, tuple[list[int], str]]:
@@ -729,6 +740,7 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
         "isos": iso_keys,
         "pxe": pxe.key if pxe is not None else None,
         "pxe_shared": pxe.shared if pxe is not None else None,
+        "warnings": verdict.warnings if verdict is not None else [],  # repeated by a no-op
     }
 
 

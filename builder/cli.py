@@ -104,7 +104,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                    "written": result.written, **result.manifest}
         print(json.dumps(summary, indent=2, sort_keys=True))
     elif not args.quiet:
-        say(f"{len(result.manifest['outputs'])} output(s) in {result.out}, "
+        say(f"{result.outputs} output(s) in {result.out}, "
             f"{len(result.written)} written; manifest: {result.out / 'manifest.json'}")
     return 0
 
