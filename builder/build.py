@@ -444,7 +444,10 @@ def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[s
 
     settings, _ = pxe.settings_of(site, None)
     loaders = pxe.find_bios_loaders(settings)
-    loader_files = [loaders.pxelinux, *loaders.modules.values()]
+    # The site's own shim and GRUB too: the tree copies them, so a new file at the same path
+    # must rebuild it (one that is missing is the tree writer's one-line error).
+    given = [f for f in (settings.shim, settings.grub) if f is not None and f.is_file()]
+    loader_files = [loaders.pxelinux, *loaders.modules.values(), *given]
     shared = pxe_shared_key(site, options, media, loader_files)
     step = PxeStep(_key(shared, sorted(keys.items())), shared, loader_files)
     if state.get("pxe") == step.key and (options.out / "pxe").is_dir():

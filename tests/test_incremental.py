@@ -148,3 +148,21 @@ def test_a_rebuild_trusts_no_output_edited_since_it_was_recorded(tmp_path: Path)
     clean = tmp_path / "clean"
     build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
     assert tree_bytes(out) == tree_bytes(clean)
+
+
+def test_a_new_shim_at_the_same_path_rebuilds_the_tree(tmp_path: Path) -> None:
+    """pxe.shim is an input like the site file: replacing the file (same path) is no no-op."""
+    site_path = media_site(tmp_path, "none")
+    shim = tmp_path / "shimx64.efi"
+    shim.write_bytes(b"MZ first shim")
+    doc = yaml.safe_load(site_path.read_text())
+    doc["pxe"]["shim"] = str(shim)
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    options = build.Options(site=site_path, out=tmp_path / "out", source_date_epoch=1700000000)
+    build.build(options)
+    assert (options.out / "pxe/tftp/BOOTX64.EFI").read_bytes() == b"MZ first shim"
+    shim.write_bytes(b"MZ the second shim")
+    again = build.build(options)
+    assert not again.up_to_date
+    assert "pxe/tftp/BOOTX64.EFI" in again.written
+    assert (options.out / "pxe/tftp/BOOTX64.EFI").read_bytes() == b"MZ the second shim"
