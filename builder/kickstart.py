@@ -183,17 +183,28 @@ class Renderer:
         }
 
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:
-        context = self.context(host)
-        context.update(extra or {})
+        # The values every template of the kickstart reads, as Template.render makes them
+        # (the globals, then the context), made once instead of twice for each of the ten.
+        values = {**self.env.globals, **self.context(host), **(extra or {})}
         try:
-            context["post_scripts"] = [
-                (name, self._posts[name].render(context)) for name in POST_SCRIPTS
+            values["post_scripts"] = [
+                (name, self._render(self._posts[name], values)) for name in POST_SCRIPTS
             ]
-            text = self._main.render(context)
+            text = self._render(self._main, values)
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"rendering the kickstart of {host.hostname}: {exc}") from None
         self.validator.validate(text, f"{host.hostname}.cfg")
         return text
+
+    def _render(self, template: jinja2.Template, values: dict[str, Any]) -> str:
+        """template.render(values) where `values` holds the globals already: the context
+        shares the dict (as jinja2's own {% include %} does) instead of copying it twice;
+        a template's {% set %} goes to its context's own variables, never into `values`."""
+        context = template.new_context(values, shared=True)
+        try:
+            return self.env.concat(template.root_render_func(context))
+        except Exception:
+            self.env.handle_exception()  # as Template.render: the template's lines in the trace
 
 
 # Below this many kickstarts a worker pool costs more than it saves.
@@ -229,37 +240,54 @@ def _start_worker(site: Site, variants: Mapping[str, Variant]) -> None:
     _variants = variants
 
 
-def _render_in_worker(task: tuple[str, str]) -> str:
+def _render_together(renderer: Renderer, chosen: list[tuple[Variant, Host]]) -> list[str]:
+    """A host's kickstarts of several variants, one after the other in one validator that
+    remembers what each parses for the next: they differ in a few lines, and the host's own
+    (its network lines), which no other host has, cost a third of a parse."""
+    with renderer.validator.together():
+        return [variant.render(renderer, host) for variant, host in chosen]
+
+
+def _render_in_worker(task: tuple[str, tuple[str, ...]]) -> list[str]:
     assert _worker is not None
-    variant, hostname = task
-    return _variants[variant].render(_worker, _worker.site.host(hostname))
+    hostname, names = task
+    host = _worker.site.host(hostname)
+    return _render_together(_worker, [(_variants[name], host) for name in names])
 
 
 def render_variants(site: Site, variants: Mapping[str, Variant],
                     jobs: int | None = None) -> dict[str, dict[str, str]]:
     """variant -> hostname -> validated kickstart text, sorted by hostname: every variant of
     every host in one pass (one pool: a host whose plain and PXE kickstarts are both due is
-    not forked for twice).
+    not forked for twice), a host's variants rendered together (_render_together).
 
     A large fleet is spread over worker processes (pykickstart is pure Python: ~1.5 ms a
     kickstart, so 10,000 hosts need every core). Workers are forked: they inherit the site
     and the variants (any callables); only names go to them and texts come back."""
-    chosen = [(name, host) for name, variant in variants.items()
-              for host in sorted(variant.hosts, key=lambda h: h.hostname)]
-    tasks = [(name, host.hostname) for name, host in chosen]
+    by_host: dict[str, list[tuple[str, Host]]] = {}
+    for name, variant in variants.items():
+        for host in variant.hosts:
+            by_host.setdefault(host.hostname, []).append((name, host))
+    hostnames = sorted(by_host)
+    count = sum(len(chosen) for chosen in by_host.values())
     jobs = jobs or os.cpu_count() or 1
-    texts: list[str]
-    if jobs == 1 or len(tasks) < PARALLEL_MIN_HOSTS:
+    texts: list[list[str]]
+    if jobs == 1 or count < PARALLEL_MIN_HOSTS:
         renderer = Renderer(site)
-        texts = [variants[name].render(renderer, host) for name, host in chosen]
+        texts = [_render_together(renderer, [(variants[name], host)
+                                             for name, host in by_host[hostname]])
+                 for hostname in hostnames]
     else:
+        tasks = [(hostname, tuple(name for name, _ in by_host[hostname]))
+                 for hostname in hostnames]
         context = multiprocessing.get_context("fork")
         with context.Pool(jobs, initializer=_start_worker, initargs=(site, variants)) as pool:
             texts = pool.map(_render_in_worker, tasks,
                              chunksize=max(1, len(tasks) // (jobs * 8)))
     rendered: dict[str, dict[str, str]] = {name: {} for name in variants}
-    for (name, hostname), text in zip(tasks, texts):
-        rendered[name][hostname] = text
+    for hostname, host_texts in zip(hostnames, texts):
+        for (name, _), text in zip(by_host[hostname], host_texts):
+            rendered[name][hostname] = text
     return rendered
 
 

@@ -15,6 +15,9 @@ leave behind:
   without a warning (_MemoOptions): the namespace depends on the arguments alone;
 - a non-data command's parse from its state as built is memoized by its line and line
   number (_ParseMemo): the dispatcher runs for real, the parse's effect is put back;
+- these two memos keep what recurs across kickstarts (from an input's second time on); inside
+  Validator.together() (a host's ks/ and PXE kickstarts) they also keep, until it ends, what
+  the first of the group parsed (_Together): the host's own network lines among it;
 - the ordinary lines of a section body are handed to the section in one step; from the first
   line that could end or change the section on, pykickstart's own _readSection reads
   (_Parser).
@@ -25,12 +28,13 @@ messages and the handlers' whole state.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import shlex
 import warnings
 from argparse import Namespace
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -157,15 +161,31 @@ class _Recurring:
         return False
 
 
+class _Together:
+    """What the kickstarts validated together (Validator.together: a host's ks/ and PXE
+    kickstarts, the same text but for a few lines) parse, remembered from its first time on
+    while they are, by (memo, key) as that memo would store it, and forgotten after: a host's
+    own lines (its network) recur in its other kickstarts but in no other host's."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.memo: dict[tuple[object, Any], Any] = {}
+
+    def get(self, memo: object, key: Any) -> Any:
+        return self.memo.get((memo, key)) if self.memo else None
+
+
 class _MemoOptions:
     """A KSOptionParser whose parse_args/parse_known_args results are remembered by the
     argument list. argparse's namespace is a function of the arguments and of the parser,
     which is built once and never changed after; a parse that raised or showed a warning is
     not remembered, and every other call reaches the parser itself."""
 
-    def __init__(self, options: KSOptionParser, shown: _ShownWarnings) -> None:
+    def __init__(self, options: KSOptionParser, shown: _ShownWarnings,
+                 together: _Together | None = None) -> None:
         self.options = options
         self.shown = shown
+        self.together = together or _Together()
         # (parse_known_args?, the arguments) -> the namespace's values, the names of those
         # that hold lists (copied for each caller), the arguments left over
         self.recurring = _Recurring()
@@ -188,6 +208,8 @@ class _MemoOptions:
             return real(args, **kwargs)
         key = (known, tuple(args))
         hit = self.memo.get(key)
+        if hit is None:
+            hit = self.together.get(self, key)
         if hit is not None:
             if "lineno" in kwargs:  # as the real parse leaves the parser
                 self.options.lineno = kwargs["lineno"]
@@ -200,17 +222,22 @@ class _MemoOptions:
             return (namespace, list(extra)) if known else namespace
         shown = self.shown.count
         result = real(args, **kwargs)
-        if not self.recurring.again(key):
+        recurring = self.recurring.again(key)
+        if not recurring and not self.together.active:
             return result
         namespace, extra = result if known else (result, [])
         values = vars(namespace)
         if self.shown.count == shown and type(namespace) is Namespace and _plain(extra) \
                 and all(_plain(value) for value in values.values()):
-            if len(self.memo) >= MEMO_LIMIT:
-                self.memo.clear()
             lists = tuple(name for name, value in values.items() if not _immutable(value))
-            self.memo[key] = ({name: _thawed(value) for name, value in values.items()}, lists,
-                              tuple(extra))
+            found = ({name: _thawed(value) for name, value in values.items()}, lists,
+                     tuple(extra))
+            if not recurring:
+                self.together.memo[self, key] = found
+            else:
+                if len(self.memo) >= MEMO_LIMIT:
+                    self.memo.clear()
+                self.memo[key] = found
         return result
 
 
@@ -218,14 +245,16 @@ class _OnceOptions:
     """Stands in for a section's _getParser(), which builds a new argparse parser (~1 ms) on
     every section header: the parser is built on first use, then the same one is returned."""
 
-    def __init__(self, build: Callable[[], KSOptionParser], shown: _ShownWarnings) -> None:
+    def __init__(self, build: Callable[[], KSOptionParser], shown: _ShownWarnings,
+                 together: _Together) -> None:
         self.build = build
         self.shown = shown
+        self.together = together
         self.options: _MemoOptions | None = None
 
     def __call__(self) -> _MemoOptions:
         if self.options is None:
-            self.options = _MemoOptions(self.build(), self.shown)
+            self.options = _MemoOptions(self.build(), self.shown, self.together)
         return self.options
 
 
@@ -295,10 +324,11 @@ class _ParseMemo:
     or left anything but plain values is not remembered."""
 
     def __init__(self, commands: dict[str, _Pristine], handler: Any,
-                 shown: _ShownWarnings) -> None:
+                 shown: _ShownWarnings, together: _Together) -> None:
         self.commands = commands
         self.handler = handler
         self.shown = shown
+        self.together = together
         self.eligible = {name for name, pristine in commands.items()
                          if _rememberable(handler.commands[name], pristine.saved)}
         self.memo: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -310,6 +340,8 @@ class _ParseMemo:
         state = vars(command)
         key = (name, line, lineno)
         found = self.memo.get(key)
+        if found is None:  # (an effect may be empty)
+            found = self.together.get(self, key)
         if found is not None:
             def remembered(_: list[str]) -> Any:
                 for attribute, value in found.items():
@@ -323,11 +355,16 @@ class _ParseMemo:
                 state.pop("parse", None)
         shown = self.shown.count
         result = dispatch(lineno, args)
-        if result is command and self.shown.count == shown and self.recurring.again(key):
+        if result is not command or self.shown.count != shown:
+            return result
+        recurring = self.recurring.again(key)
+        if recurring or self.together.active:
             before = dict(self.commands[name].saved, currentCmd=name, currentLine=line,
                           lineno=lineno, seen=True)
             effect = _effect(before, state)
-            if effect is not None:
+            if effect is not None and not recurring:
+                self.together.memo[self, key] = effect
+            elif effect is not None:
                 if len(self.memo) >= MEMO_LIMIT:
                     self.memo.clear()
                 self.memo[key] = effect
@@ -435,17 +472,33 @@ class Validator:
         self.handler = makeVersion(RHEL7)
         self.parser = _Parser(self.handler)
         self.shown = _ShownWarnings()
+        self._together = _Together()
         for command in {id(c): c for c in self.handler.commands.values() if c}.values():
             options = vars(command).get("op")
             if isinstance(options, KSOptionParser):
-                vars(command)["op"] = _MemoOptions(options, self.shown)
+                vars(command)["op"] = _MemoOptions(options, self.shown, self._together)
         for section in self.parser._sections.values():
             if hasattr(section, "_getParser"):
-                section._getParser = _OnceOptions(section._getParser, self.shown)
+                section._getParser = _OnceOptions(section._getParser, self.shown,
+                                                self._together)
         self.commands = {name: _Pristine(command)
                          for name, command in self.handler.commands.items() if command}
         self.sections = [_Pristine(section) for section in self.parser._sections.values()]
-        self.parser.parses = _ParseMemo(self.commands, self.handler, self.shown)
+        self.parser.parses = _ParseMemo(self.commands, self.handler, self.shown,
+                                         self._together)
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Kickstarts validated inside share most of their lines (a host's ks/ and PXE
+        kickstarts): what one parses is remembered for the others from its first time on,
+        a host's own lines too (across hosts only what recurs is), and forgotten after."""
+        assert not self._together.active, "not nested"
+        self._together.active = True
+        try:
+            yield
+        finally:
+            self._together.active = False
+            self._together.memo.clear()
 
     def _reset(self) -> None:
         """Put back what the last kickstart may have changed."""

@@ -272,6 +272,31 @@ def test_large_fleet_uses_workers_and_matches_one_process(tmp_path: Path) -> Non
     assert kickstart.render_site(loaded, jobs=2) == kickstart.render_site(loaded, jobs=1)
 
 
+def test_a_hosts_variants_render_together_as_each_alone(tmp_path: Path) -> None:
+    """render_variants renders a host's variants one after the other in one validator that
+    remembers for the next: the same texts, in the same order, as each rendered alone, in
+    one process and in workers; a host in one variant only is rendered once."""
+    sys.path.insert(0, str(REPO))
+    from bench.fleet import write_fleet_site
+
+    loaded = site.load(write_fleet_site(tmp_path / "fleet.yaml", 150))
+
+    def extra(host: site.Host) -> dict[str, str]:
+        return {"pxe_done_url": f"http://127.0.0.1/done/{host.hostname}",
+                "pxe_events_url": f"http://127.0.0.1/events/{host.hostname}"}
+
+    variants = {"ks": kickstart.Variant(loaded.hosts[::-1]),
+                "pxe": kickstart.Variant(loaded.hosts[::2], extra)}
+    one = kickstart.Renderer(loaded)  # each kickstart validated outside together()
+    alone = {name: {host.hostname: variant.render(one, host)
+                    for host in sorted(variant.hosts, key=lambda h: h.hostname)}
+             for name, variant in variants.items()}
+    for jobs in (1, 2):  # 225 kickstarts: workers from PARALLEL_MIN_HOSTS (200) on
+        rendered = kickstart.render_variants(loaded, variants, jobs=jobs)
+        assert [list(texts.items()) for texts in rendered.values()] == \
+            [list(texts.items()) for texts in alone.values()]
+
+
 @pytest.mark.parametrize("path", ["etc/hostname", "etc/selinux/config",
                                   "etc/sysconfig/network-scripts/ifcfg-br0"])
 def test_overlay_cannot_override_what_the_site_sets(tmp_path: Path, path: str) -> None:

@@ -266,6 +266,49 @@ def test_same_verdicts_and_state_as_a_new_plain_handler(corpus: list[str],
                 assert got[1] == expected[text][1], (number, text)
 
 
+def test_kickstarts_validated_together_same_verdicts_and_state(corpus: list[str],
+                                                                rendered: list[str]) -> None:
+    """Validator.together() remembers a parse from its first time on (a host's ks/ and PXE
+    kickstarts): the same verdicts and state, in groups of one to four, a text twice in a
+    group too, accepted and refused ones mixed."""
+    expected = {text: plain_verdict(text) for text in corpus}
+    validator = ksvalidate.Validator()
+    for texts in orders(corpus, rendered):
+        start, size = 0, 1
+        while start < len(texts):
+            with validator.together():
+                for text in texts[start:start + size]:
+                    assert fast_verdict(validator, text) == expected[text], text
+            start, size = start + size, size % 4 + 1
+        assert not validator._together.memo  # forgotten after each group
+
+
+def test_together_remembers_a_hosts_own_lines(rendered: list[str]) -> None:
+    """A host's network lines come once per kickstart and in no other host's: across hosts
+    they are parsed every time; together, the second kickstart finds them remembered."""
+    pxe = next(text for text in rendered if "%pre " in text)
+    network = next(line for line in pxe.splitlines() if line.startswith("network --dev"))
+    validator = ksvalidate.Validator()
+    options = validator.handler.commands["network"].op
+    calls: list[list[str]] = []
+    real = options.options.parse_args
+
+    def counted(args: list[str], **kwargs: Any) -> Any:
+        calls.append(list(args))
+        return real(args, **kwargs)
+
+    options.options.parse_args = counted
+    with validator.together():
+        validator.validate(pxe, "a.cfg")
+        first = len(calls)
+        validator.validate(pxe.replace("reboot --eject", "poweroff --eject"), "b.cfg")
+    assert first >= 1 and len(calls) == first  # no network line parsed again
+    assert not options.memo and not validator._together.memo
+    validator.validate(pxe, "a.cfg")  # outside: parsed for real again
+    assert len(calls) == 2 * first
+    assert network.split()[1:] in calls
+
+
 def test_a_refused_kickstart_does_not_change_the_next_verdict() -> None:
     """An indented or quoted command is a command too; the old reset looked at the text and
     left it set, so `part` after ` autopart` was refused as a conflict."""
