@@ -645,7 +645,7 @@ def merge(base: Located, over: Located) -> Located:
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def no_gc() -> Iterator[None]:
     """Loading allocates millions of small objects and frees almost none: the cyclic garbage
     collector, run on every 700 allocations, walked the growing heap for ~40% of a
     10,000-host load (measured) and found nothing. Its state is restored afterwards."""
@@ -664,7 +664,7 @@ def load(path: Path | str, cache: Path | None = None) -> Site:
     from it, and it is updated. Whatever the cache holds, the model and every error are the
     ones a load without it gives."""
     path = Path(path)
-    with _no_gc():
+    with no_gc():
         if cache is not None:
             cached = _load_cached(path, cache)
             if cached is not None:
@@ -675,7 +675,7 @@ def load(path: Path | str, cache: Path | None = None) -> Site:
 def save_cache(site: Site, cache: Path) -> None:
     """Write what the load of `site` learned into the cache file (atomically); after the
     build succeeded, so a cache never describes a site that failed."""
-    with contextlib.suppress(OSError), _no_gc():  # the cache only saves time
+    with contextlib.suppress(OSError), no_gc():  # the cache only saves time
         sitecache.sweep(cache)
         if site.cache_update is not None:
             sitecache.write(cache, site.cache_update)
