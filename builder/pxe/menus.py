@@ -94,7 +94,12 @@ class Menus:
         # known, else TFTP (paths from the TFTP root).
         self.ipxe_root = http_root or ""
         self.grub_root = grub_http_root(http_root) if http_root else ""
-        self.templates = {name: template(name) for name in set(HOST_TEMPLATES.values())}
+        self.templates = {name: template(name) for name in dict.fromkeys(HOST_TEMPLATES.values())}
+        # What every host's entries read besides the host: the globals (as Template.render
+        # adds them) and the settings.
+        self.values = {**next(iter(self.templates.values())).environment.globals,
+                       "grub_linux": self.grub_linux, "grub_initrd": self.grub_initrd,
+                       "ipxe_root": self.ipxe_root, "grub_root": self.grub_root}
 
     def shared(self) -> dict[str, str]:
         return {path: render(name, menu_timeout=self.menu_timeout)
@@ -102,17 +107,28 @@ class Menus:
 
     def host(self, host: BootHost, local: bool) -> dict[str, str]:
         """{path in the tree: text} of the host's entries, to install it or to boot locally."""
-        values = {"host": host, "local": local, "grub_linux": self.grub_linux,
-                  "grub_initrd": self.grub_initrd, "ipxe_root": self.ipxe_root,
-                  "grub_root": self.grub_root}
+        values = {**self.values, "host": host, "local": local}
         files = host_files(host.mac)
         texts: dict[str, str] = {}  # by template name: grub and grub_mac are one text
         try:
-            for name in dict.fromkeys(HOST_TEMPLATES.values()):
-                texts[name] = self.templates[name].render(values)
+            for name, entry in self.templates.items():
+                texts[name] = _render(entry, values)
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"rendering the boot entries of {host.hostname}: {exc}") from None
         return {files[kind]: texts[name] for kind, name in HOST_TEMPLATES.items()}
+
+
+def _render(template: jinja2.Template, values: dict[str, object]) -> str:
+    """template.render(values) where `values` holds the globals already: the context shares
+    the dict (as jinja2's own {% include %} does) instead of copying it (3x as fast, for
+    30,000 entries of a fleet); a template's {% set %} goes to the context's own variables,
+    never into `values`."""
+    context = template.new_context(values, shared=True)
+    try:
+        return template.environment.concat(template.root_render_func(context))
+    except Exception:
+        template.environment.handle_exception()  # as render(): the template's lines in the trace
+        raise  # not reached: handle_exception raises
 
 
 def grub_http_root(server: str) -> str:
