@@ -8,17 +8,21 @@ derived), so no logic lives in the templates beyond loops and conditions.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.resources
 import multiprocessing
+import operator
 import os
 import shlex
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.meta
+from jinja2 import nodes
 
 from builder import __version__, network
 from builder.errors import InputError, KsbuildError
@@ -133,6 +137,34 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# What makes a template read more than the names it looks up: another template, blocks, the
+# context itself.
+_READS_ALL = (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends, nodes.Block,
+              nodes.ContextReference, nodes.DerivedContextReference)
+_UNSET = object()
+
+
+def template_reads(env: jinja2.Environment, name: str) -> tuple[str, ...] | None:
+    """The values the template `name` looks up (sorted), or None where it may read any."""
+    try:
+        source, filename, _ = env.loader.get_source(env, name)  # type: ignore[union-attr]
+        ast = env.parse(source, name, filename)
+    except jinja2.TemplateError:
+        return None
+    if any(True for _ in ast.find_all(_READS_ALL)):
+        return None
+    return tuple(sorted(jinja2.meta.find_undeclared_variables(ast)))
+
+
+@dataclass
+class _Group:
+    """What the kickstarts of one host rendered together (Renderer.together) share."""
+    host: Host | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+    # %post step -> the values it read (the objects themselves) and its text
+    posts: dict[str, tuple[tuple[Any, ...], str]] = field(default_factory=dict)
+
+
 class Renderer:
     """Renders and validates kickstarts for one site. Templates, the overlay tree and the
     pykickstart parser are built once and reused for every host: a fleet of 10,000 hosts
@@ -145,6 +177,20 @@ class Renderer:
         from builder.ksvalidate import Validator  # pykickstart: ~60 ms to import, only here
 
         self.validator = Validator()
+        self._group: _Group | None = None
+
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """Render a host's kickstarts of several variants inside (they differ in a few
+        values): the host's context is made once, a %post step that reads the same objects
+        as before is not rendered again, and the validator remembers what the first parsed
+        for the next (Validator.together)."""
+        with self.validator.together():
+            self._group = _Group()
+            try:
+                yield
+            finally:
+                self._group = None
 
     @cached_property
     def _main(self) -> jinja2.Template:
@@ -159,6 +205,11 @@ class Renderer:
             return self.env.get_template(name)
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"template {name}: {exc}") from None
+
+    @cached_property
+    def _post_reads(self) -> dict[str, tuple[str, ...] | None]:
+        return {name: template_reads(self.env, template.name or "")
+                for name, template in self._posts.items()}
 
     def context(self, host: Host) -> dict[str, Any]:
         overlay = self.overlays.for_host(host.hostname)
@@ -185,15 +236,34 @@ class Renderer:
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:
         # The values every template of the kickstart reads, as Template.render makes them
         # (the globals, then the context), made once instead of twice for each of the ten.
-        values = {**self.env.globals, **self.context(host), **(extra or {})}
+        group = self._group
+        if group is not None and group.host is host:
+            context = group.context
+        else:
+            context = self.context(host)
+            if group is not None:
+                group.host, group.context, group.posts = host, context, {}
+        values = {**self.env.globals, **context, **(extra or {})}
         try:
-            values["post_scripts"] = [
-                (name, self._render(self._posts[name], values)) for name in POST_SCRIPTS
-            ]
+            values["post_scripts"] = [(name, self._post(name, values)) for name in POST_SCRIPTS]
             text = self._render(self._main, values)
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"rendering the kickstart of {host.hostname}: {exc}") from None
         self.validator.validate(text, f"{host.hostname}.cfg")
+        return text
+
+    def _post(self, name: str, values: dict[str, Any]) -> str:
+        """A %post step's text; inside together(), the last one's if the step read the same
+        objects then (a template's text is a function of the values it reads)."""
+        template, reads, group = self._posts[name], self._post_reads[name], self._group
+        if group is None or reads is None:
+            return self._render(template, values)
+        used = tuple(values.get(key, _UNSET) for key in reads)
+        found = group.posts.get(name)
+        if found is not None and all(map(operator.is_, found[0], used)):
+            return found[1]
+        text = self._render(template, values)
+        group.posts[name] = (used, text)
         return text
 
     def _render(self, template: jinja2.Template, values: dict[str, Any]) -> str:
@@ -241,10 +311,11 @@ def _start_worker(site: Site, variants: Mapping[str, Variant]) -> None:
 
 
 def _render_together(renderer: Renderer, chosen: list[tuple[Variant, Host]]) -> list[str]:
-    """A host's kickstarts of several variants, one after the other in one validator that
-    remembers what each parses for the next: they differ in a few lines, and the host's own
-    (its network lines), which no other host has, cost a third of a parse."""
-    with renderer.validator.together():
+    """A host's kickstarts of several variants, one after the other (Renderer.together):
+    they differ in a few values and lines, so most of the second's rendering is the first's,
+    and the validator finds what the first parsed remembered, the host's own network lines
+    too (which no other host has: a third of a parse)."""
+    with renderer.together():
         return [variant.render(renderer, host) for variant, host in chosen]
 
 

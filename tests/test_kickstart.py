@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -285,16 +286,58 @@ def test_a_hosts_variants_render_together_as_each_alone(tmp_path: Path) -> None:
         return {"pxe_done_url": f"http://127.0.0.1/done/{host.hostname}",
                 "pxe_events_url": f"http://127.0.0.1/events/{host.hostname}"}
 
+    def tree(host: site.Host) -> site.Host:  # as pxe.install_tree makes a PXE kickstart's
+        return replace(host, source="http://127.0.0.1/tree/")
+
     variants = {"ks": kickstart.Variant(loaded.hosts[::-1]),
-                "pxe": kickstart.Variant(loaded.hosts[::2], extra)}
+                "pxe": kickstart.Variant(loaded.hosts[::2], extra),
+                "tree": kickstart.Variant(loaded.hosts[::7], extra, tree)}
     one = kickstart.Renderer(loaded)  # each kickstart validated outside together()
     alone = {name: {host.hostname: variant.render(one, host)
                     for host in sorted(variant.hosts, key=lambda h: h.hostname)}
              for name, variant in variants.items()}
-    for jobs in (1, 2):  # 225 kickstarts: workers from PARALLEL_MIN_HOSTS (200) on
+    for jobs in (1, 2):  # 247 kickstarts: workers from PARALLEL_MIN_HOSTS (200) on
         rendered = kickstart.render_variants(loaded, variants, jobs=jobs)
         assert [list(texts.items()) for texts in rendered.values()] == \
             [list(texts.items()) for texts in alone.values()]
+
+
+def test_a_post_step_reads_only_the_values_template_reads_names(tmp_path: Path) -> None:
+    """Renderer.together reuses a %post step's text while the values template_reads names
+    are the same objects: a step must read nothing else. Each step renders the same from
+    those values alone (and the globals), on hosts with keys, overlays, firewall, repos."""
+    overlay = tmp_path / "overlays" / "common" / "etc" / "motd"
+    overlay.parent.mkdir(parents=True)
+    overlay.write_text("KVM host\n")
+    doc = site_doc(overlays="overlays")
+    doc["defaults"].update(
+        root_ssh_keys=["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKsb admin@example.com"],
+        firewall={"enabled": True, "services": ["ssh"]}, selinux="enforcing",
+        repos=[{"name": "epel", "baseurl": "https://example.org/epel/7/$basearch/"}])
+    loaded = site.load(write_site(tmp_path, doc))
+    renderer = kickstart.Renderer(loaded)
+    reads = renderer._post_reads
+    assert reads["hostname"] == ("host",) and reads["network"] == ("ifcfgs", "leftovers")
+    assert reads["firstboot"] is None  # it includes a template: it may read anything
+    for host in loaded.hosts:
+        values = {**renderer.env.globals, **renderer.context(host),
+                  "pxe_done_url": "http://127.0.0.1/done", "pxe_events_url": "http://x/e"}
+        for name, names in reads.items():
+            template = renderer._posts[name]
+            if names is not None:
+                alone = {**renderer.env.globals, **{key: values[key] for key in names}}
+                assert renderer._render(template, alone) == template.render(values), name
+
+
+def test_template_reads_none_where_a_template_may_read_anything(tmp_path: Path) -> None:
+    env = kickstart.template_environment(tmp_path)
+    for source in ('{% include "x" %}', '{% extends "x" %}', '{% import "x" as y %}',
+                   '{% from "x" import y %}', "{% block b %}{{ a }}{% endblock %}"):
+        (tmp_path / "t.j2").write_text(source)
+        assert kickstart.template_reads(env, "t.j2") is None, source
+    (tmp_path / "t.j2").write_text("{% set b = 1 %}{% for c in d %}{{ a ~ b ~ c }}{% endfor %}")
+    assert kickstart.template_reads(env, "t.j2") == ("a", "d")
+    assert kickstart.template_reads(env, "missing.j2") is None
 
 
 @pytest.mark.parametrize("path", ["etc/hostname", "etc/selinux/config",
