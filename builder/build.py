@@ -31,7 +31,17 @@ from typing import TYPE_CHECKING, Any
 from builder import __version__, kickstart, manifest, secureboot
 from builder.errors import InputError
 from builder.manifest import Entry
-from builder.output import Generations, link_or_copy, link_tree, sweep, write_bytes, write_new_files
+from builder.output import (
+    Generations,
+    link_files,
+    link_or_copy,
+    link_tree,
+    remove_tree,
+    sweep,
+    unlink_files,
+    write_bytes,
+    write_new_files,
+)
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
 from builder.run import run
@@ -283,18 +293,20 @@ def _ks_name(hostname: str) -> list[str]:
 
 def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozenset[str],
                      rendered: dict[str, str], sde: int, into: Path, relink: bool,
-                     known: Callable[[str], str | None]) -> dict[str, str]:
+                     known: Callable[[str], str | None],
+                     kept: frozenset[str] = frozenset()) -> dict[str, str]:
     """<into>/ks/<host>.cfg for every host: a hard link to OUT's where unchanged (or rendered
     to the same bytes), else written (mode: the umask's; time: SOURCE_DATE_EPOCH, for tar and
-    rsync of the output; `relink`: OUT's files have that time too). Returns the sha256 of
-    the files written."""
+    rsync of the output; `relink`: OUT's files have that time too; `kept`: outputs the
+    generation holds already, from its spare). Returns the sha256 of the files written."""
     folder, current = f"{into}/ks/", f"{options.out}/ks/"
     os.makedirs(folder, exist_ok=True)
     hashes, new_files = {}, []
     for name in sorted(keys):
         old, new = f"{current}{name}.cfg", f"{folder}{name}.cfg"
         if name in unchanged:
-            os.link(old, new)
+            if f"ks/{name}.cfg" not in kept:
+                os.link(old, new)
             continue
         data = rendered[name].encode()
         sha = hashlib.sha256(data).hexdigest()
@@ -450,8 +462,10 @@ def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[s
     loader_files = [loaders.pxelinux, *loaders.modules.values(), *given]
     shared = pxe_shared_key(site, options, media, loader_files)
     step = PxeStep(_key(shared, sorted(keys.items())), shared, loader_files)
-    if state.get("pxe") == step.key and (options.out / "pxe").is_dir():
-        return step
+    recorded = state.get("outputs", {})
+    if state.get("pxe") == step.key and (options.out / "pxe").is_dir() and _outputs_intact(
+            options.out, {n: recorded[n] for n in recorded if n.startswith("pxe/")}):
+        return step  # linked whole: no file in it changed since it was recorded
     base = held.enter_context(pxe.BaseIso(media[0]))
     step.plan = (base, pxe.plan(_pxe_options(site, options, media, into / "pxe"), base))
     index = {"pxe/hosts.json": state.get("outputs", {}).get("pxe/hosts.json", [])}
@@ -481,7 +495,8 @@ def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Pa
 
 def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
               kickstarts: dict[str, str], previous_hash: Callable[[str], str | None],
-              into: Path, held: contextlib.ExitStack) -> dict[str, str]:
+              into: Path, held: contextlib.ExitStack,
+              kept: frozenset[str] = frozenset()) -> dict[str, str]:
     """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
     made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
     switch a host that reports done) is taken before its installed hosts are read and
@@ -494,7 +509,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     lock = held.enter_context(pxestate.TreeLock(live))
     if step.plan is None:
         lock.acquire()
-        link_tree(live, into / "pxe")
+        link_tree(live, into / "pxe", _under("pxe/", kept))
         return {}
     options.report(f"pxe: writing {live}")
     if step.plan[1].settings.tree_path is None:
@@ -502,6 +517,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
     result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
                                          reuse_hosts=step.reuse, kickstarts=kickstarts,
+                                         present=_under("pxe/", kept),
                                          previous_hash=previous_hash),
                             lock, step.plan)
     return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
@@ -532,6 +548,77 @@ def _pxe_outputs(gen: Path) -> list[str]:
             dirs[:] = [d for d in dirs if d != "state"]
         names += [f"{relative}/{name}" for name in files]
     return sorted(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# The spare: the generation replaced by the last build, pruned to the files it shares with the
+# current one (output.Generations.switch). A build takes it as its new generation and keeps
+# the outputs it would have linked from OUT's anyway (unchanged hosts); everything else is
+# removed before anything is written, so the new generation is what it would be if it had
+# been made from nothing. One host changed costs that host's files, not 60,000 links.
+
+
+def _kept_outputs(site: Site, out: Path, state: dict[str, Any], unchanged: frozenset[str],
+                  pxe_step: PxeStep | None) -> frozenset[str]:
+    """The outputs (relative to OUT) this build links from OUT's unchanged: kickstarts of
+    unchanged hosts, their PXE kickstarts and install entries (not those a host that has
+    installed switched to local boot, under the tree's lock), or the whole PXE tree when
+    nothing in it changed."""
+    kept = {f"ks/{name}.cfg" for name in unchanged}
+    if pxe_step is not None and pxe_step.plan is None:  # every file as recorded
+        kept.update(n for n in state["outputs"] if n.startswith("pxe/"))
+    elif pxe_step is not None:
+        from builder.pxe import state as pxestate
+        from builder.pxe.menus import host_files
+
+        installed = pxestate.installed(out / "pxe")
+        for name in pxe_step.reuse:
+            kept.add(f"pxe/http/ks/{name}.cfg")
+            if name not in installed:
+                kept.update(f"pxe/{f}" for f in host_files(site.host(name).mac or "").values())
+    return frozenset(kept)
+
+
+def _prune_spare(gen: Path, recorded: dict[str, list[int]], kept: frozenset[str]) -> set[str]:
+    """Remove from the spare taken as `gen` every output of OUT's generation but the `kept`
+    ones (it holds no others), and the PXE tree's run-time state (carried over from OUT's
+    afresh); the folders that held what was removed."""
+    gone = [name for name in recorded if name not in kept]
+    unlink_files([f"{gen}/{name}" for name in gone])
+    remove_tree(gen / "pxe" / "state")
+    return {os.path.dirname(name) for name in gone}
+
+
+def _remove_empty(gen: Path, folders: set[str]) -> None:
+    """Remove those of `folders` (relative to `gen`) that are empty, and their parents that
+    are left empty: what pruning the spare emptied and the build did not fill again (no PXE
+    tree any more, say) is not in a generation made from nothing either."""
+    for folder in sorted(folders, key=len, reverse=True):
+        while folder:
+            try:
+                os.rmdir(f"{gen}/{folder}")
+            except OSError:
+                break
+            folder = os.path.dirname(folder)
+
+
+def _prune_replaced(old: Path, changed: list[str]) -> None:
+    """Prune the generation just replaced to the files it shares with the new one, to keep it
+    as the spare: the `changed` outputs, the state and the PXE tree's run-time state go."""
+    unlink_files([f"{old}/{name}" for name in changed] + [f"{old}/{STATE.name}"])
+    remove_tree(old / "pxe" / "state")
+
+
+def _fill_spare(gen: Path, spare: Path, outputs: Iterable[str]) -> None:
+    """A spare made from nothing: a hard link to each of the `outputs` of `gen`."""
+    for folder in sorted({os.path.dirname(name) for name in outputs}):
+        os.makedirs(f"{spare}/{folder}", exist_ok=True)
+    link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in outputs])
+
+
+def _under(prefix: str, names: frozenset[str]) -> frozenset[str]:
+    """The `names` under `prefix`, relative to it."""
+    return frozenset(n[len(prefix):] for n in names if n.startswith(prefix))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -624,12 +711,19 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     inputs = [manifest.entry(kind, f, f.relative_to(root).as_posix())
               for kind, f, root in files]
 
-    with generations.new() as gen, contextlib.ExitStack() as held:
+    spare = generations.spare() if "changed" in state else None
+    with generations.new(reuse=spare) as gen, contextlib.ExitStack() as held:
         keys = host_keys(site, shared)
         relink = state.get("source_date_epoch") == sde
         unchanged = _unchanged(keys, state, sde, out, _ks_name)
         pxe_step = plan_pxe(site, options, media, keys, state, sde, gen, held) \
             if media is not None and site.outputs.pxe else None
+        kept: frozenset[str] = frozenset()
+        emptied: set[str] = set()
+        if spare is not None:
+            kept = _kept_outputs(site, out, state, unchanged, pxe_step).difference(
+                state["changed"])  # the spare does not share those with OUT's generation
+            emptied = _prune_spare(gen, state["outputs"], kept)
         variants = {"ks": kickstart.Variant(tuple(h for h in site.hosts
                                                   if h.hostname not in unchanged))}
         if pxe_step is not None and pxe_step.plan is not None:
@@ -637,7 +731,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs)
         known = _known_hashes(out, state)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink,
-                                  recorded_hash(out, "ks", known))
+                                  recorded_hash(out, "ks", known), kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
 
@@ -653,28 +747,35 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 names += [("iso", name) for name in sorted(iso_keys)]
             if pxe_step is not None:
                 hashes.update(build_pxe(site, options, media, pxe_step, rendered.get("pxe", {}),
-                                        recorded_hash(out, "pxe", known), gen, held))
+                                        recorded_hash(out, "pxe", known), gen, held, kept))
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
-        outputs, recorded = _output_entries(gen, names, known, hashes)
+        _remove_empty(gen, emptied)
         previous = state.get("outputs", {})
-        # Written: an output that is not the (hard-linked) file OUT has now (looked at only
-        # where the identity differs from the one recorded: a few files, or none where OUT
-        # has no such folder: 60,000 failed stats in a first build).
+        outputs, recorded = _output_entries(gen, names, known, hashes,
+                                            {name: previous[name] for name in kept})
+        # Written: an output that is not the file OUT has now (hard-linked, or kept); none
+        # where OUT has no such folder (60,000 failed stats in a first build).
         tops = {name for name in ENTRIES if os.path.lexists(out / name)}
-        written = [name for _, name in names if previous.get(name) != recorded[name]
-                   and (name.partition("/")[0] not in tops
-                        or _identity_or_none(f"{out}/{name}") != recorded[name])]
+        written = [name for _, name in names if name not in kept and (
+            name.partition("/")[0] not in tops
+            or _identity_or_none(f"{out}/{name}") != recorded[name])]
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
         document = manifest.write(gen, __version__, sde, inputs, outputs, sections)
         written.append(manifest.MANIFEST)
         recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
+        # What the spare will not hold of this generation: it is the generation replaced,
+        # pruned of those; or, with none to replace, filled with links to all of this one.
+        changed = written + sorted(previous.keys() - recorded.keys()) \
+            if generations.keeps_replaced() else []
         new_state = _state(options, site, files, media, sde, keys, recorded, iso_keys,
                            pxe_step, verdict)
+        new_state["changed"] = changed  # what the spare will not hold
         # Not sorted: not an output, and its 60,000 outputs are in a fixed order already.
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())
-        generations.switch(gen)
+        generations.switch(gen, lambda old: _prune_replaced(old, changed),
+                           lambda spare: _fill_spare(gen, spare, recorded))
         save_site_cache(site, out / SITE_CACHE)
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
@@ -698,20 +799,23 @@ def _known_hashes(out: Path, state: dict[str, Any]) -> dict[str, tuple[list[int]
 
 
 def _output_entries(gen: Path, names: list[tuple[str, str]],
-                    known: dict[str, tuple[list[int], str]], hashes: dict[str, str]
-                    ) -> tuple[list[Entry], dict[str, list[int]]]:
+                    known: dict[str, tuple[list[int], str]], hashes: dict[str, str],
+                    kept: dict[str, list[int]]) -> tuple[list[Entry], dict[str, list[int]]]:
     """The manifest's entries of the outputs (kind, name) and each one's identity, stat'ed
-    once. A file's sha256 is the one recorded for the same file (identity) by the last build,
-    else the one of the bytes this build wrote it from, else read from the file."""
+    once (`kept`: the identity of those taken from the spare, OUT's files). A file's sha256
+    is the one recorded for the same file (identity) by the last build, else the one of the
+    bytes this build wrote it from, else read from the file."""
     root = f"{gen}/"  # strings: 60,000 outputs for a large PXE fleet
     entries, recorded = [], {}
     for kind, name in names:
-        stat = os.stat(root + name)
-        identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        identity = kept.get(name)
+        if identity is None:
+            stat = os.stat(root + name)
+            identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         was = known.get(name)
         sha = was[1] if was is not None and was[0] == identity else hashes.get(name)
         entries.append(Entry(kind, name, sha or manifest.sha256_file(Path(root + name)),
-                             stat.st_size))
+                             identity[0]))
         recorded[name] = identity
     return entries, recorded
 

@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -106,7 +106,12 @@ def write_new(path: str | Path, data: bytes, mode: int = 0o666, exact: bool = Fa
     """A new file in a folder nobody reads yet (a generation being built, switched into
     place as a whole): no temporary name needed. `mode` is masked by the umask (the kernel
     applies it: nothing to read per file), unless `exact`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except FileExistsError:  # a file of a reused version (a spare): replaced, never
+        os.unlink(path)      # written through (the current version may share its inode)
+        fd = os.open(path, flags, mode)
     try:
         if exact:
             os.fchmod(fd, mode)
@@ -201,6 +206,10 @@ def sweep(folder: Path, patterns: Iterable[str], keep: Iterable[Path] = ()) -> l
 # Versioned trees behind one symlink.
 
 
+# The suffix of the folder kept beside the current version to make the next one from.
+SPARE = ".spare"
+
+
 class Generations:
     """`link` is a relative symlink to the current version, a folder `.<name>.<random>.v`
     beside it. A new version is built beside the current one and `switch` renames a new
@@ -219,26 +228,46 @@ class Generations:
         return self.link if self.link.is_dir() else None
 
     @contextlib.contextmanager
-    def new(self) -> Iterator[Path]:
-        """A new, empty version folder (0755: a served tree must be traversable), held
-        (flock) while it is built; removed if the build fails."""
+    def new(self, reuse: Path | None = None) -> Iterator[Path]:
+        """A new version folder (0755: a served tree must be traversable), held (flock) while
+        it is built; removed if the build fails. Empty, or `reuse` (the current version's
+        spare, see switch()) renamed to it: the caller then removes from it what it will not
+        keep before it writes anything."""
         self.link.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",
                                        dir=self.link.parent))
+        if reuse is not None:
+            os.replace(reuse, folder)  # over the empty folder just made: one rename
         fd = _hold(folder)
         try:
             os.chmod(folder, 0o755)
             yield folder
         except BaseException:
             if self.current() != folder:
-                shutil.rmtree(folder, ignore_errors=True)
+                remove_tree(folder)
             raise
         finally:
             os.close(fd)
 
-    def switch(self, version: Path) -> None:
-        """Make `version` the current one; then remove the one it replaces."""
+    def spare(self) -> Path | None:
+        """The current version's spare (see switch()), if there is one."""
+        current = self.current()
+        if current is None or current == self.link:
+            return None
+        spare = current.with_name(current.name + SPARE)
+        return spare if spare.is_dir() and not spare.is_symlink() else None
+
+    def switch(self, version: Path, prune: Callable[[Path], None] | None = None,
+               fill: Callable[[Path], None] | None = None) -> None:
+        """Make `version` the current one. The one it replaces is removed; or, with `prune`
+        and `fill`, kept as `version`'s spare: the next version is made from it by adding
+        what changed, where making it from nothing means linking every unchanged file again
+        (60,000 for a large PXE fleet) and removing the replaced version means unlinking
+        them all. `prune` prunes the replaced version to the files it shares with `version`
+        (hard links); with none to replace (a first build), `fill` fills an empty folder with
+        links to `version`'s files."""
         old = self.current()
+        keep = prune is not None and self.keeps_replaced()
         if old == self.link:  # a plain folder from before: moved aside first (not atomic,
             aside = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",  # once)
                                           dir=self.link.parent))
@@ -249,20 +278,40 @@ class Generations:
         os.symlink(version.name, temp)
         os.replace(temp, self.link)
         _sync_folder(self.link.parent)
+        spare = version.with_name(version.name + SPARE)
         if old is not None and old != version and self.owns(old):
+            stale = old.with_name(old.name + SPARE)  # the old version's spare, not reused
+            if stale.is_dir():
+                remove_tree(stale)
+            if keep and prune is not None:
+                prune(old)  # named a spare only once pruned: killed before, a dead version
+                os.replace(old, spare)
+                return
             remove_tree(old)
+        if fill is not None:
+            with self.new() as folder:
+                fill(folder)
+                os.replace(folder, spare)
+
+    def keeps_replaced(self) -> bool:
+        """switch() with `prune` keeps the version it replaces (there is one, made by this
+        class), rather than filling a spare from the new version."""
+        old = self.current()
+        return old is not None and old != self.link and self.owns(old)
 
     def owns(self, folder: Path) -> bool:
         """A version of this link's (not, say, the folder of another link it pointed at)."""
         return folder.parent == self.link.parent and folder.match(f"{self.pattern}.v")
 
     def sweep(self) -> list[Path]:
-        """Remove the versions (and temporary links) of dead runs, and the `.part`/`.old`
-        folders of ksbuild before versions; never the current version or a live one."""
+        """Remove the versions (and temporary links) of dead runs, spares but the current
+        version's, and the `.part`/`.old` folders of ksbuild before versions; never the
+        current version or a live one."""
         current = self.current()
-        keep = [current] if current is not None else []
+        keep = [current, current.with_name(current.name + SPARE)] if current is not None else []
         return sweep(self.link.parent, [f"{self.pattern}.v", f"{self.pattern}.link",
-                                        f"{self.pattern}.part", f"{self.pattern}.old"], keep)
+                                        f"{self.pattern}.part", f"{self.pattern}.old",
+                                        f"{self.pattern}{SPARE}"], keep)
 
 
 # Creating and unlinking files is bound by the file system's latency (allocating or freeing
@@ -281,12 +330,30 @@ def remove_tree(root: Path) -> None:
         folders.append(folder)
         links = [d for d in dirs if os.path.islink(os.path.join(folder, d))]
         files += [os.path.join(folder, name) for name in (*names, *links)]
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        list(pool.map(_unlink_all, [files[k::IO_THREADS] for k in range(IO_THREADS)]))
+    unlink_files(files)
     for folder in reversed(folders):  # the deepest first
         with contextlib.suppress(OSError):
             os.rmdir(folder)
     shutil.rmtree(root, ignore_errors=True)  # whatever appeared meanwhile
+
+
+def unlink_files(paths: list[str]) -> None:
+    """Unlink each path (gone already: fine), by IO_THREADS threads where there are many."""
+    if len(paths) < 64:
+        _unlink_all(paths)
+        return
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(_unlink_all, [paths[k::IO_THREADS] for k in range(IO_THREADS)]))
+
+
+def link_files(pairs: list[tuple[str, str]]) -> None:
+    """os.link(source, target) of each pair, by IO_THREADS threads."""
+    def link(chunk: list[tuple[str, str]]) -> None:
+        for source, target in chunk:
+            os.link(source, target)
+
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(link, [pairs[k::IO_THREADS] for k in range(IO_THREADS)]))
 
 
 def _unlink_all(paths: list[str]) -> None:
@@ -314,6 +381,19 @@ def link_or_copy(source: str | Path, target: str | Path) -> None:
         shutil.copy2(source, target)
 
 
-def link_tree(source: Path, target: Path) -> None:
-    """`target`: a copy of the folder `source` made of hard links."""
-    shutil.copytree(source, target, symlinks=True, copy_function=link_or_copy)
+def link_tree(source: Path, target: Path, present: frozenset[str] = frozenset()) -> None:
+    """`target`: a copy of the folder `source` made of hard links; `present`: files (relative)
+    `target` holds already, the same as `source`'s."""
+    for folder, dirs, names in os.walk(source):
+        relative = os.path.relpath(folder, source)
+        into = os.path.normpath(f"{target}/{relative}")
+        os.makedirs(into, exist_ok=True)
+        shutil.copystat(folder, into)
+        prefix = "" if relative == "." else f"{relative}/"
+        for name in names + [d for d in dirs if os.path.islink(f"{folder}/{d}")]:
+            if prefix + name in present:
+                continue
+            if os.path.islink(f"{folder}/{name}"):  # copied as a link, never followed
+                os.symlink(os.readlink(f"{folder}/{name}"), f"{into}/{name}")
+            else:
+                link_or_copy(f"{folder}/{name}", f"{into}/{name}")

@@ -346,14 +346,15 @@ def writing(out: Path) -> bool:
 
 
 def debris(out: Path) -> list[str]:
-    """What is in OUT beyond the outputs, their current generation and the locks."""
+    """What is in OUT beyond the outputs, their current generation, its spare (the one it
+    replaced, kept to make the next from) and the locks."""
     link = out / ".ksbuild" / "current"
     current = os.readlink(link) if link.is_symlink() else ""
     extra = [p.name for p in out.iterdir()
              if p.name not in ("ks", "iso", "pxe", "manifest.json", ".ksbuild", ".pxe.lock")]
     extra += [f".ksbuild/{p.name}" for p in (out / ".ksbuild").iterdir()
-              if p.name not in ("lock", "current", "state.json", current, "site-cache",
-                                "site-cache.delta")]
+              if p.name not in ("lock", "current", "state.json", current, f"{current}.spare",
+                                "site-cache", "site-cache.delta")]
     extra += [str(p) for p in out.rglob("*") if p.name.endswith((".part", ".old", ".link"))]
     return extra
 

@@ -166,3 +166,39 @@ def test_a_new_shim_at_the_same_path_rebuilds_the_tree(tmp_path: Path) -> None:
     assert not again.up_to_date
     assert "pxe/tftp/BOOTX64.EFI" in again.written
     assert (options.out / "pxe/tftp/BOOTX64.EFI").read_bytes() == b"MZ the second shim"
+
+
+def test_the_spare_never_brings_back_a_file_replaced_in_out(tmp_path: Path) -> None:
+    """A build makes its new generation from the one it replaced, kept as a spare (hard links
+    to the files both share). Outputs replaced by hand in OUT (other inodes, the same size
+    and time) and edited in place (shared with the spare) are restored, and stay restored
+    through the next builds, which take what they keep from the spare: each build equals a
+    clean one. (The file a rebuild writes may get the freed inode number of the one it
+    replaces, with the same size and time: only what the build did tells them apart.)"""
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    doc = yaml.safe_load(site_path.read_text())
+    replaced = out / "ks" / "kvm2.example.com.cfg"
+    in_place = out / "pxe" / "http" / "ks" / "kvm2.example.com.cfg"
+    good = replaced.read_bytes(), in_place.read_bytes()
+    stat = replaced.stat()
+    forged = tmp_path / "forged"
+    forged.write_bytes(good[0].replace(b"selinux", b"SELINUX", 1))
+    os.utime(forged, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    os.replace(forged, replaced.resolve())
+    with in_place.open("r+b") as handle:
+        handle.write(b"#edited")
+    first = build.build(options)
+    assert {"ks/kvm2.example.com.cfg", "pxe/http/ks/kvm2.example.com.cfg"} <= set(first.written)
+    for number, timezone in enumerate(("Europe/Berlin", "Europe/Paris", "Europe/Rome")):
+        doc["hosts"][0]["timezone"] = timezone  # another host: kvm2's files are kept
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        again = build.build(options)
+        assert not {"ks/kvm2.example.com.cfg"} & set(again.written), number
+        assert (replaced.read_bytes(), in_place.read_bytes()) == good, number
+        assert list(out.glob(".ksbuild/.current.*.v.spare")), "no spare: the test cannot fail"
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)

@@ -122,6 +122,10 @@ class Options:
     kickstarts: Mapping[str, str] = field(default_factory=dict)
     # The sha256 of the previous tree's files, where the caller knows them (its manifest).
     previous_hash: HashOf | None = None
+    # Files (relative) `out` holds already, hard links to the same files of `previous`: a
+    # build's new generation made from its spare (builder/build.py) holds the unchanged
+    # hosts' files. Nothing else is in `out`.
+    present: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -266,6 +270,7 @@ class BaseIso:
         if not self.has(path):
             raise InputError(f"{self.path}: no {path} in the ISO (a CentOS 7 install ISO has "
                              "images/pxeboot/ and EFI/BOOT/)")
+        target.unlink(missing_ok=True)  # a new file: never written through a shared link
         with target.open("wb") as out:
             self.iso.get_file_from_iso_fp(out, **self._where(path))
         os.chmod(target, FILE_MODE)
@@ -292,8 +297,10 @@ class Writer:
     """Files under a fresh folder with fixed modes (the umask must not change what is served)."""
 
     def __init__(self, root: Path, previous: Path | None = None,
-                 previous_hash: HashOf | None = None) -> None:
+                 previous_hash: HashOf | None = None,
+                 present: frozenset[str] = frozenset()) -> None:
         self.root = root
+        self.present = present  # hard links to the previous tree's files there already
         # The tree this one replaces: a file with the same bytes there is hard-linked, not
         # written (a rebuild after one host changed writes that host's files only; writing
         # 40,000 entries and then swapping each for a link cost ~20 s). `previous_hash`
@@ -340,12 +347,14 @@ class Writer:
     def link(self, source: str | Path, relative: str) -> None:
         """A hard link to a file of the previous tree (written 0644 by a Writer). Strings,
         not Paths, for speed: 50,000 links when one host of a large fleet changed."""
-        os.link(source, f"{self.root}/{relative}")
+        if relative not in self.present:
+            os.link(source, f"{self.root}/{relative}")
         self.compared.add(relative)
         self.count += 1
 
     def copy(self, source: Path, relative: str) -> Path:
         target = self.root / relative
+        target.unlink(missing_ok=True)  # a new file: never written through a shared link
         shutil.copyfile(source, target)
         os.chmod(target, FILE_MODE)
         self.count += 1
@@ -566,7 +575,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
 
     temp.mkdir(exist_ok=True)
     os.chmod(temp, DIR_MODE)
-    writer = Writer(temp, old, options.previous_hash)
+    writer = Writer(temp, old, options.previous_hash, options.present)
     for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
                    "http/images", str(pxestate.INSTALLED)):
         writer.folder(folder)
@@ -590,7 +599,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     if old is not None:
         for name in sorted(reused):
             writer.link(f"{old}/http/ks/{name}.cfg", f"http/ks/{name}.cfg")
-        link_unchanged(temp, old, writer.compared)
+        link_unchanged(temp, old, writer.compared | writer.present)
         phase("unchanged files linked to the previous tree's")
 
     lock.acquire()  # held until the new tree is in place (the caller releases it)
