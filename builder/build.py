@@ -762,7 +762,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             name.partition("/")[0] not in tops
             or _identity_or_none(f"{out}/{name}") != recorded[name])]
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
-        document = manifest.write(gen, __version__, sde, inputs, outputs, sections)
+        manifest.write(gen, __version__, sde, inputs, outputs, sections)
         written.append(manifest.MANIFEST)
         recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
         # What the spare will not hold of this generation: it is the generation replaced,
@@ -779,8 +779,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         save_site_cache(site, out / SITE_CACHE)
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
-    return Result(out, False, sde, written, len(outputs),
-                  verdict.warnings if verdict else [], document)
+    return Result(out, False, sde, written, len(outputs), verdict.warnings if verdict else [])
 
 
 def _known_hashes(out: Path, state: dict[str, Any]) -> dict[str, tuple[list[int], str]]:
