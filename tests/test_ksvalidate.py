@@ -384,6 +384,49 @@ def test_el7grammar_memo_is_pure(corpus: list[str]) -> None:
         assert el7grammar.problem(text) == el7_unmemoized(text)
 
 
+def random_texts(count: int, seed: int) -> list[str]:
+    """Kickstart-like texts: commands (a few refused), then sections whose bodies hold lines
+    that matter to the section reader and the EL 7.9 grammar (% inside and at the start of
+    a line, %end with more after it, an %include, a header), ended by %end with blanks and
+    more after it, or not ended; ending in a newline or not."""
+    commands = ["install", "lang en_US.UTF-8", "skipx", "network --device=eth0 --bootproto=dhcp",
+                "# c", "#platform=x", "", "  ", "\t", "lang x --bogus", "frob"]
+    headers = ["%post", "%post --log=/x", "%packages", "%pre", "%pre --bogus", "%onerror"]
+    body = ["echo x", "printf '%s\\n' x", "a%b", "%", " % x", "echo %end", "%endfoo",
+            "x %end", "@core", "-foo", "# c", "", "  ", "%include /x", "%ksappend /x", "%post"]
+    ends = ["%end", "%end", "  %end", "\t%end # x", "%end%end", "%end \"", None]
+    chance = random.Random(seed)
+    weights = [8] * 9 + [1, 1]
+    texts = []
+    for _ in range(count):
+        lines = chance.choices(commands, weights, k=chance.randrange(6))
+        for _ in range(chance.randrange(4)):
+            lines.append(chance.choice(headers))
+            lines += chance.choices(body, [6] * 4 + [1] * 12, k=chance.randrange(8))
+            end = chance.choice(ends)
+            if end is not None:
+                lines.append(end)
+            lines += chance.choices(commands, weights, k=chance.randrange(3))
+        texts.append("\n".join(lines) + chance.choice(["", "\n"]))
+    return texts
+
+
+def test_newline_text_readers_on_random_text() -> None:
+    """A text whose lines are those between its newlines is read by str.find (the EL 7.9
+    grammar skips a section's body): the same as line by line."""
+    for text in random_texts(5000, 16):
+        assert el7grammar.newline_lines(text)
+        assert el7grammar.problem(text) == el7_unmemoized(text), text
+    for text in ("a\rb", "a\r\nb", "a\x0cb", "a\x1eb", "a\x85b", "a\u2028b", "é\n"):
+        assert not el7grammar.newline_lines(text)
+
+
+def test_same_verdicts_on_random_text() -> None:
+    validator = ksvalidate.Validator()
+    for text in random_texts(200, 7):
+        assert fast_verdict(validator, text) == plain_verdict(text), text
+
+
 def test_a_parse_that_warned_is_not_remembered() -> None:
     """A memo hit must not hide a warning that the real parse would show again."""
     def noisy(value: str) -> str:
