@@ -273,18 +273,22 @@ def host_keys(site: Site, shared: str) -> dict[str, str]:
         overlays.for_host(host.hostname))).encode()).hexdigest() for host in site.hosts}
 
 
-def _unchanged(keys: dict[str, str], state: dict[str, Any], sde: int, out: Path,
+def _unchanged(keys: dict[str, str], state: dict[str, Any], intact: frozenset[str],
                files: Callable[[str], Iterable[str]]) -> frozenset[str]:
     """Hosts whose key is the previous build's and whose output `files` (relative to OUT)
-    are those it recorded: their files can be hard-linked, not rendered again. None when the
-    file times change (SOURCE_DATE_EPOCH): a link would change the live file's too."""
+    are `intact` (those it recorded): their files can be hard-linked, not rendered again."""
+    previous = state.get("hosts", {})
+    return frozenset(name for name, key in keys.items()
+                     if previous.get(name) == key and intact.issuperset(files(name)))
+
+
+def intact_outputs(out: Path, state: dict[str, Any], sde: int) -> frozenset[str]:
+    """The previous build's outputs still as it recorded them, stat'ed once for the whole
+    build; none when the file times change (SOURCE_DATE_EPOCH): a link to one would change
+    the live file's time too."""
     if state.get("source_date_epoch") != sde:
         return frozenset()
-    previous, recorded = state.get("hosts", {}), state.get("outputs", {})
-    same = {name: files(name) for name, key in keys.items() if previous.get(name) == key}
-    intact = _intact_outputs(out, {f: recorded[f] for names in same.values() for f in names
-                                   if f in recorded})
-    return frozenset(name for name, names in same.items() if intact.issuperset(names))
+    return frozenset(_intact_outputs(out, state.get("outputs", {})))
 
 
 def _ks_name(hostname: str) -> list[str]:
@@ -450,8 +454,9 @@ class PxeStep:
 
 
 def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[str, str],
-             state: dict[str, Any], sde: int, into: Path, held: contextlib.ExitStack
-             ) -> PxeStep:
+             state: dict[str, Any], intact: frozenset[str], into: Path,
+             held: contextlib.ExitStack) -> PxeStep:
+    """`intact`: the previous build's outputs as it recorded them (intact_outputs)."""
     from builder.pxe import tree as pxe
 
     settings, _ = pxe.settings_of(site, None)
@@ -462,16 +467,24 @@ def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[s
     loader_files = [loaders.pxelinux, *loaders.modules.values(), *given]
     shared = pxe_shared_key(site, options, media, loader_files)
     step = PxeStep(_key(shared, sorted(keys.items())), shared, loader_files)
-    recorded = state.get("outputs", {})
-    if state.get("pxe") == step.key and (options.out / "pxe").is_dir() and _outputs_intact(
-            options.out, {n: recorded[n] for n in recorded if n.startswith("pxe/")}):
+    if state.get("pxe") == step.key and (options.out / "pxe").is_dir() and _pxe_intact(
+            options.out, state, intact):
         return step  # linked whole: no file in it changed since it was recorded
     base = held.enter_context(pxe.BaseIso(media[0]))
     step.plan = (base, pxe.plan(_pxe_options(site, options, media, into / "pxe"), base))
-    index = {"pxe/hosts.json": state.get("outputs", {}).get("pxe/hosts.json", [])}
-    if state.get("pxe_shared") == shared and _outputs_intact(options.out, index):
-        step.reuse = _unchanged(keys, state, sde, options.out, _pxe_host_files(site))
+    if state.get("pxe_shared") == shared and "pxe/hosts.json" in intact:
+        step.reuse = _unchanged(keys, state, intact, _pxe_host_files(site))
     return step
+
+
+def _pxe_intact(out: Path, state: dict[str, Any], intact: frozenset[str]) -> bool:
+    """Every file of OUT's PXE tree is the one recorded (the tree does not depend on
+    SOURCE_DATE_EPOCH: when it changed, `intact` is empty and the files are stat'ed)."""
+    recorded = state["outputs"]
+    names = [n for n in recorded if n.startswith("pxe/")]
+    if intact:
+        return intact.issuperset(names)
+    return _outputs_intact(out, {n: recorded[n] for n in names})
 
 
 def _pxe_host_files(site: Site) -> Callable[[str], list[str]]:
@@ -715,8 +728,9 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     with generations.new(reuse=spare) as gen, contextlib.ExitStack() as held:
         keys = host_keys(site, shared)
         relink = state.get("source_date_epoch") == sde
-        unchanged = _unchanged(keys, state, sde, out, _ks_name)
-        pxe_step = plan_pxe(site, options, media, keys, state, sde, gen, held) \
+        intact = intact_outputs(out, state, sde)
+        unchanged = _unchanged(keys, state, intact, _ks_name)
+        pxe_step = plan_pxe(site, options, media, keys, state, intact, gen, held) \
             if media is not None and site.outputs.pxe else None
         kept: frozenset[str] = frozenset()
         emptied: set[str] = set()

@@ -311,7 +311,8 @@ class Writer:
         self.compared: set[str] = set()  # files already compared with the previous tree's
         self.hashes: dict[str, str] = {}  # sha256 of the files given as bytes
         self.queued: list[tuple[str, bytes]] = []
-        self.count = 0
+        # Files copied in (loaders, kernel, initrd), compared with the previous tree's after.
+        self.copied: list[str] = []
         # 40,000 files for a large fleet: skip the chmod when the umask leaves 0644 as it is.
         self.fix_mode = umask() & FILE_MODE != 0
 
@@ -335,7 +336,6 @@ class Writer:
                 self.link(self.previous / relative, relative)
                 return
         self.queued.append((f"{self.root}/{relative}", data))  # written by flush()
-        self.count += 1
         if len(self.queued) >= QUEUED_MAX:  # a bounded copy of the bytes in memory
             self.flush()
 
@@ -350,15 +350,19 @@ class Writer:
         if relative not in self.present:
             os.link(source, f"{self.root}/{relative}")
         self.compared.add(relative)
-        self.count += 1
 
     def copy(self, source: Path, relative: str) -> Path:
         target = self.root / relative
         target.unlink(missing_ok=True)  # a new file: never written through a shared link
         shutil.copyfile(source, target)
         os.chmod(target, FILE_MODE)
-        self.count += 1
+        self.copied.append(relative)
         return target
+
+    def extract(self, base: BaseIso, iso_path: str, relative: str) -> None:
+        """The base ISO's file `iso_path` as `relative`."""
+        base.copy(iso_path, self.root / relative)
+        self.copied.append(relative)
 
 
 def _has_bytes(path: Path, data: bytes) -> bool:
@@ -459,9 +463,11 @@ def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings) -> str:
     for name, source in sorted(bios.modules.items()):
         writer.copy(source, f"tftp/{name}")
     for relative, iso_path in ISO_FILES.items():
-        base.copy(iso_path, writer.root / relative)
+        writer.extract(base, iso_path, relative)
         # The same bytes for the HTTP side (one copy on disk).
-        os.link(writer.root / relative, writer.root / "http" / relative.split("/", 1)[1])
+        served = f"http/{relative.split('/', 1)[1]}"
+        os.link(writer.root / relative, writer.root / served)
+        writer.copied.append(served)
     for given, iso_path, name in ((settings.shim, ISO_SHIM, "BOOTX64.EFI"),
                                   (settings.grub, ISO_GRUB, "grubx64.efi")):
         if given is not None:
@@ -469,7 +475,7 @@ def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings) -> str:
                 raise InputError(f"{settings.origin}: {given}: no such file")
             writer.copy(given, f"tftp/{name}")
         else:
-            base.copy(iso_path, writer.root / "tftp" / name)
+            writer.extract(base, iso_path, f"tftp/{name}")
     if settings.grub_commands != "auto":
         return settings.grub_commands
     grub = (writer.root / "tftp" / "grubx64.efi").read_bytes()
@@ -599,7 +605,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     if old is not None:
         for name in sorted(reused):
             writer.link(f"{old}/http/ks/{name}.cfg", f"http/ks/{name}.cfg")
-        link_unchanged(temp, old, writer.compared | writer.present)
+        link_unchanged(temp, old, writer.copied)
         phase("unchanged files linked to the previous tree's")
 
     lock.acquire()  # held until the new tree is in place (the caller releases it)
@@ -643,27 +649,18 @@ def _link_entries(writer: Writer, old: Path, hosts: list[pxemenus.BootHost]) -> 
             writer.link(f"{old}/{relative}", relative)
 
 
-def link_unchanged(new: Path, old: Path, compared: set[str] | frozenset[str] = frozenset()
-                   ) -> None:
-    """Replace each file of `new` (but run-time state/, and the `compared` ones, whose bytes
-    were checked against `old` when written) that has the same bytes in `old` by a hard link
-    to the old one."""
-    for folder, dirs, files in os.walk(new):
-        where = os.path.relpath(folder, new)
-        if where == ".":
-            dirs[:] = [d for d in dirs if d != "state"]
-        # Strings until a file is a candidate: 60,000 files for a large fleet.
-        names = [n for n in files if (n if where == "." else f"{where}/{n}") not in compared]
-        for name in names:
-            path = Path(folder) / name
-            relative = path.relative_to(new)
-            if _same_file(path, old / relative):
-                temp = path.with_name(f".{name}.link")
-                try:
-                    os.link(old / relative, temp)
-                except OSError:
-                    continue
-                os.replace(temp, path)
+def link_unchanged(new: Path, old: Path, candidates: Iterable[str]) -> None:
+    """Replace each of the `candidates` (relative) of `new` that has the same bytes in `old`
+    by a hard link to the old one."""
+    for relative in candidates:
+        path = new / relative
+        if _same_file(path, old / relative):
+            temp = path.with_name(f".{path.name}.link")
+            try:
+                os.link(old / relative, temp)
+            except OSError:
+                continue
+            os.replace(temp, path)
 
 
 def _same_file(new: Path, old: Path) -> bool:
