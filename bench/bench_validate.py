@@ -107,6 +107,21 @@ def interleaved(texts: list[str], repeat: int) -> tuple[list[float], list[float]
     return on, off
 
 
+def ms_together(pairs: list[tuple[str, str]], repeat: int) -> list[float]:
+    """ms per kickstart of each host's ks/ and PXE kickstarts validated together (as a build's
+    workers do: Validator.together), a cold validator per pass."""
+    passes = []
+    for _ in range(repeat):
+        validator = cold()
+        start = time.perf_counter()
+        for plain, pxe in pairs:
+            with validator.together():
+                validator.validate(plain, "x.cfg")
+                validator.validate(pxe, "x.cfg")
+        passes.append((time.perf_counter() - start) / (2 * len(pairs)) * 1000)
+    return passes
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +144,9 @@ def main() -> int:
               f"{statistics.median(on):.3f}; baselines: memos off {min(off):.3f} / "
               f"{statistics.median(off):.3f} ({min(off) / min(on):.1f}x), "
               f"a new plain handler {fresh:.1f} ({fresh / min(on):.0f}x)")
+    both = ms_together(list(zip(variants["ks/"], variants["PXE"])), args.repeat)
+    print(f"  a host's ks/ and PXE together: Validator {min(both):.3f} / "
+          f"{statistics.median(both):.3f}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
