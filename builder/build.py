@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -508,13 +509,14 @@ def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Pa
 
 def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
               kickstarts: dict[str, str], previous_hash: Callable[[str], str | None],
-              into: Path, held: contextlib.ExitStack,
-              kept: frozenset[str] = frozenset()) -> dict[str, str]:
+              into: Path, held: contextlib.ExitStack, kept: frozenset[str] = frozenset(),
+              started: pxe_tree.Started | None = None) -> dict[str, str]:
     """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
     made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
     switch a host that reports done) is taken before its installed hosts are read and
     stays held (`held`) until the new generation is in place, so no report is lost.
-    Returns the sha256 of the files written from memory (relative to `into`)."""
+    `started`: what start_pxe wrote of it. Returns the sha256 of the files written from
+    memory (relative to `into`)."""
     from builder.pxe import state as pxestate
     from builder.pxe import tree as pxe
 
@@ -532,8 +534,22 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
                                          reuse_hosts=step.reuse, kickstarts=kickstarts,
                                          present=_under("pxe/", kept),
                                          previous_hash=previous_hash),
-                            lock, step.plan)
+                            lock, step.plan, started)
     return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
+
+
+def start_pxe(site: Site, options: Options, media: tuple[Path, str] | None,
+              step: PxeStep | None, previous_hash: Callable[[str], str | None], into: Path,
+              kept: frozenset[str]) -> pxe_tree.Started | None:
+    """What build_pxe writes that needs no kickstart (boot loaders, kernel, initrd, entries),
+    when the tree is rebuilt."""
+    if media is None or step is None or step.plan is None:
+        return None
+    from builder.pxe import tree as pxe
+
+    return pxe.start_tree(_pxe_options(site, options, media, into / "pxe",
+                                       reuse_hosts=step.reuse, present=_under("pxe/", kept),
+                                       previous_hash=previous_hash), *step.plan)
 
 
 def pxe_shared_key(site: Site, options: Options, media: tuple[Path, str],
@@ -742,8 +758,11 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                                                   if h.hostname not in unchanged))}
         if pxe_step is not None and pxe_step.plan is not None:
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site))
-        rendered = kickstart.render_variants(site, variants, jobs=options.jobs)
         known = _known_hashes(out, state)
+        # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
+        start = functools.cache(lambda: start_pxe(site, options, media, pxe_step, recorded_hash(
+            out, "pxe", known), gen, kept))
+        rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink,
                                   recorded_hash(out, "ks", known), kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
@@ -761,7 +780,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 names += [("iso", name) for name in sorted(iso_keys)]
             if pxe_step is not None:
                 hashes.update(build_pxe(site, options, media, pxe_step, rendered.get("pxe", {}),
-                                        recorded_hash(out, "pxe", known), gen, held, kept))
+                                        recorded_hash(out, "pxe", known), gen, held, kept,
+                                        start()))
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]

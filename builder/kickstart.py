@@ -326,15 +326,18 @@ def _render_in_worker(task: tuple[str, tuple[str, ...]]) -> list[str]:
     return _render_together(_worker, [(_variants[name], host) for name in names])
 
 
-def render_variants(site: Site, variants: Mapping[str, Variant],
-                    jobs: int | None = None) -> dict[str, dict[str, str]]:
+def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | None = None,
+                    meanwhile: Callable[[], object] = lambda: None
+                    ) -> dict[str, dict[str, str]]:
     """variant -> hostname -> validated kickstart text, sorted by hostname: every variant of
     every host in one pass (one pool: a host whose plain and PXE kickstarts are both due is
     not forked for twice), a host's variants rendered together (_render_together).
 
     A large fleet is spread over worker processes (pykickstart is pure Python: ~1.5 ms a
     kickstart, so 10,000 hosts need every core). Workers are forked: they inherit the site
-    and the variants (any callables); only names go to them and texts come back."""
+    and the variants (any callables); only names go to them and texts come back.
+    `meanwhile`: work of the caller's that needs no text, done while the workers render
+    (after they are forked, so it may start threads)."""
     by_host: dict[str, list[tuple[str, Host]]] = {}
     for name, variant in variants.items():
         for host in variant.hosts:
@@ -344,6 +347,7 @@ def render_variants(site: Site, variants: Mapping[str, Variant],
     jobs = jobs or os.cpu_count() or 1
     texts: list[list[str]]
     if jobs == 1 or count < PARALLEL_MIN_HOSTS:
+        meanwhile()
         renderer = Renderer(site)
         texts = [_render_together(renderer, [(variants[name], host)
                                              for name, host in by_host[hostname]])
@@ -353,8 +357,10 @@ def render_variants(site: Site, variants: Mapping[str, Variant],
                  for hostname in hostnames]
         context = multiprocessing.get_context("fork")
         with context.Pool(jobs, initializer=_start_worker, initargs=(site, variants)) as pool:
-            texts = pool.map(_render_in_worker, tasks,
-                             chunksize=max(1, len(tasks) // (jobs * 8)))
+            pending = pool.map_async(_render_in_worker, tasks,
+                                     chunksize=max(1, len(tasks) // (jobs * 8)))
+            meanwhile()
+            texts = pending.get()
     rendered: dict[str, dict[str, str]] = {name: {} for name in variants}
     for hostname, host_texts in zip(hostnames, texts):
         for (name, _), text in zip(by_host[hostname], host_texts):

@@ -105,9 +105,9 @@ def test_one_host_changed_renders_and_rewrites_only_that_host(tmp_path: Path) ->
         rendered.append((host.hostname, extra is not None))
         return render_host(self, host, extra)
 
-    def counting_pass(site: Any, variants: Any, jobs: Any = None) -> Any:
+    def counting_pass(site: Any, variants: Any, jobs: Any = None, **more: Any) -> Any:
         passes.append(sorted(variants))
-        return render_variants(site, variants, jobs)
+        return render_variants(site, variants, jobs, **more)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kickstart.Renderer, "render_host", counting_host)

@@ -41,6 +41,7 @@ whatever the umask: dnsmasq and nginx read them as other users.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -501,16 +502,17 @@ def build_tree(options: Options) -> Result:
 
 
 def write_tree(options: Options, lock: pxestate.TreeLock,
-               opened: tuple[BaseIso, Plan] | None = None) -> Result:
+               opened: tuple[BaseIso, Plan] | None = None,
+               started: Started | None = None) -> Result:
     """Check and render everything, write the tree into the empty folder `options.out`, then
     acquire `lock` (the live tree's) and carry over from `options.previous` which hosts have
     installed. Returns with the lock held: the caller releases it once the new tree is in
     place. Files equal to the previous tree's are hard links to them (an unchanged file
     keeps its identity: a rebuild after a change to one host rewrites that host's files).
     `opened`: the base ISO and the plan, when the caller made them (to render the PXE
-    kickstarts with its own)."""
+    kickstarts with its own); `started`: what start_tree() wrote with them meanwhile."""
     if opened is not None:
-        return _write_tree(options, lock, *opened)
+        return _write_tree(options, lock, *opened, started)
     # Opened once: pycdlib parses every directory record on open (~1 s for a DVD).
     with BaseIso(options.base) as base:
         return _write_tree(options, lock, base, plan(options, base))
@@ -555,11 +557,19 @@ def plan(options: Options, base: BaseIso) -> Plan:
     return Plan(settings, server, tree_path, tree_folder, hosts, reinstall)
 
 
-def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: Plan) -> Result:
-    site, settings, hosts = options.site, plan.settings, plan.hosts
-    temp = options.out.absolute()
-    previous = options.previous or temp
-    old = previous if previous != temp and previous.is_dir() else None
+@dataclass
+class Started:
+    """What start_tree() wrote."""
+    writer: Writer
+    menus: pxemenus.Menus
+    grub_commands: str
+    published: installtree.Published | None
+    index: dict[str, str]  # hostname -> its line of the index
+    seconds: dict[str, float]
+
+
+def _phases() -> tuple[dict[str, float], Callable[[str], None]]:
+    """The wall time of each phase, and the function that ends one."""
     seconds: dict[str, float] = {}
     mark = time.perf_counter()
 
@@ -568,17 +578,28 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
         now = time.perf_counter()
         seconds[name] = now - mark
         mark = now
+    return seconds, phase
 
+
+def _previous(options: Options, plan: Plan) -> tuple[Path, Path, Path | None, frozenset[str]]:
+    """The folder written, the tree it replaces, that tree if it exists, and the hosts whose
+    files are taken from it."""
+    temp = options.out.absolute()
+    previous = options.previous or temp
+    old = previous if previous != temp and previous.is_dir() else None
+    reused = options.reuse_hosts & set(plan.hosts) if old is not None else frozenset()
+    return temp, previous, old, reused
+
+
+def start_tree(options: Options, base: BaseIso, plan: Plan) -> Started:
+    """The part of the tree that needs no PXE kickstart: boot loaders, kernel, initrd, menus,
+    server configs, each host's boot entries and index line (`ksbuild build` writes it while
+    its workers render the kickstarts; _write_tree the rest)."""
+    site, settings, hosts = options.site, plan.settings, plan.hosts
+    temp, previous, old, reused = _previous(options, plan)
+    seconds, phase = _phases()
     configs = server_configs(site, settings, plan.server, plan.tree_path)
     phase("checks and server configs")
-    reused = options.reuse_hosts & set(hosts) if old is not None else frozenset()
-    texts = dict(options.kickstarts)
-    fresh = [h for h in site.hosts if h.hostname not in reused and h.hostname not in texts]
-    if fresh:
-        texts.update(kickstart.render_variants(site, {"pxe": plan.kickstarts(fresh)},
-                                               jobs=options.jobs)["pxe"])
-    phase("kickstarts (render + validate)")
-
     temp.mkdir(exist_ok=True)
     os.chmod(temp, DIR_MODE)
     writer = Writer(temp, old, options.previous_hash, options.present)
@@ -598,10 +619,30 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     index = {name: line for name, line in pxestate.index_lines(old).items()
              if name in reused} if old is not None and reused else {}
     for name in sorted(set(hosts) - reused):
-        index[name] = _write_host(writer, menus, hosts[name], texts[name])
+        index[name] = _write_host(writer, menus, hosts[name], None)
+    phase("entries written")
+    return Started(writer, menus, grub_commands, published, index, seconds)
+
+
+def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: Plan,
+                started: Started | None = None) -> Result:
+    site, hosts = options.site, plan.hosts
+    temp, previous, old, reused = _previous(options, plan)
+    seconds, phase = _phases()
+    texts = dict(options.kickstarts)
+    fresh = [h for h in site.hosts if h.hostname not in reused and h.hostname not in texts]
+    start = functools.cache(lambda: started or start_tree(options, base, plan))
+    if fresh:
+        texts.update(kickstart.render_variants(site, {"pxe": plan.kickstarts(fresh)},
+                                               jobs=options.jobs, meanwhile=start)["pxe"])
+    phase("kickstarts (render + validate)")
+    begun = start()
+    writer, menus, index = begun.writer, begun.menus, begun.index
+    for name in sorted(set(hosts) - reused):
+        writer.text(f"http/ks/{name}.cfg", texts[name])
     writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
     writer.flush()
-    phase("entries, kickstarts, index written")
+    phase("kickstarts, index written")
     if old is not None:
         for name in sorted(reused):
             writer.link(f"{old}/http/ks/{name}.cfg", f"http/ks/{name}.cfg")
@@ -626,9 +667,9 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
         shutil.copyfile(previous / DONE_LOG_STATE, temp / DONE_LOG_STATE)
     phase("entries of unchanged hosts linked, state carried over")
     return Result(temp, len(hosts), sorted(keep), sorted(set(plan.reinstall) & before),
-                  grub_commands, [f"{name} had not installed; it installs anyway"
-                                  for name in plan.reinstall if name not in before],
-                  seconds, published, writer.hashes)
+                  begun.grub_commands, [f"{name} had not installed; it installs anyway"
+                                        for name in plan.reinstall if name not in before],
+                  {**begun.seconds, **seconds}, begun.published, writer.hashes)
 
 
 def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost,
