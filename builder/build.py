@@ -323,21 +323,21 @@ def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozense
     return hashes
 
 
-def recorded_hash(out: Path, top: str, known: dict[str, tuple[list[int], str]]
+def recorded_hash(out: Path, top: str, known: dict[str, str], previous: dict[str, list[int]]
                   ) -> Callable[[str], str | None]:
     """The sha256 of OUT's output <top>/<name> as the last build's manifest has it, if the
-    file is still the one it recorded (one stat, no read); else None."""
+    file is still the one it recorded (`previous`: one stat, no read); else None."""
     path = _output_path(out)
 
     def sha256(name: str) -> str | None:
-        was = known.get(f"{top}/{name}")
-        if was is None:
+        sha, identity = known.get(f"{top}/{name}"), previous.get(f"{top}/{name}")
+        if sha is None or identity is None:
             return None
         try:
             stat = os.stat(path(f"{top}/{name}"))
         except OSError:
             return None
-        return was[1] if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == was[0] else None
+        return sha if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == identity else None
     return sha256
 
 
@@ -758,13 +758,13 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                                                   if h.hostname not in unchanged))}
         if pxe_step is not None and pxe_step.plan is not None:
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site))
-        known = _known_hashes(out, state)
+        known, previous = _known_hashes(out, intact), state.get("outputs", {})
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
         start = functools.cache(lambda: start_pxe(site, options, media, pxe_step, recorded_hash(
-            out, "pxe", known), gen, kept))
+            out, "pxe", known, previous), gen, kept))
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink,
-                                  recorded_hash(out, "ks", known), kept)
+                                  recorded_hash(out, "ks", known, previous), kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
 
@@ -780,21 +780,14 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 names += [("iso", name) for name in sorted(iso_keys)]
             if pxe_step is not None:
                 hashes.update(build_pxe(site, options, media, pxe_step, rendered.get("pxe", {}),
-                                        recorded_hash(out, "pxe", known), gen, held, kept,
-                                        start()))
+                                        recorded_hash(out, "pxe", known, previous), gen, held,
+                                        kept, start()))
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
         _remove_empty(gen, emptied)
-        previous = state.get("outputs", {})
-        outputs, recorded = _output_entries(gen, names, known, hashes,
-                                            {name: previous[name] for name in kept})
-        # Written: an output that is not the file OUT has now (hard-linked, or kept); none
-        # where OUT has no such folder (60,000 failed stats in a first build).
-        tops = {name for name in ENTRIES if os.path.lexists(out / name)}
-        written = [name for _, name in names if name not in kept and (
-            name.partition("/")[0] not in tops
-            or _identity_or_none(f"{out}/{name}") != recorded[name])]
+        outputs, recorded, written = _output_entries(gen, out, names, previous, known, hashes,
+                                                     kept)
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
         manifest.write(gen, __version__, sde, inputs, outputs, sections)
         written.append(manifest.MANIFEST)
@@ -816,41 +809,46 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     return Result(out, False, sde, written, len(outputs), verdict.warnings if verdict else [])
 
 
-def _known_hashes(out: Path, state: dict[str, Any]) -> dict[str, tuple[list[int], str]]:
-    """The current outputs' sha256 from their manifest, with the identity the state recorded
-    for each: a file of the new generation with that identity is the same (hard-linked,
-    untouched) file, so it need not be hashed again (70,000 files for a large PXE fleet)."""
-    recorded = state.get("outputs", {})
-    if not recorded:
+def _known_hashes(out: Path, intact: frozenset[str]) -> dict[str, str]:
+    """The current outputs' sha256 from their manifest, if it is the one recorded (`intact`):
+    a file of the new generation that is the same (hard-linked, untouched) file need not be
+    hashed again (70,000 files for a large PXE fleet)."""
+    if manifest.MANIFEST not in intact:
         return {}
     try:
         document = manifest.read(out)
     except InputError:
         return {}
-    return {e["path"]: (recorded[e["path"]], e["sha256"]) for e in document["outputs"]
-            if e["path"] in recorded}
+    return {e["path"]: e["sha256"] for e in document["outputs"]}
 
 
-def _output_entries(gen: Path, names: list[tuple[str, str]],
-                    known: dict[str, tuple[list[int], str]], hashes: dict[str, str],
-                    kept: dict[str, list[int]]) -> tuple[list[Entry], dict[str, list[int]]]:
-    """The manifest's entries of the outputs (kind, name) and each one's identity, stat'ed
-    once (`kept`: the identity of those taken from the spare, OUT's files). A file's sha256
-    is the one recorded for the same file (identity) by the last build, else the one of the
-    bytes this build wrote it from, else read from the file."""
+def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
+                    previous: dict[str, list[int]], known: dict[str, str],
+                    hashes: dict[str, str], kept: frozenset[str]
+                    ) -> tuple[list[Entry], dict[str, list[int]], list[str]]:
+    """The manifest's entries of the outputs (kind, name), each one's identity (stat'ed
+    once), and the outputs written: not the file OUT has now. The `kept` ones (taken from the
+    spare) are OUT's files: their identity and sha256 are the ones recorded. Else a file's
+    sha256 is the one of the bytes this build wrote it from, else the one recorded for the
+    same file (identity) by the last build, else read from the file."""
     root = f"{gen}/"  # strings: 60,000 outputs for a large PXE fleet
-    entries, recorded = [], {}
+    # None written where OUT has no such folder: 60,000 failed stats in a first build.
+    tops = {name for name in ENTRIES if os.path.lexists(out / name)}
+    entries, recorded, written = [], {}, []
     for kind, name in names:
-        identity = kept.get(name)
-        if identity is None:
-            stat = os.stat(root + name)
-            identity = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
-        was = known.get(name)
-        sha = was[1] if was is not None and was[0] == identity else hashes.get(name)
+        if name in kept:
+            identity = recorded[name] = previous[name]
+            entries.append(Entry(kind, name, known.get(name) or manifest.sha256_file(
+                Path(root + name)), identity[0]))
+            continue
+        stat = os.stat(root + name)
+        identity = recorded[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        sha = hashes.get(name) or (known.get(name) if previous.get(name) == identity else None)
         entries.append(Entry(kind, name, sha or manifest.sha256_file(Path(root + name)),
-                             identity[0]))
-        recorded[name] = identity
-    return entries, recorded
+                             stat.st_size))
+        if name.partition("/")[0] not in tops or _identity_or_none(f"{out}/{name}") != identity:
+            written.append(name)
+    return entries, recorded, written
 
 
 def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
