@@ -10,7 +10,9 @@ All or nothing: OUT's outputs (ks/, iso/, pxe/, manifest.json) are symlinks into
 OUT/.ksbuild/current, itself a symlink to one generation folder (builder.output.Generations).
 A build writes a new generation beside the current one (unchanged files are hard links to
 the current ones) with its manifest and state, and switches `current` in one rename: a
-reader sees the old outputs or the new ones, never a mix, whenever the build is killed. A
+reader sees the old outputs or the new ones, never a mix, whenever the build is killed. It
+makes the new generation from the spare the last build left (the one it replaced, pruned to
+the files both share), so that it touches only what changed. A
 build holds OUT/.ksbuild/lock (flock) throughout; a second build into OUT waits for it. The
 next build removes what a dead one left (only its own names, only unlocked ones).
 """
