@@ -526,7 +526,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     lock = held.enter_context(pxestate.TreeLock(live))
     if step.plan is None:
         lock.acquire()
-        link_tree(live, into / "pxe", _under("pxe/", kept))
+        link_tree(live, into / "pxe", _in("pxe/", kept))
         return {}
     options.report(f"pxe: writing {live}")
     if step.plan[1].settings.tree_path is None:
@@ -534,7 +534,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
     result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
                                          reuse_hosts=step.reuse, kickstarts=kickstarts,
-                                         present=_under("pxe/", kept),
+                                         present=_in("pxe/", kept),
                                          previous_hash=previous_hash),
                             lock, step.plan, started)
     return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
@@ -550,7 +550,7 @@ def start_pxe(site: Site, options: Options, media: tuple[Path, str] | None,
     from builder.pxe import tree as pxe
 
     return pxe.start_tree(_pxe_options(site, options, media, into / "pxe",
-                                       reuse_hosts=step.reuse, present=_under("pxe/", kept),
+                                       reuse_hosts=step.reuse, present=_in("pxe/", kept),
                                        previous_hash=previous_hash), *step.plan)
 
 
@@ -647,9 +647,9 @@ def _fill_spare(gen: Path, spare: Path, outputs: Iterable[str]) -> None:
     link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in outputs])
 
 
-def _under(prefix: str, names: frozenset[str]) -> frozenset[str]:
-    """The `names` under `prefix`, relative to it."""
-    return frozenset(n[len(prefix):] for n in names if n.startswith(prefix))
+def _in(prefix: str, names: frozenset[str]) -> Callable[[str], bool]:
+    """Whether `names` hold a name (relative to `prefix`)."""
+    return lambda relative: prefix + relative in names
 
 
 # ---------------------------------------------------------------------------------------------

@@ -381,9 +381,10 @@ def link_or_copy(source: str | Path, target: str | Path) -> None:
         shutil.copy2(source, target)
 
 
-def link_tree(source: Path, target: Path, present: frozenset[str] = frozenset()) -> None:
-    """`target`: a copy of the folder `source` made of hard links; `present`: files (relative)
-    `target` holds already, the same as `source`'s."""
+def link_tree(source: Path, target: Path,
+              present: Callable[[str], bool] = lambda relative: False) -> None:
+    """`target`: a copy of the folder `source` made of hard links; `present`: whether
+    `target` holds a file (relative) already, the same as `source`'s."""
     for folder, dirs, names in os.walk(source):
         relative = os.path.relpath(folder, source)
         into = os.path.normpath(f"{target}/{relative}")
@@ -391,7 +392,7 @@ def link_tree(source: Path, target: Path, present: frozenset[str] = frozenset())
         shutil.copystat(folder, into)
         prefix = "" if relative == "." else f"{relative}/"
         for name in names + [d for d in dirs if os.path.islink(f"{folder}/{d}")]:
-            if prefix + name in present:
+            if present(prefix + name):
                 continue
             if os.path.islink(f"{folder}/{name}"):  # copied as a link, never followed
                 os.symlink(os.readlink(f"{folder}/{name}"), f"{into}/{name}")

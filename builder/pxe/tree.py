@@ -123,10 +123,10 @@ class Options:
     kickstarts: Mapping[str, str] = field(default_factory=dict)
     # The sha256 of the previous tree's files, where the caller knows them (its manifest).
     previous_hash: HashOf | None = None
-    # Files (relative) `out` holds already, hard links to the same files of `previous`: a
-    # build's new generation made from its spare (builder/build.py) holds the unchanged
-    # hosts' files. Nothing else is in `out`.
-    present: frozenset[str] = frozenset()
+    # Whether `out` holds a file (relative) already, a hard link to the same file of
+    # `previous`: a build's new generation made from its spare (builder/build.py) holds the
+    # unchanged hosts' files. Nothing else is in `out`.
+    present: Callable[[str], bool] = field(default=lambda relative: False)
 
 
 @dataclass
@@ -299,7 +299,7 @@ class Writer:
 
     def __init__(self, root: Path, previous: Path | None = None,
                  previous_hash: HashOf | None = None,
-                 present: frozenset[str] = frozenset()) -> None:
+                 present: Callable[[str], bool] = lambda relative: False) -> None:
         self.root = root
         self.present = present  # hard links to the previous tree's files there already
         # The tree this one replaces: a file with the same bytes there is hard-linked, not
@@ -348,7 +348,7 @@ class Writer:
     def link(self, source: str | Path, relative: str) -> None:
         """A hard link to a file of the previous tree (written 0644 by a Writer). Strings,
         not Paths, for speed: 50,000 links when one host of a large fleet changed."""
-        if relative not in self.present:
+        if not self.present(relative):
             os.link(source, f"{self.root}/{relative}")
         self.compared.add(relative)
 
