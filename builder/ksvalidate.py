@@ -53,29 +53,32 @@ from builder.errors import KsbuildError
 MEMO_LIMIT = 4096
 
 
-@functools.lru_cache(maxsize=MEMO_LIMIT)
-def _split_words(line: str, comments: bool, posix: bool) -> tuple[str, ...]:
-    return tuple(shlex.split(line, comments=comments, posix=posix))
-
-
 # shlex.split's whitespace (shlex.whitespace): in POSIX mode, a line with no quote, no
 # backslash and (when comments count) no # is split at these and nowhere else.
 _SHLEX_BLANKS = re.compile("[ \t\r\n]+")
 
 
+@functools.lru_cache(maxsize=MEMO_LIMIT)
+def _split_words(line: str, comments: bool, posix: bool) -> tuple[str, ...]:
+    """shlex.split's words, remembered: the same lines (a command, a section header, %end)
+    come in every kickstart, and a host's own in each of its kickstarts (recently used: an
+    LRU keeps them while those of other hosts go). A line shlex has nothing to interpret
+    in (most) is split at shlex's whitespace directly; tests/test_ksvalidate.py compares the
+    two on random text."""
+    if posix and '"' not in line and "'" not in line and "\\" not in line \
+            and not (comments and "#" in line):
+        return tuple(word for word in _SHLEX_BLANKS.split(line) if word)
+    return tuple(shlex.split(line, comments=comments, posix=posix))
+
+
 class _MemoShlex:
     """Stands in for the shlex module inside pykickstart.parser while a Validator parses
-    (pykickstart looks `shlex.split` up at each call). The same words as shlex.split, in a
-    new list each time; an unbalanced quote raises the same ValueError (errors are not
-    cached). A line shlex has nothing to interpret in (most: a host's network lines too) is
-    split at shlex's whitespace directly; tests/test_ksvalidate.py compares the two on
-    random text."""
+    (pykickstart looks `shlex.split` up at each call): the same words as shlex.split
+    (_split_words), in a new list each time; an unbalanced quote raises the same ValueError
+    (errors are not cached)."""
 
     @staticmethod
     def split(s: str, comments: bool = False, posix: bool = True) -> list[str]:
-        if posix and '"' not in s and "'" not in s and "\\" not in s \
-                and not (comments and "#" in s):
-            return [word for word in _SHLEX_BLANKS.split(s) if word]
         return list(_split_words(s, comments, posix))
 
 
