@@ -276,11 +276,10 @@ def host_keys(site: Site, shared: str) -> dict[str, str]:
         overlays.for_host(host.hostname))).encode()).hexdigest() for host in site.hosts}
 
 
-def _unchanged(keys: dict[str, str], state: dict[str, Any], intact: frozenset[str],
+def _unchanged(keys: dict[str, str], previous: dict[str, str], intact: frozenset[str],
                files: Callable[[str], Iterable[str]]) -> frozenset[str]:
-    """Hosts whose key is the previous build's and whose output `files` (relative to OUT)
+    """Hosts whose key is the `previous` build's and whose output `files` (relative to OUT)
     are `intact` (those it recorded): their files can be hard-linked, not rendered again."""
-    previous = state.get("hosts", {})
     return frozenset(name for name, key in keys.items()
                      if previous.get(name) == key and intact.issuperset(files(name)))
 
@@ -448,6 +447,10 @@ class PxeStep:
     # the tree's plan and the hosts whose files in the live tree are current.
     plan: tuple[pxe_tree.BaseIso, pxe_tree.Plan] | None = None
     reuse: frozenset[str] = frozenset()
+    # hostname -> what its boot entries depend on (its PXE kickstart aside), and the hosts
+    # whose entries in the live tree are current (a changed timezone changes no entry).
+    entry_keys: dict[str, str] = field(default_factory=dict)
+    same_entries: frozenset[str] = frozenset()
 
     def stale(self, site: Site) -> tuple[Host, ...]:
         """Hosts whose PXE kickstart must be rendered."""
@@ -472,11 +475,15 @@ def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[s
     step = PxeStep(_key(shared, sorted(keys.items())), shared, loader_files)
     if state.get("pxe") == step.key and (options.out / "pxe").is_dir() and _pxe_intact(
             options.out, state, intact):
+        step.entry_keys = state.get("pxe_entries", {})
         return step  # linked whole: no file in it changed since it was recorded
     base = held.enter_context(pxe.BaseIso(media[0]))
     step.plan = (base, pxe.plan(_pxe_options(site, options, media, into / "pxe"), base))
+    step.entry_keys = {name: _key(shared, repr(host)) for name, host in step.plan[1].hosts.items()}
     if state.get("pxe_shared") == shared and "pxe/hosts.json" in intact:
-        step.reuse = _unchanged(keys, state, intact, _pxe_host_files(site))
+        step.reuse = _unchanged(keys, state.get("hosts", {}), intact, _pxe_host_files(site))
+        step.same_entries = _unchanged(step.entry_keys, state.get("pxe_entries", {}), intact,
+                                       _pxe_entry_files(site))
     return step
 
 
@@ -493,12 +500,15 @@ def _pxe_intact(out: Path, state: dict[str, Any], intact: frozenset[str]) -> boo
 def _pxe_host_files(site: Site) -> Callable[[str], list[str]]:
     """A host's files in the PXE tree (relative to OUT), which a rebuild links when the host
     is unchanged (its line of hosts.json is copied)."""
+    entries = _pxe_entry_files(site)
+    return lambda name: [f"pxe/http/ks/{name}.cfg", *entries(name)]
+
+
+def _pxe_entry_files(site: Site) -> Callable[[str], list[str]]:
+    """A host's boot entries in the PXE tree (relative to OUT)."""
     from builder.pxe.menus import host_files
 
-    def files(name: str) -> list[str]:
-        mac = site.host(name).mac or ""
-        return [f"pxe/http/ks/{name}.cfg", *(f"pxe/{f}" for f in host_files(mac).values())]
-    return files
+    return lambda name: [f"pxe/{f}" for f in host_files(site.host(name).mac or "").values()]
 
 
 def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Path,
@@ -511,14 +521,15 @@ def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Pa
 
 def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
               kickstarts: dict[str, str], previous_hash: Callable[[str], str | None],
-              into: Path, held: contextlib.ExitStack, kept: frozenset[str] = frozenset(),
+              into: Path, held: contextlib.ExitStack, present: frozenset[str] = frozenset(),
               started: pxe_tree.Started | None = None) -> dict[str, str]:
     """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
     made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
     switch a host that reports done) is taken before its installed hosts are read and
     stays held (`held`) until the new generation is in place, so no report is lost.
-    `started`: what start_pxe wrote of it. Returns the sha256 of the files written from
-    memory (relative to `into`)."""
+    `present`: the outputs `into` holds already (of its spare); `started`: what start_pxe
+    wrote of it. Returns the sha256 of the files written from memory (relative to
+    `into`)."""
     from builder.pxe import state as pxestate
     from builder.pxe import tree as pxe
 
@@ -526,7 +537,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     lock = held.enter_context(pxestate.TreeLock(live))
     if step.plan is None:
         lock.acquire()
-        link_tree(live, into / "pxe", _in("pxe/", kept))
+        link_tree(live, into / "pxe", _in("pxe/", present))
         return {}
     options.report(f"pxe: writing {live}")
     if step.plan[1].settings.tree_path is None:
@@ -534,7 +545,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
     result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
                                          reuse_hosts=step.reuse, kickstarts=kickstarts,
-                                         present=_in("pxe/", kept),
+                                         present=_in("pxe/", present),
                                          previous_hash=previous_hash),
                             lock, step.plan, started)
     return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
@@ -542,7 +553,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
 
 def start_pxe(site: Site, options: Options, media: tuple[Path, str] | None,
               step: PxeStep | None, previous_hash: Callable[[str], str | None], into: Path,
-              kept: frozenset[str]) -> pxe_tree.Started | None:
+              present: frozenset[str]) -> pxe_tree.Started | None:
     """What build_pxe writes that needs no kickstart (boot loaders, kernel, initrd, entries),
     when the tree is rebuilt."""
     if media is None or step is None or step.plan is None:
@@ -550,7 +561,7 @@ def start_pxe(site: Site, options: Options, media: tuple[Path, str] | None,
     from builder.pxe import tree as pxe
 
     return pxe.start_tree(_pxe_options(site, options, media, into / "pxe",
-                                       reuse_hosts=step.reuse, present=_in("pxe/", kept),
+                                       reuse_hosts=step.reuse, present=_in("pxe/", present),
                                        previous_hash=previous_hash), *step.plan)
 
 
@@ -600,14 +611,27 @@ def _kept_outputs(site: Site, out: Path, state: dict[str, Any], unchanged: froze
         kept.update(n for n in state["outputs"] if n.startswith("pxe/"))
     elif pxe_step is not None:
         from builder.pxe import state as pxestate
-        from builder.pxe.menus import host_files
 
-        installed = pxestate.installed(out / "pxe")
+        installed, entries = pxestate.installed(out / "pxe"), _pxe_entry_files(site)
         for name in pxe_step.reuse:
             kept.add(f"pxe/http/ks/{name}.cfg")
             if name not in installed:
-                kept.update(f"pxe/{f}" for f in host_files(site.host(name).mac or "").values())
+                kept.update(entries(name))
     return frozenset(kept)
+
+
+def _spared_entries(site: Site, out: Path, pxe_step: PxeStep | None) -> frozenset[str]:
+    """The boot entries (relative to OUT) of hosts whose PXE kickstart changed but whose
+    entries did not (a field of `defaults` changed, say): left in the spare, where the tree
+    writer finds them equal to what it renders (it compares every entry, and replaces one
+    that differs), rather than removed and linked again."""
+    if pxe_step is None or pxe_step.plan is None:
+        return frozenset()
+    from builder.pxe import state as pxestate
+
+    installed, entries = pxestate.installed(out / "pxe"), _pxe_entry_files(site)
+    return frozenset(name for host in pxe_step.same_entries - pxe_step.reuse - installed
+                     for name in entries(host))
 
 
 def _prune_spare(gen: Path, recorded: dict[str, list[int]], kept: frozenset[str]) -> set[str]:
@@ -747,15 +771,18 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         keys = host_keys(site, shared)
         relink = state.get("source_date_epoch") == sde
         intact = intact_outputs(out, state, sde)
-        unchanged = _unchanged(keys, state, intact, _ks_name)
+        unchanged = _unchanged(keys, state.get("hosts", {}), intact, _ks_name)
         pxe_step = plan_pxe(site, options, media, keys, state, intact, gen, held) \
             if media is not None and site.outputs.pxe else None
-        kept: frozenset[str] = frozenset()
+        # Of the spare: what stays as it is, taken for OUT's file (kept), and what stays for
+        # the writers to compare (spared, kept included).
+        kept = spared = frozenset[str]()
         emptied: set[str] = set()
         if spare is not None:
-            kept = _kept_outputs(site, out, state, unchanged, pxe_step).difference(
-                state["changed"])  # the spare does not share those with OUT's generation
-            emptied = _prune_spare(gen, state["outputs"], kept)
+            changed = state["changed"]  # the spare does not share those with OUT's generation
+            kept = _kept_outputs(site, out, state, unchanged, pxe_step).difference(changed)
+            spared = kept | _spared_entries(site, out, pxe_step).difference(changed)
+            emptied = _prune_spare(gen, state["outputs"], spared)
         variants = {"ks": kickstart.Variant(tuple(h for h in site.hosts
                                                   if h.hostname not in unchanged))}
         if pxe_step is not None and pxe_step.plan is not None:
@@ -763,7 +790,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         known, previous = _known_hashes(out, intact), state.get("outputs", {})
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
         start = functools.cache(lambda: start_pxe(site, options, media, pxe_step, recorded_hash(
-            out, "pxe", known, previous), gen, kept))
+            out, "pxe", known, previous), gen, spared))
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink,
                                   recorded_hash(out, "ks", known, previous), kept)
@@ -783,7 +810,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             if pxe_step is not None:
                 hashes.update(build_pxe(site, options, media, pxe_step, rendered.get("pxe", {}),
                                         recorded_hash(out, "pxe", known, previous), gen, held,
-                                        kept, start()))
+                                        spared, start()))
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
@@ -885,6 +912,7 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
         "isos": iso_keys,
         "pxe": pxe.key if pxe is not None else None,
         "pxe_shared": pxe.shared if pxe is not None else None,
+        "pxe_entries": pxe.entry_keys if pxe is not None else {},
         "warnings": verdict.warnings if verdict is not None else [],  # repeated by a no-op
     }
 
