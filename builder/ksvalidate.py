@@ -38,15 +38,19 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
 
-from pykickstart import parser as ksparser
-from pykickstart.errors import KickstartError, KickstartWarning
-from pykickstart.options import KSOptionParser
-from pykickstart.parser import KickstartParser, Packages, PutBackIterator
-from pykickstart.sections import ScriptSection
-from pykickstart.version import F8, RHEL7, makeVersion
+from builder import ksload
 
-from builder import el7grammar
-from builder.errors import KsbuildError
+ksload.install()  # before pykickstart: it would import requests, for URLs we never load
+
+from pykickstart import parser as ksparser  # noqa: E402
+from pykickstart.errors import KickstartError, KickstartWarning  # noqa: E402
+from pykickstart.options import KSOptionParser  # noqa: E402
+from pykickstart.parser import KickstartParser, Packages, PutBackIterator  # noqa: E402
+from pykickstart.sections import ScriptSection  # noqa: E402
+from pykickstart.version import F8, RHEL7, makeVersion  # noqa: E402
+
+from builder import el7grammar  # noqa: E402
+from builder.errors import KsbuildError  # noqa: E402
 
 # Past this many remembered inputs a memo starts again: host-specific lines (network, url)
 # never recur, and a worker must not grow with the fleet.
