@@ -5,10 +5,17 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-
-from passlib.hash import sha512_crypt as _sha512_crypt
+from typing import Any
 
 CRYPT_ALPHABET = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _sha512_crypt() -> Any:
+    """passlib's sha512_crypt, imported when a password is hashed: most sites give the hash
+    itself, and passlib costs ~5 ms of every `ksbuild iso` that renders a kickstart."""
+    from passlib.hash import sha512_crypt
+
+    return sha512_crypt
 
 
 def _salt_for(password: str, seed: str) -> str:
@@ -27,10 +34,10 @@ def _salt_for(password: str, seed: str) -> str:
 def sha512_crypt(password: str, seed: str) -> str:
     """The `$6$` hash of `password` with the salt of `seed`; cached, since a fleet usually
     shares one password."""
-    return str(_sha512_crypt.using(salt=_salt_for(password, seed), rounds=5000).hash(password))
+    return str(_sha512_crypt().using(salt=_salt_for(password, seed), rounds=5000).hash(password))
 
 
 def sha512_crypt_random(password: str) -> str:
     """The `$6$` hash of `password` with a random salt (`ksbuild hash-password`: the result
     goes into a site file, which keeps builds reproducible)."""
-    return str(_sha512_crypt.using(rounds=5000).hash(password))
+    return str(_sha512_crypt().using(rounds=5000).hash(password))
