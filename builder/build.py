@@ -27,6 +27,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -664,11 +665,12 @@ def _prune_replaced(old: Path, changed: list[str]) -> None:
     remove_tree(old / "pxe" / "state")
 
 
-def _fill_spare(gen: Path, spare: Path, outputs: Iterable[str]) -> None:
+def _fill_spare(gen: Path, spare: Path, outputs: list[str]) -> Path:
     """A spare made from nothing: a hard link to each of the `outputs` of `gen`."""
     for folder in sorted({os.path.dirname(name) for name in outputs}):
         os.makedirs(f"{spare}/{folder}", exist_ok=True)
     link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in outputs])
+    return spare
 
 
 def _in(prefix: str, names: frozenset[str]) -> Callable[[str], bool]:
@@ -815,6 +817,11 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
         _remove_empty(gen, emptied)
+        # With no generation to replace and keep as the spare, one is filled with links to
+        # this one's files, meanwhile (a first build).
+        filling = None if generations.keeps_replaced() else held.enter_context(
+            ThreadPoolExecutor(1)).submit(_fill_spare, gen, held.enter_context(
+                generations.new()), [name for _, name in names])
         outputs, recorded, written = _output_entries(gen, out, names, previous, known, hashes,
                                                      kept)
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
@@ -823,15 +830,14 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
         # What the spare will not hold of this generation: it is the generation replaced,
         # pruned of those; or, with none to replace, filled with links to all of this one.
-        changed = written + sorted(previous.keys() - recorded.keys()) \
-            if generations.keeps_replaced() else []
+        changed = [] if filling else written + sorted(previous.keys() - recorded.keys())
         new_state = _state(options, site, files, media, sde, keys, recorded, iso_keys,
                            pxe_step, verdict)
         new_state["changed"] = changed  # what the spare will not hold
         # Not sorted: not an output, and its 60,000 outputs are in a fixed order already.
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
-                           lambda spare: _fill_spare(gen, spare, recorded))
+                           filling.result() if filling else None)
         save_site_cache(site, out / SITE_CACHE)
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced

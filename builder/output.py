@@ -258,14 +258,14 @@ class Generations:
         return spare if spare.is_dir() and not spare.is_symlink() else None
 
     def switch(self, version: Path, prune: Callable[[Path], None] | None = None,
-               fill: Callable[[Path], None] | None = None) -> None:
-        """Make `version` the current one. The one it replaces is removed; or, with `prune`
-        and `fill`, kept as `version`'s spare: the next version is made from it by adding
-        what changed, where making it from nothing means linking every unchanged file again
-        (60,000 for a large PXE fleet) and removing the replaced version means unlinking
-        them all. `prune` prunes the replaced version to the files it shares with `version`
-        (hard links); with none to replace (a first build), `fill` fills an empty folder with
-        links to `version`'s files."""
+               filled: Path | None = None) -> None:
+        """Make `version` the current one. The one it replaces is removed; or, with `prune`,
+        kept as `version`'s spare: the next version is made from it by adding what changed,
+        where making it from nothing means linking every unchanged file again (60,000 for a
+        large PXE fleet) and removing the replaced version means unlinking them all. `prune`
+        prunes the replaced version to the files it shares with `version` (hard links); with
+        none to replace (a first build), `filled` becomes the spare: a version folder (new())
+        the caller filled with links to `version`'s files."""
         old = self.current()
         keep = prune is not None and self.keeps_replaced()
         if old == self.link:  # a plain folder from before: moved aside first (not atomic,
@@ -286,12 +286,11 @@ class Generations:
             if keep and prune is not None:
                 prune(old)  # named a spare only once pruned: killed before, a dead version
                 os.replace(old, spare)
-                return
-            remove_tree(old)
-        if fill is not None:
-            with self.new() as folder:
-                fill(folder)
-                os.replace(folder, spare)
+                filled = None
+            else:
+                remove_tree(old)
+        if filled is not None:
+            os.replace(filled, spare)
 
     def keeps_replaced(self) -> bool:
         """switch() with `prune` keeps the version it replaces (there is one, made by this
