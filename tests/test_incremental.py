@@ -202,3 +202,38 @@ def test_the_spare_never_brings_back_a_file_replaced_in_out(tmp_path: Path) -> N
     clean = tmp_path / "clean"
     build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
     assert tree_bytes(out) == tree_bytes(clean)
+
+
+def folders(root: Path) -> list[str]:
+    """Every folder under root as a reader sees it (through OUT's symlinks), and each one's
+    files: what the outputs look like, empty folders included (not the PXE tree's lock
+    file, which `ksbuild serve` may hold: it stays when the tree goes)."""
+    return sorted(f"{os.path.relpath(folder, root)}: {sorted(set(names) - {'.pxe.lock'})}"
+                  for folder, _dirs, names in os.walk(root, followlinks=True)
+                  if ".ksbuild" not in folder)
+
+
+@pytest.mark.parametrize("outputs", [({"iso": "per-host", "pxe": True},
+                                      {"iso": "none", "pxe": False},
+                                      {"iso": "per-site", "pxe": True})])
+def test_outputs_switched_off_and_on_leave_what_a_clean_build_leaves(
+        tmp_path: Path, outputs: tuple[dict[str, Any], ...]) -> None:
+    """A build made from the spare of one that had an ISO and a PXE tree, for a site that
+    asks for neither now (and then for both again): the outputs, folders included, are a
+    clean build's; no empty iso/ or pxe/ is left behind."""
+    site_path = media_site(tmp_path)
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    doc = yaml.safe_load(site_path.read_text())
+    for number, wanted in enumerate(outputs):
+        doc["outputs"] = wanted
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        build.build(options)
+        clean = tmp_path / f"clean{number}"
+        build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+        lock = {".pxe.lock"}  # see folders()
+        assert {k: v for k, v in tree_bytes(out).items() if k not in lock} == {
+            k: v for k, v in tree_bytes(clean).items() if k not in lock}, wanted
+        assert folders(out) == folders(clean), wanted
+        assert list(out.glob(".ksbuild/.current.*.v.spare")), "no spare: the test cannot fail"
