@@ -132,6 +132,19 @@ def _progress(show: bool) -> Progress:
 
 
 def cmd_iso(args: argparse.Namespace) -> int:
+    # No cyclic garbage collection while it runs: ~110 young collections over the base's
+    # tree and the kickstart's parsers, ~15 ms of a run; what they would free lives until the
+    # end anyway (the peak memory of a 1 GiB, 1000-file base's repack stays 54 MiB).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _iso(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _iso(args: argparse.Namespace) -> int:
     from builder import secureboot, site
     from builder.errors import InputError
     from builder.media import iso
