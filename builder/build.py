@@ -523,14 +523,16 @@ def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Pa
 def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
               kickstarts: dict[str, str], previous_hash: Callable[[str], str | None],
               into: Path, held: contextlib.ExitStack, present: frozenset[str] = frozenset(),
-              started: pxe_tree.Started | None = None) -> dict[str, str]:
+              installed: frozenset[str] = frozenset(), started: pxe_tree.Started | None = None
+              ) -> tuple[dict[str, str], frozenset[str]]:
     """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
     made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
     switch a host that reports done) is taken before its installed hosts are read and
     stays held (`held`) until the new generation is in place, so no report is lost.
-    `present`: the outputs `into` holds already (of its spare); `started`: what start_pxe
-    wrote of it. Returns the sha256 of the files written from memory (relative to
-    `into`)."""
+    `present`: the outputs `into` holds already (of its spare), decided while the hosts at
+    local boot were `installed`; `started`: what start_pxe wrote of it. Returns the sha256
+    of the files written from memory (relative to `into`), and the boot entries of hosts
+    switched since `installed` was read: those of `present` are written again."""
     from builder.pxe import state as pxestate
     from builder.pxe import tree as pxe
 
@@ -538,8 +540,10 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     lock = held.enter_context(pxestate.TreeLock(live))
     if step.plan is None:
         lock.acquire()
-        link_tree(live, into / "pxe", _in("pxe/", present))
-        return {}
+        switched = _switched(site, live, installed)  # linked from the live tree instead
+        unlink_files([f"{into}/{name}" for name in switched & present])
+        link_tree(live, into / "pxe", _in("pxe/", present - switched))
+        return {}, switched
     options.report(f"pxe: writing {live}")
     if step.plan[1].settings.tree_path is None:
         options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
@@ -549,7 +553,9 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
                                          present=_in("pxe/", present),
                                          previous_hash=previous_hash),
                             lock, step.plan, started)
-    return {f"pxe/{name}": sha for name, sha in result.hashes.items()}
+    # Under the lock (write_tree returns holding it): the writer carried the switches over.
+    return ({f"pxe/{name}": sha for name, sha in result.hashes.items()},
+            _switched(site, live, installed))
 
 
 def start_pxe(site: Site, options: Options, media: tuple[Path, str] | None,
@@ -601,19 +607,26 @@ def _pxe_outputs(gen: Path) -> list[str]:
 # been made from nothing. One host changed costs that host's files, not 60,000 links.
 
 
-def _kept_outputs(site: Site, out: Path, state: dict[str, Any], unchanged: frozenset[str],
-                  pxe_step: PxeStep | None) -> frozenset[str]:
+def _installed(out: Path, pxe_step: PxeStep | None) -> frozenset[str]:
+    """The hosts at local boot in OUT's PXE tree, read before the tree's lock is taken (what
+    switched since, build_pxe tells under it)."""
+    if pxe_step is None:
+        return frozenset()
+    from builder.pxe import state as pxestate
+
+    return frozenset(pxestate.installed(out / "pxe"))
+
+
+def _kept_outputs(site: Site, state: dict[str, Any], unchanged: frozenset[str],
+                  pxe_step: PxeStep | None, installed: frozenset[str]) -> frozenset[str]:
     """The outputs (relative to OUT) this build links from OUT's unchanged: kickstarts of
-    unchanged hosts, their PXE kickstarts and install entries (not those a host that has
-    installed switched to local boot, under the tree's lock), or the whole PXE tree when
-    nothing in it changed."""
+    unchanged hosts, their PXE kickstarts and install entries (not those of hosts that have
+    `installed`: switched to local boot), or the whole PXE tree when nothing in it changed."""
     kept = {f"ks/{name}.cfg" for name in unchanged}
     if pxe_step is not None and pxe_step.plan is None:  # every file as recorded
         kept.update(n for n in state["outputs"] if n.startswith("pxe/"))
     elif pxe_step is not None:
-        from builder.pxe import state as pxestate
-
-        installed, entries = pxestate.installed(out / "pxe"), _pxe_entry_files(site)
+        entries = _pxe_entry_files(site)
         for name in pxe_step.reuse:
             kept.add(f"pxe/http/ks/{name}.cfg")
             if name not in installed:
@@ -621,17 +634,27 @@ def _kept_outputs(site: Site, out: Path, state: dict[str, Any], unchanged: froze
     return frozenset(kept)
 
 
-def _spared_entries(site: Site, out: Path, pxe_step: PxeStep | None) -> frozenset[str]:
+def _spared_entries(site: Site, pxe_step: PxeStep | None, installed: frozenset[str]
+                    ) -> frozenset[str]:
     """The boot entries (relative to OUT) of hosts whose PXE kickstart changed but whose
     entries did not (a field of `defaults` changed, say): left in the spare, where the tree
     writer finds them equal to what it renders (it compares every entry, and replaces one
     that differs), rather than removed and linked again."""
     if pxe_step is None or pxe_step.plan is None:
         return frozenset()
+    entries = _pxe_entry_files(site)
+    return frozenset(name for host in pxe_step.same_entries - pxe_step.reuse - installed
+                     for name in entries(host))
+
+
+def _switched(site: Site, live: Path, installed: frozenset[str]) -> frozenset[str]:
+    """The boot entries (relative to OUT) of the site's hosts switched to or from local boot
+    in the `live` tree since `installed` was read (by `ksbuild serve`, or `ksbuild pxe --done`
+    or `--reinstall`). Read under the tree's lock: nothing switches while it is held."""
     from builder.pxe import state as pxestate
 
-    installed, entries = pxestate.installed(out / "pxe"), _pxe_entry_files(site)
-    return frozenset(name for host in pxe_step.same_entries - pxe_step.reuse - installed
+    entries, hosts = _pxe_entry_files(site), {host.hostname for host in site.hosts}
+    return frozenset(name for host in (pxestate.installed(live) ^ installed) & hosts
                      for name in entries(host))
 
 
@@ -780,10 +803,11 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         # the writers to compare (spared, kept included).
         kept = spared = frozenset[str]()
         emptied: set[str] = set()
+        installed = _installed(out, pxe_step)
         if spare is not None:
             changed = state["changed"]  # the spare does not share those with OUT's generation
-            kept = _kept_outputs(site, out, state, unchanged, pxe_step).difference(changed)
-            spared = kept | _spared_entries(site, out, pxe_step).difference(changed)
+            kept = _kept_outputs(site, state, unchanged, pxe_step, installed).difference(changed)
+            spared = kept | _spared_entries(site, pxe_step, installed).difference(changed)
             emptied = _prune_spare(gen, state["outputs"], spared)
         variants = {"ks": kickstart.Variant(tuple(h for h in site.hosts
                                                   if h.hostname not in unchanged))}
@@ -810,9 +834,12 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 iso_keys = build_isos(site, options, media, sde, keys, state, ks_paths, gen)
                 names += [("iso", name) for name in sorted(iso_keys)]
             if pxe_step is not None:
-                hashes.update(build_pxe(site, options, media, pxe_step, rendered.get("pxe", {}),
-                                        recorded_hash(out, "pxe", known, previous), gen, held,
-                                        spared, start()))
+                pxe_hashes, switched = build_pxe(
+                    site, options, media, pxe_step, rendered.get("pxe", {}),
+                    recorded_hash(out, "pxe", known, previous), gen, held, spared, installed,
+                    start())
+                hashes.update(pxe_hashes)
+                kept = kept - switched  # written again under the tree's lock: not OUT's files
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]

@@ -5,6 +5,8 @@ a template or an overlay file changed); and it rewrites only what the edit touch
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -237,3 +239,44 @@ def test_outputs_switched_off_and_on_leave_what_a_clean_build_leaves(
             k: v for k, v in tree_bytes(clean).items() if k not in lock}, wanted
         assert folders(out) == folders(clean), wanted
         assert list(out.glob(".ksbuild/.current.*.v.spare")), "no spare: the test cannot fail"
+
+
+@pytest.mark.parametrize("edit", ["one host", "a kickstart edited in OUT"])
+def test_a_host_switched_to_local_boot_during_a_build_stays_switched(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: str) -> None:
+    """`ksbuild serve` switches a host to local boot (its marker and entries, under the
+    tree's lock) after a build decided which PXE files it keeps from its spare, before the
+    build takes that lock: the new tree has the host's local entries with its marker (never
+    the install ones: it would install again), and the manifest tells each file's bytes. For
+    a rebuilt tree, and for one linked whole (nothing in it changed)."""
+    from builder.pxe import state as pxestate
+    from builder.pxe.menus import local_entries
+
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    doc = yaml.safe_load(site_path.read_text())
+    if edit == "one host":
+        doc["hosts"][0]["kernel_args"] = ["console=ttyS1"]
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    else:  # no PXE input changed: the tree is linked whole
+        with (out / "ks" / "kvm2.example.com.cfg").open("r+b") as handle:
+            handle.write(b"#edited")
+    host = doc["hosts"][-1]
+    prune = build._prune_spare
+
+    def then_serve_reports(*args: Any) -> set[str]:
+        emptied = prune(*args)
+        assert pxestate.set_installed(out / "pxe", host["hostname"], True)
+        return emptied
+    monkeypatch.setattr(build, "_prune_spare", then_serve_reports)
+    build.build(options)
+    assert (out / "pxe" / pxestate.INSTALLED / host["hostname"]).is_file()
+    for relative, text in local_entries(host["hostname"], host["mac"].lower()).items():
+        assert (out / "pxe" / relative).read_text() == text, relative
+    document = json.loads((out / "manifest.json").read_text())
+    wrong = [e["path"] for e in document["outputs"]
+             if hashlib.sha256((out / e["path"]).read_bytes()).hexdigest() != e["sha256"]]
+    assert wrong == []
+    assert build.build(options).up_to_date  # the state recorded the files as they are
