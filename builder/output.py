@@ -25,6 +25,9 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def umask() -> int:
@@ -131,8 +134,7 @@ def write_new_files(files: list[tuple[str, bytes]], mode: int = 0o666, exact: bo
             if times is not None:
                 os.utime(path, times)
 
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        list(pool.map(write, [files[k::IO_THREADS] for k in range(IO_THREADS)]))
+    in_threads(write, files)
 
 
 @contextlib.contextmanager
@@ -336,13 +338,19 @@ def remove_tree(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)  # whatever appeared meanwhile
 
 
-def unlink_files(paths: list[str]) -> None:
-    """Unlink each path (gone already: fine), by IO_THREADS threads where there are many."""
-    if len(paths) < 64:
-        _unlink_all(paths)
+def in_threads(work: Callable[[list[T]], object], items: list[T]) -> None:
+    """work(part) for IO_THREADS parts of `items` at once (each item in one part); in this
+    thread where there are few. An exception in any part is raised here."""
+    if len(items) < 64:
+        work(items)
         return
     with ThreadPoolExecutor(IO_THREADS) as pool:
-        list(pool.map(_unlink_all, [paths[k::IO_THREADS] for k in range(IO_THREADS)]))
+        list(pool.map(work, [items[k::IO_THREADS] for k in range(IO_THREADS)]))
+
+
+def unlink_files(paths: list[str]) -> None:
+    """Unlink each path (gone already: fine), by IO_THREADS threads."""
+    in_threads(_unlink_all, paths)
 
 
 def link_files(pairs: list[tuple[str, str]]) -> None:
@@ -351,8 +359,7 @@ def link_files(pairs: list[tuple[str, str]]) -> None:
         for source, target in chunk:
             os.link(source, target)
 
-    with ThreadPoolExecutor(IO_THREADS) as pool:
-        list(pool.map(link, [pairs[k::IO_THREADS] for k in range(IO_THREADS)]))
+    in_threads(link, pairs)
 
 
 def _unlink_all(paths: list[str]) -> None:
