@@ -619,7 +619,7 @@ def start_tree(options: Options, base: BaseIso, plan: Plan) -> Started:
     index = {name: line for name, line in pxestate.index_lines(old).items()
              if name in reused} if old is not None and reused else {}
     for name in sorted(set(hosts) - reused):
-        index[name] = _write_host(writer, menus, hosts[name], None)
+        index[name] = _write_host(writer, menus, hosts[name])
     phase("entries written")
     return Started(writer, menus, grub_commands, published, index, seconds)
 
@@ -656,7 +656,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
         # Under the lock: a host without a marker has its install entries in `old`.
         _link_entries(writer, old, [hosts[n] for n in sorted(reused - before)])
         for name in sorted(reused & before):  # the old ones are local: install ones here
-            _write_host(writer, menus, hosts[name], None)
+            _write_host(writer, menus, hosts[name])
         writer.flush()
     pxestate.carry_over(previous, temp, {n: h.mac for n, h in hosts.items()}, keep)
     for name in keep:  # their entries are the local ones now, not the bytes written
@@ -672,14 +672,11 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
                   {**begun.seconds, **seconds}, begun.published, writer.hashes)
 
 
-def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost,
-                text: str | None) -> str:
-    """Write a host's install entries (and its PXE kickstart, if given); its index line."""
+def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost) -> str:
+    """Write a host's install entries; its index line."""
     entries = menus.host(host, local=False)
     for relative, entry in entries.items():
         writer.text(relative, entry)
-    if text is not None:
-        writer.text(f"http/ks/{host.hostname}.cfg", text)
     return pxestate.index_line(pxestate.IndexedHost(host.hostname, host.mac, entries))
 
 
