@@ -55,6 +55,7 @@ from builder.site import save_cache as save_site_cache
 
 if TYPE_CHECKING:  # imported where used: a build without a PXE tree never loads it
     from builder.pxe import tree as pxe_tree
+    from builder.pxe.menus import BootHost
 
 CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
@@ -277,21 +278,34 @@ def host_keys(site: Site, shared: str) -> dict[str, str]:
         overlays.for_host(host.hostname))).encode()).hexdigest() for host in site.hosts}
 
 
-def _unchanged(keys: dict[str, str], previous: dict[str, str], intact: frozenset[str],
+def _unchanged(keys: dict[str, str], previous: dict[str, str], intact: Intact,
                files: Callable[[str], Iterable[str]]) -> frozenset[str]:
     """Hosts whose key is the `previous` build's and whose output `files` (relative to OUT)
-    are `intact` (those it recorded): their files can be hard-linked, not rendered again."""
-    return frozenset(name for name, key in keys.items()
-                     if previous.get(name) == key and intact.issuperset(files(name)))
+    are `intact` (those it recorded): their files can be hard-linked, not rendered again.
+    When every output recorded is intact, a host's key suffices: the build that recorded it
+    wrote its files (a key covers the host's file names, and the steps it has outputs of)."""
+    same = (name for name, key in keys.items() if previous.get(name) == key)
+    if intact.complete:
+        return frozenset(same)
+    return frozenset(name for name in same if intact.issuperset(files(name)))
 
 
-def intact_outputs(out: Path, state: dict[str, Any], sde: int) -> frozenset[str]:
+class Intact(frozenset[str]):
+    """The previous build's outputs (relative to OUT) still as it recorded them; `complete`:
+    all of them."""
+    complete = False
+
+
+def intact_outputs(out: Path, state: dict[str, Any], sde: int) -> Intact:
     """The previous build's outputs still as it recorded them, stat'ed once for the whole
     build; none when the file times change (SOURCE_DATE_EPOCH): a link to one would change
     the live file's time too."""
     if state.get("source_date_epoch") != sde:
-        return frozenset()
-    return frozenset(_intact_outputs(out, state.get("outputs", {})))
+        return Intact()
+    recorded = state.get("outputs", {})
+    intact = Intact(_intact_outputs(out, recorded))
+    intact.complete = bool(intact) and len(intact) == len(recorded)
+    return intact
 
 
 def _ks_name(hostname: str) -> list[str]:
@@ -461,7 +475,7 @@ class PxeStep:
 
 
 def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[str, str],
-             state: dict[str, Any], intact: frozenset[str], into: Path,
+             state: dict[str, Any], intact: Intact, into: Path,
              held: contextlib.ExitStack) -> PxeStep:
     """`intact`: the previous build's outputs as it recorded them (intact_outputs)."""
     from builder.pxe import tree as pxe
@@ -480,12 +494,23 @@ def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[s
         return step  # linked whole: no file in it changed since it was recorded
     base = held.enter_context(pxe.BaseIso(media[0]))
     step.plan = (base, pxe.plan(_pxe_options(site, options, media, into / "pxe"), base))
-    step.entry_keys = {name: _key(shared, repr(host)) for name, host in step.plan[1].hosts.items()}
+    step.entry_keys = _entry_keys(shared, step.plan[1].hosts, keys, state)
     if state.get("pxe_shared") == shared and "pxe/hosts.json" in intact:
         step.reuse = _unchanged(keys, state.get("hosts", {}), intact, _pxe_host_files(site))
         step.same_entries = _unchanged(step.entry_keys, state.get("pxe_entries", {}), intact,
                                        _pxe_entry_files(site))
     return step
+
+
+def _entry_keys(shared: str, hosts: dict[str, BootHost], keys: dict[str, str],
+                state: dict[str, Any]) -> dict[str, str]:
+    """hostname -> what its boot entries depend on: the tree's `shared` inputs and the host's
+    plan. The last build's, for a host whose key (its model among others) is the same and
+    `shared` too (a plan's repr costs 5 µs, times 10,000 hosts on every build)."""
+    same = state.get("pxe_shared") == shared
+    before, previous = state.get("hosts", {}), state.get("pxe_entries", {})
+    return {name: previous[name] if same and name in previous and before.get(name) == keys[name]
+            else _key(shared, repr(host)) for name, host in hosts.items()}
 
 
 def _pxe_intact(out: Path, state: dict[str, Any], intact: frozenset[str]) -> bool:

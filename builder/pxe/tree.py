@@ -309,7 +309,6 @@ class Writer:
         # hashes instead of reading 60,000 files).
         self.previous = previous
         self.previous_hash = previous_hash or (lambda relative: None)
-        self.compared: set[str] = set()  # files already compared with the previous tree's
         self.hashes: dict[str, str] = {}  # sha256 of the files given as bytes
         self.queued: list[tuple[str, bytes]] = []
         # Files copied in (loaders, kernel, initrd), compared with the previous tree's after.
@@ -331,7 +330,6 @@ class Writer:
     def data(self, relative: str, data: bytes) -> None:
         sha = self.hashes[relative] = hashlib.sha256(data).hexdigest()
         if self.previous is not None:
-            self.compared.add(relative)
             was = self.previous_hash(relative)
             if was == sha if was is not None else _has_bytes(self.previous / relative, data):
                 self.link(self.previous / relative, relative)
@@ -350,7 +348,6 @@ class Writer:
         not Paths, for speed: 50,000 links when one host of a large fleet changed."""
         if not self.present(relative):
             os.link(source, f"{self.root}/{relative}")
-        self.compared.add(relative)
 
     def copy(self, source: Path, relative: str) -> Path:
         target = self.root / relative
