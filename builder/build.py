@@ -273,9 +273,20 @@ def host_keys(site: Site, shared: str) -> dict[str, str]:
     templates (`shared`) and its overlay files."""
     overlays = OverlayTree(site.overlays)
     digests = site.host_digests  # equal digests: equal models (no repr of every host)
-    return {host.hostname: hashlib.sha256(repr((
-        digests[host.hostname], _password_key(host), shared,
-        overlays.for_host(host.hostname))).encode()).hexdigest() for host in site.hosts}
+    own = overlays.own_folders()
+    # Each key is sha256(repr((digest, password key, shared, overlay))), the text made from
+    # parts: the overlay of a host without its own folder (most) is the same for all, so it
+    # is read and repr'd once, not for each of 10,000 hosts (2/3 of this step's time).
+    common = f"{shared!r}, {overlays.without_own()!r})"
+
+    def tail(hostname: str) -> str:
+        if own is not None and hostname.lower() not in own:
+            return common
+        return f"{shared!r}, {overlays.for_host(hostname)!r})"
+
+    return {host.hostname: hashlib.sha256(
+        f"({digests[host.hostname]!r}, {_password_key(host)!r}, {tail(host.hostname)}"
+        .encode()).hexdigest() for host in site.hosts}
 
 
 def _unchanged(keys: dict[str, str], previous: dict[str, str], intact: Intact,

@@ -149,6 +149,21 @@ class OverlayTree:
         self.modes = read_modes(root) if root else {}
         self.common = _tree(root / "common", root, self.modes) if root else ({}, {})
 
+    def own_folders(self) -> frozenset[str] | None:
+        """The names in hosts/, lowercased: a host not named there has the overlay that
+        `without_own` gives (for_host finds no folder of its own). None where hosts/ is not
+        a folder that can be listed: for_host then tells each host what is wrong."""
+        if self.root is None:
+            return frozenset()
+        try:
+            if not stat.S_ISDIR((self.root / "hosts").lstat().st_mode):
+                return None
+            return frozenset(name.lower() for name in os.listdir(self.root / "hosts"))
+        except FileNotFoundError:
+            return frozenset()
+        except OSError:
+            return None
+
     def for_host(self, hostname: str) -> Overlay:
         """The folders and files the overlay puts on `hostname`, sorted by path."""
         dirs, files = dict(self.common[0]), dict(self.common[1])
@@ -157,5 +172,12 @@ class OverlayTree:
                                         self.modes)
             dirs.update(own_dirs)
             files.update(own_files)
-        return Overlay(tuple(dirs[k] for k in sorted(dirs)),
-                       tuple(files[k] for k in sorted(files)))
+        return _sorted(dirs, files)
+
+    def without_own(self) -> Overlay:
+        """The overlay of a host with no folder of its own (common/ alone)."""
+        return _sorted(*self.common)
+
+
+def _sorted(dirs: dict[str, OverlayDir], files: dict[str, OverlayFile]) -> Overlay:
+    return Overlay(tuple(dirs[k] for k in sorted(dirs)), tuple(files[k] for k in sorted(files)))

@@ -55,8 +55,16 @@ def change_overlay(_: dict[str, Any], root: Path) -> None:
     (root / "overlays" / "common" / "etc" / "motd").write_text("managed, edited\n")
 
 
+def add_own_overlay(doc: dict[str, Any], root: Path) -> None:
+    """A host's own folder appears (hosts/<name>): that host's key must change (build.host_keys
+    reads the overlay of a host without one once for all)."""
+    own = root / "overlays" / "hosts" / doc["hosts"][0]["hostname"] / "etc"
+    own.mkdir(parents=True)
+    (own / "issue").write_text("this host's own\n")
+
+
 EDITS: list[Edit] = [add_host, change_mac, rename_host, change_default, change_template,
-                     change_overlay, remove_host]
+                     change_overlay, remove_host, add_own_overlay]
 
 
 def test_incremental_builds_equal_clean_builds(tmp_path: Path,
