@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from builder.schema import (
@@ -483,6 +484,13 @@ def _install(devices: dict[str, Device], given: dict[str, Any] | None, host_mac:
     return Install(device, nic.name if nic else None, address, given["gateway"], given["dns"])
 
 
+@lru_cache(maxsize=256)
+def _slave_nic(name: str, bridge: str) -> Device:
+    """A bridge's slave NIC: one object for every host with the same slave in the same
+    bridge (most of a fleet), stored and unpickled once by the site cache (issue 16)."""
+    return Device(name, NIC, name, master=bridge)
+
+
 def from_bridges(bridges: tuple[Any, ...], host_mac: str | None) -> Network:
     """The legacy `bridge`/`bridges` keys as the same model (checked by the site loader):
     each slave a NIC by kernel name, each bridge with its own address and name servers.
@@ -494,7 +502,7 @@ def from_bridges(bridges: tuple[Any, ...], host_mac: str | None) -> Network:
     gateway = next((b.name for b in bridges if b.gateway), None)
     default = gateway or next((b.name for b in bridges if b.address is None), None)
     for bridge in bridges:
-        devices += [Device(slave, NIC, slave, master=bridge.name) for slave in bridge.slaves]
+        devices += [_slave_nic(slave, bridge.name) for slave in bridge.slaves]
         delay = (bridge.forward_delay or DEFAULT_FORWARD_DELAY) if bridge.stp else 0
         devices.append(Device(
             bridge.name, BRIDGE, bridge.name, address=bridge.address,

@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +195,16 @@ class Site:
             raise InputError(f"{self.path}: no host named {name!r} in the site") from None
 
 
+def shared(kind: type[Any]) -> Any:
+    """kind(**fields), one object for equal fields: hosts that take a mapping from the
+    defaults (packages, storage, repos, the firewall) share one object, which the site cache
+    then stores and unpickles once, not once a host (issue 16). Sharing cannot show but by
+    `is`: the model is frozen, and equal fields are equal values of equal types (the grammar
+    gives a field one type; Bool and Int refuse each other's values, typed=True keeps apart
+    what == alone would not)."""
+    return lru_cache(maxsize=256, typed=True)(kind)
+
+
 # ---------------------------------------------------------------------------------------------
 # The grammar. Patterns are deliberately narrow: every string here ends up in a kickstart line
 # or a shell script, so nothing that could quote, expand or break a line gets through.
@@ -238,7 +248,7 @@ PACKAGES = Map(
         ),
     },
     "%packages",
-    build=Packages,
+    build=shared(Packages),
 )
 
 BRIDGE = Map(
@@ -277,7 +287,7 @@ PARTITION = Map(
         "fstype": Field(Enum(("xfs", "ext4", "ext3", "ext2", "vfat", "efi", "swap", "biosboot")),
                         default="xfs"),
     },
-    build=Partition,
+    build=shared(Partition),
 )
 
 STORAGE = Map(
@@ -290,7 +300,7 @@ STORAGE = Map(
         "partitions": Field(List(PARTITION, "an explicit layout instead of autopart"),
                             default=()),
     },
-    build=Storage,
+    build=shared(Storage),
 )
 
 STORAGE_DEFAULT = Storage(drives=(), clear=True, autopart="lvm", partitions=())
@@ -315,7 +325,7 @@ REPO = Map(
                               "updates) from it too"), default=False),
     },
     "a yum repository of the installed host",
-    build=Repo,
+    build=shared(Repo),
 )
 VAULT = "https://vault.centos.org/7.9.2009"
 DEFAULT_REPOS = tuple(Repo(name, f"{VAULT}/{name if name != 'base' else 'os'}/$basearch/",
@@ -860,9 +870,12 @@ def _host(merged: Located, salt_seed: str | None) -> Host:
     return host
 
 
+_FIREWALL = shared(Firewall)
+
+
 def _firewall(parsed: dict[str, Any] | None, merged: Located) -> Firewall:
     if parsed is None:
-        return Firewall(enabled=True, services=("ssh",))
+        return _FIREWALL(enabled=True, services=("ssh",))  # type: ignore[no-any-return]
     written = merged.value["firewall"].value
     # A host that disables the firewall drops the services it inherits; only services written
     # next to `enabled: false`, in the same mapping, contradict it.
@@ -870,7 +883,7 @@ def _firewall(parsed: dict[str, Any] | None, merged: Located) -> Firewall:
             written["services"], written["enabled"]):
         raise written["services"].error("services are opened only when the firewall is enabled")
     services = parsed["services"] if parsed["enabled"] else ()
-    return Firewall(enabled=parsed["enabled"], services=services)
+    return _FIREWALL(enabled=parsed["enabled"], services=services)  # type: ignore[no-any-return]
 
 
 def _same_mapping(one: Located, other: Located) -> bool:

@@ -400,3 +400,27 @@ def test_the_example_fleet_with_networks(tmp_path: Path, monkeypatch: pytest.Mon
     assert not whole
     monkeypatch.undo()
     assert_same(*load_both(path, cache))
+
+
+def test_what_hosts_inherit_is_one_object_in_the_model_and_the_cache(tmp_path: Path) -> None:
+    """Packages, storage, repos, the firewall and a bridge's slave NIC taken from the defaults
+    are one object for all hosts (each would otherwise be pickled and unpickled once a
+    host); a host that sets its own gets its own, and nothing else changes."""
+    doc = fleet_site(6)
+    doc["defaults"].update(
+        packages={"groups": ["base"]}, repos=[{"name": "local", "baseurl": "file:///srv/r"}],
+        storage={"partitions": [{"mount": "/", "size": 4096, "grow": True}]})
+    doc["hosts"][5]["firewall"] = {"enabled": True}
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    for _ in range(2):  # parsed, then from the cache
+        loaded = site.load(path, cache=cache)
+        site.save_cache(loaded, cache)
+        first, *others, own = loaded.hosts
+        for host in others:
+            assert host.packages is first.packages and host.storage is first.storage
+            assert host.repos[0] is first.repos[0] and host.firewall is first.firewall
+            assert host.network.devices[0] is first.network.devices[0]  # eth0 in br0
+            assert host.network.devices[1] is not first.network.devices[1]  # br0: its address
+        assert own.firewall == site.Firewall(True, ("ssh",)) != first.firewall
+        assert loaded == site.load(path)
