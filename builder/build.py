@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import __version__, kickstart, manifest, secureboot
+from builder import __version__, kickstart, manifest, records, secureboot
 from builder.errors import InputError
 from builder.manifest import Entry
 from builder.output import (
@@ -48,6 +48,7 @@ from builder.output import (
 )
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
+from builder.records import Identity
 from builder.run import run
 from builder.site import Host, Site, no_gc
 from builder.site import load as load_site
@@ -162,40 +163,45 @@ def source_date_epoch(files: list[Path], given: int | None) -> tuple[int, str]:
 
 
 def read_state(out: Path) -> dict[str, Any]:
+    """The last build's state: its state.json, with "outputs" (name -> identity) and
+    "records" (builder.records) from its table of outputs."""
     try:
         state: dict[str, Any] = json.loads((out / STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return state if state.get("ksbuild") == __version__ else {}
+    table = records.read(out / CURRENT) if state.get("ksbuild") == __version__ else None
+    if table is None:
+        return {}
+    return {**state, "outputs": table.identities(), "records": table}
 
 
-def _identity(path: Path) -> list[int]:
+def _identity(path: Path) -> Identity:
     """What tells a rewritten or replaced file: size, mtime and inode."""
     stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def _identity_or_none(path: str) -> list[int] | None:
+def _identity_or_none(path: str) -> Identity | None:
     try:
         stat = os.stat(path)
     except OSError:
         return None
-    return [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
-def _outputs_intact(out: Path, recorded: dict[str, list[int]]) -> bool:
+def _outputs_intact(out: Path, recorded: dict[str, Identity]) -> bool:
     path = _output_path(out)
     for name, identity in recorded.items():
         try:
             stat = os.stat(path(name))
         except OSError:
             return False
-        if [stat.st_size, stat.st_mtime_ns, stat.st_ino] != identity:
+        if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != identity:
             return False
     return True
 
 
-def _intact_outputs(out: Path, recorded: dict[str, list[int]]) -> set[str]:
+def _intact_outputs(out: Path, recorded: dict[str, Identity]) -> set[str]:
     """The outputs (relative to OUT) whose file has the identity recorded."""
     path = _output_path(out)
     intact = set()
@@ -204,7 +210,7 @@ def _intact_outputs(out: Path, recorded: dict[str, list[int]]) -> set[str]:
             stat = os.stat(path(name))
         except OSError:
             continue
-        if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == identity:
+        if (stat.st_size, stat.st_mtime_ns, stat.st_ino) == identity:
             intact.add(name)
     return intact
 
@@ -350,7 +356,7 @@ def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozense
     return hashes
 
 
-def recorded_hash(out: Path, top: str, known: dict[str, str], previous: dict[str, list[int]]
+def recorded_hash(out: Path, top: str, known: dict[str, str], previous: dict[str, Identity]
                   ) -> Callable[[str], str | None]:
     """The sha256 of OUT's output <top>/<name> as the last build's manifest has it, if the
     file is still the one it recorded (`previous`: one stat, no read); else None."""
@@ -364,7 +370,7 @@ def recorded_hash(out: Path, top: str, known: dict[str, str], previous: dict[str
             stat = os.stat(path(f"{top}/{name}"))
         except OSError:
             return None
-        return sha if [stat.st_size, stat.st_mtime_ns, stat.st_ino] == identity else None
+        return sha if (stat.st_size, stat.st_mtime_ns, stat.st_ino) == identity else None
     return sha256
 
 
@@ -411,7 +417,7 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()
 
 
-def _intact(path: Path, recorded: dict[str, list[int]], name: str) -> bool:
+def _intact(path: Path, recorded: dict[str, Identity], name: str) -> bool:
     return name in recorded and _outputs_intact(path.parent, {path.name: recorded[name]})
 
 
@@ -694,7 +700,7 @@ def _switched(site: Site, live: Path, installed: frozenset[str]) -> frozenset[st
                      for name in entries(host))
 
 
-def _prune_spare(gen: Path, recorded: dict[str, list[int]], kept: frozenset[str]) -> set[str]:
+def _prune_spare(gen: Path, recorded: dict[str, Identity], kept: frozenset[str]) -> set[str]:
     """Remove from the spare taken as `gen` every output of OUT's generation but the `kept`
     ones (it holds no others), and the PXE tree's run-time state (carried over from OUT's
     afresh); the folders that held what was removed."""
@@ -719,8 +725,10 @@ def _remove_empty(gen: Path, folders: set[str]) -> None:
 
 def _prune_replaced(old: Path, changed: list[str]) -> None:
     """Prune the generation just replaced to the files it shares with the new one, to keep it
-    as the spare: the `changed` outputs, the state and the PXE tree's run-time state go."""
-    unlink_files([f"{old}/{name}" for name in changed] + [f"{old}/{STATE.name}"])
+    as the spare: the `changed` outputs, the state (and its table of outputs) and the PXE
+    tree's run-time state go."""
+    unlink_files([f"{old}/{name}" for name in changed] + [f"{old}/{STATE.name}",
+                                                           f"{old}/{records.RECORDS}"])
     remove_tree(old / "pxe" / "state")
 
 
@@ -849,7 +857,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                                                   if h.hostname not in unchanged))}
         if pxe_step is not None and pxe_step.plan is not None:
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site))
-        known, previous = _known_hashes(out, intact), state.get("outputs", {})
+        known, previous = _known_hashes(state), state.get("outputs", {})
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
         start = functools.cache(lambda: start_pxe(site, options, media, pxe_step, recorded_hash(
             out, "pxe", known, previous), gen, spared))
@@ -894,11 +902,10 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         # What the spare will not hold of this generation: it is the generation replaced,
         # pruned of those; or, with none to replace, filled with links to all of this one.
         changed = [] if filling else written + sorted(previous.keys() - recorded.keys())
-        new_state = _state(options, site, files, media, sde, keys, recorded, iso_keys,
-                           pxe_step, verdict)
+        new_state = _state(options, site, files, media, sde, keys, iso_keys, pxe_step, verdict)
         new_state["changed"] = changed  # what the spare will not hold
-        # Not sorted: not an output, and its 60,000 outputs are in a fixed order already.
-        write_bytes(gen / STATE.name, json.dumps(new_state).encode())
+        write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
+        records.write(gen, recorded, {entry.path: entry.sha256 for entry in outputs})
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
                            filling.result() if filling else None)
         save_site_cache(site, out / SITE_CACHE)
@@ -907,23 +914,18 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     return Result(out, False, sde, written, len(outputs), verdict.warnings if verdict else [])
 
 
-def _known_hashes(out: Path, intact: frozenset[str]) -> dict[str, str]:
-    """The current outputs' sha256 from their manifest, if it is the one recorded (`intact`):
-    a file of the new generation that is the same (hard-linked, untouched) file need not be
-    hashed again (70,000 files for a large PXE fleet)."""
-    if manifest.MANIFEST not in intact:
-        return {}
-    try:
-        document = manifest.read(out)
-    except InputError:
-        return {}
-    return {e["path"]: e["sha256"] for e in document["outputs"]}
+def _known_hashes(state: dict[str, Any]) -> dict[str, str]:
+    """The current outputs' sha256 as the last build recorded them: a file of the new
+    generation that is the same (identity) file need not be hashed again (60,000 files for a
+    large PXE fleet)."""
+    table = state.get("records")
+    return table.known() if table is not None else {}
 
 
 def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
-                    previous: dict[str, list[int]], known: dict[str, str],
+                    previous: dict[str, Identity], known: dict[str, str],
                     hashes: dict[str, str], kept: frozenset[str]
-                    ) -> tuple[list[Entry], dict[str, list[int]], list[str]]:
+                    ) -> tuple[list[Entry], dict[str, Identity], list[str]]:
     """The manifest's entries of the outputs (kind, name), each one's identity (stat'ed
     once), and the outputs written: not the file OUT has now. The `kept` ones (taken from the
     spare) are OUT's files: their identity and sha256 are the ones recorded. Else a file's
@@ -940,7 +942,7 @@ def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
                 Path(root + name)), identity[0]))
             continue
         stat = os.stat(root + name)
-        identity = recorded[name] = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
+        identity = recorded[name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         sha = hashes.get(name) or (known.get(name) if previous.get(name) == identity else None)
         entries.append(Entry(kind, name, sha or manifest.sha256_file(Path(root + name)),
                              stat.st_size))
@@ -951,7 +953,7 @@ def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
 
 def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
            media: tuple[Path, str] | None, sde: int, host_keys: dict[str, str],
-           recorded: dict[str, list[int]], iso_keys: dict[str, str], pxe: PxeStep | None,
+           iso_keys: dict[str, str], pxe: PxeStep | None,
            verdict: secureboot.Verdict | None) -> dict[str, Any]:
     """What the next build needs to know about this one (in the generation it describes)."""
     env_names = {h.root_password_env for h in site.hosts if h.root_password_env}
@@ -976,7 +978,6 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
         "fingerprint": _fingerprint(stats_all, _env_digest(env_names), sde_given),
         "source_date_epoch": sde,
         "hosts": host_keys,
-        "outputs": recorded,
         "media": {"stat": _stat_key(media[0]), "sha256": media[1]} if media else {},
         "isos": iso_keys,
         "pxe": pxe.key if pxe is not None else None,
