@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import marshal
 import os
 import shutil
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from builder import build, kickstart
+from builder import build, kickstart, records
 from builder.pxe.menus import host_files
 from tests.test_build import media_site, tree_bytes
 
@@ -288,3 +289,28 @@ def test_a_host_switched_to_local_boot_during_a_build_stays_switched(
              if hashlib.sha256((out / e["path"]).read_bytes()).hexdigest() != e["sha256"]]
     assert wrong == []
     assert build.build(options).up_to_date  # the state recorded the files as they are
+
+
+@pytest.mark.parametrize("damage", [b"", b"not marshal data", b"\xe9\x00\x00\x00",
+                                    marshal.dumps([99, [], [], [], [], []])],
+                         ids=["empty", "garbage", "truncated", "another format"])
+def test_an_unreadable_table_of_outputs_rebuilds_from_nothing(tmp_path: Path,
+                                                             damage: bytes) -> None:
+    """The table the next build reads the outputs' identities and hashes from
+    (builder.records), empty, garbage or of a format this code does not know: the rebuild
+    takes nothing from the last build (its kickstarts are written again; the PXE tree's files
+    equal to the live ones are linked to them), and equals a clean one."""
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    first = build.build(options)
+    table = out / ".ksbuild" / "current" / records.RECORDS
+    assert records.read(table.parent) is not None
+    table.write_bytes(damage)
+    again = build.build(options)
+    assert not again.up_to_date
+    assert {name for name in first.written if name.startswith("ks/")} <= set(again.written)
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
+    assert build.build(options).up_to_date
