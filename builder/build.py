@@ -44,7 +44,7 @@ from builder.output import (
     sweep,
     unlink_files,
     write_bytes,
-    write_new_files,
+    write_new,
 )
 from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
@@ -329,30 +329,45 @@ def _ks_name(hostname: str) -> list[str]:
     return [f"ks/{hostname}.cfg"]
 
 
-def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozenset[str],
-                     rendered: dict[str, str], sde: int, into: Path, relink: bool,
-                     known: Callable[[str], str | None],
-                     kept: frozenset[str] = frozenset()) -> dict[str, str]:
-    """<into>/ks/<host>.cfg for every host: a hard link to OUT's where unchanged (or rendered
-    to the same bytes), else written (mode: the umask's; time: SOURCE_DATE_EPOCH, for tar and
-    rsync of the output; `relink`: OUT's files have that time too; `kept`: outputs the
-    generation holds already, from its spare). Returns the sha256 of the files written."""
+def kickstart_writer(options: Options, sde: int, into: Path, relink: bool,
+                     known: Callable[[str], str | None]) -> Callable[[Host, str], str | None]:
+    """What becomes of a host's kickstart where it is rendered (kickstart.Variant.output: a
+    render worker writes it): <into>/ks/<host>.cfg, a hard link to OUT's if it has the same
+    bytes, else written (mode: the umask's; time: SOURCE_DATE_EPOCH, for tar and rsync of
+    the output; `relink`: OUT's files have that time too). Its sha256 if written."""
     folder, current = f"{into}/ks/", f"{options.out}/ks/"
     os.makedirs(folder, exist_ok=True)
-    hashes, new_files = {}, []
-    for name in sorted(keys):
+
+    def write(host: Host, text: str) -> str | None:
+        name = host.hostname
         old, new = f"{current}{name}.cfg", f"{folder}{name}.cfg"
-        if name in unchanged:
-            if f"ks/{name}.cfg" not in kept:
-                os.link(old, new)
-            continue
-        data = rendered[name].encode()
+        data = text.encode()
         sha = hashlib.sha256(data).hexdigest()
         if relink and _same_bytes(old, data, sha, known(f"{name}.cfg")) and _linked(old, new):
+            return None
+        write_new(new, data)
+        os.utime(new, (sde, sde))
+        return sha
+    return write
+
+
+def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozenset[str],
+                     written: dict[str, str | None], into: Path,
+                     kept: frozenset[str] = frozenset()) -> dict[str, str]:
+    """<into>/ks/<host>.cfg of the `unchanged` hosts: hard links to OUT's (`kept`: outputs
+    the generation holds already, from its spare); the others' are `written` (by
+    kickstart_writer: hostname -> sha256, None where linked). Returns the sha256 of the files
+    written."""
+    folder, current = f"{into}/ks/", f"{options.out}/ks/"
+    hashes = {}
+    for name in sorted(keys):
+        if name in unchanged:
+            if f"ks/{name}.cfg" not in kept:
+                os.link(f"{current}{name}.cfg", f"{folder}{name}.cfg")
             continue
-        new_files.append((new, data))
-        hashes[f"ks/{name}.cfg"] = sha
-    write_new_files(new_files, times=(sde, sde))
+        sha = written[name]
+        if sha is not None:
+            hashes[f"ks/{name}.cfg"] = sha
     return hashes
 
 
@@ -563,7 +578,7 @@ def _pxe_options(site: Site, options: Options, media: tuple[Path, str], into: Pa
 
 
 def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeStep,
-              kickstarts: dict[str, str], previous_hash: Callable[[str], str | None],
+              written: dict[str, str], previous_hash: Callable[[str], str | None],
               into: Path, held: contextlib.ExitStack, present: frozenset[str] = frozenset(),
               installed: frozenset[str] = frozenset(), started: pxe_tree.Started | None = None
               ) -> tuple[dict[str, str], frozenset[str]]:
@@ -572,7 +587,8 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     switch a host that reports done) is taken before its installed hosts are read and
     stays held (`held`) until the new generation is in place, so no report is lost.
     `present`: the outputs `into` holds already (of its spare), decided while the hosts at
-    local boot were `installed`; `started`: what start_pxe wrote of it. Returns the sha256
+    local boot were `installed`; `started`: what start_pxe wrote of it; `written`: the
+    sha256 of the tree's kickstarts the render workers wrote. Returns the sha256
     of the files written from memory (relative to `into`), and the boot entries of hosts
     switched since `installed` was read: those of `present` are written again."""
     from builder.pxe import state as pxestate
@@ -591,7 +607,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
         options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
                        f"{_pxe_path(options)}: set it to where the tree will be served from")
     result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
-                                         reuse_hosts=step.reuse, kickstarts=kickstarts,
+                                         reuse_hosts=step.reuse, written=written,
                                          present=_in("pxe/", present),
                                          previous_hash=previous_hash),
                             lock, step.plan, started)
@@ -600,18 +616,30 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
             _switched(site, live, installed))
 
 
-def start_pxe(site: Site, options: Options, media: tuple[Path, str] | None,
-              step: PxeStep | None, previous_hash: Callable[[str], str | None], into: Path,
-              present: frozenset[str]) -> pxe_tree.Started | None:
-    """What build_pxe writes that needs no kickstart (boot loaders, kernel, initrd, entries),
-    when the tree is rebuilt."""
+def open_pxe_tree(site: Site, options: Options, media: tuple[Path, str] | None,
+                  step: PxeStep | None, previous_hash: Callable[[str], str | None], into: Path,
+                  present: frozenset[str]
+                  ) -> tuple[pxe_tree.Options, pxe_tree.Writer] | None:
+    """When the tree is rebuilt, its options and its writer (folders made), before any
+    kickstart is rendered: the render workers write the tree's kickstarts with it."""
     if media is None or step is None or step.plan is None:
         return None
     from builder.pxe import tree as pxe
 
-    return pxe.start_tree(_pxe_options(site, options, media, into / "pxe",
-                                       reuse_hosts=step.reuse, present=_in("pxe/", present),
-                                       previous_hash=previous_hash), *step.plan)
+    tree = _pxe_options(site, options, media, into / "pxe", reuse_hosts=step.reuse,
+                        present=_in("pxe/", present), previous_hash=previous_hash)
+    return tree, pxe.open_writer(tree, step.plan[1])
+
+
+def start_pxe(step: PxeStep | None, tree: tuple[pxe_tree.Options, pxe_tree.Writer] | None
+              ) -> pxe_tree.Started | None:
+    """What build_pxe writes that needs no kickstart (boot loaders, kernel, initrd, entries),
+    when the tree is rebuilt (`tree`: open_pxe_tree's)."""
+    if tree is None or step is None or step.plan is None:
+        return None
+    from builder.pxe import tree as pxe
+
+    return pxe.start_tree(tree[0], *step.plan, tree[1])
 
 
 def pxe_shared_key(site: Site, options: Options, media: tuple[Path, str],
@@ -853,17 +881,19 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             kept = _kept_outputs(site, state, unchanged, pxe_step, installed).difference(changed)
             spared = kept | _spared_entries(site, pxe_step, installed).difference(changed)
             emptied = _prune_spare(gen, state["outputs"], spared)
-        variants = {"ks": kickstart.Variant(tuple(h for h in site.hosts
-                                                  if h.hostname not in unchanged))}
-        if pxe_step is not None and pxe_step.plan is not None:
-            variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site))
         known, previous = _known_hashes(state), state.get("outputs", {})
+        # Each kickstart is written where it is rendered (by the workers, for a fleet).
+        variants = {"ks": kickstart.Variant(
+            tuple(h for h in site.hosts if h.hostname not in unchanged), output=kickstart_writer(
+                options, sde, gen, relink, recorded_hash(out, "ks", known, previous)))}
+        tree = open_pxe_tree(site, options, media, pxe_step, recorded_hash(
+            out, "pxe", known, previous), gen, spared)
+        if tree is not None and pxe_step is not None and pxe_step.plan is not None:
+            variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site), tree[1])
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
-        start = functools.cache(lambda: start_pxe(site, options, media, pxe_step, recorded_hash(
-            out, "pxe", known, previous), gen, spared))
+        start = functools.cache(lambda: start_pxe(pxe_step, tree))
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start)
-        hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], sde, gen, relink,
-                                  recorded_hash(out, "ks", known, previous), kept)
+        hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
 

@@ -291,10 +291,15 @@ class Variant:
     hosts: tuple[Host, ...]  # the hosts to render this variant for
     extra: ExtraFor | None = None
     installs: Callable[[Host], Host] | None = None
+    # What becomes of a host's text where it is rendered (a worker: writes its file), which
+    # render_variants returns instead of the text: 10,000 texts of ~10 KB need not travel
+    # back to be hashed and written by the one process while the workers wait or idle.
+    output: Callable[[Host, str], Any] | None = None
 
-    def render(self, renderer: Renderer, host: Host) -> str:
+    def render(self, renderer: Renderer, host: Host) -> Any:
         installed = self.installs(host) if self.installs else host
-        return renderer.render_host(installed, self.extra(host) if self.extra else None)
+        text = renderer.render_host(installed, self.extra(host) if self.extra else None)
+        return self.output(host, text) if self.output is not None else text
 
 
 _worker: Renderer | None = None
@@ -314,7 +319,7 @@ def _start_worker(site: Site, variants: Mapping[str, Variant]) -> None:
     _variants = variants
 
 
-def _render_together(renderer: Renderer, chosen: list[tuple[Variant, Host]]) -> list[str]:
+def _render_together(renderer: Renderer, chosen: list[tuple[Variant, Host]]) -> list[Any]:
     """A host's kickstarts of several variants, one after the other (Renderer.together):
     they differ in a few values and lines, so most of the second's rendering is the first's,
     and the validator finds what the first parsed remembered, the host's own network lines
@@ -323,7 +328,7 @@ def _render_together(renderer: Renderer, chosen: list[tuple[Variant, Host]]) -> 
         return [variant.render(renderer, host) for variant, host in chosen]
 
 
-def _render_in_worker(task: tuple[str, tuple[str, ...]]) -> list[str]:
+def _render_in_worker(task: tuple[str, tuple[str, ...]]) -> list[Any]:
     assert _worker is not None
     hostname, names = task
     host = _worker.site.host(hostname)
@@ -332,8 +337,9 @@ def _render_in_worker(task: tuple[str, tuple[str, ...]]) -> list[str]:
 
 def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | None = None,
                     meanwhile: Callable[[], object] = lambda: None
-                    ) -> dict[str, dict[str, str]]:
-    """variant -> hostname -> validated kickstart text, sorted by hostname: every variant of
+                    ) -> dict[str, dict[str, Any]]:
+    """variant -> hostname -> validated kickstart text (or what the variant's `output` made
+    of it), sorted by hostname: every variant of
     every host in one pass (one pool: a host whose plain and PXE kickstarts are both due is
     not forked for twice), a host's variants rendered together (_render_together).
 
@@ -349,7 +355,7 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
     hostnames = sorted(by_host)
     count = sum(len(chosen) for chosen in by_host.values())
     jobs = jobs or os.cpu_count() or 1
-    texts: list[list[str]]
+    texts: list[list[Any]]
     if jobs == 1 or count < PARALLEL_MIN_HOSTS:
         meanwhile()
         renderer = Renderer(site)
@@ -367,7 +373,7 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
                                      chunksize=max(1, len(tasks) // (jobs * 8)))
             meanwhile()
             texts = pending.get()
-    rendered: dict[str, dict[str, str]] = {name: {} for name in variants}
+    rendered: dict[str, dict[str, Any]] = {name: {} for name in variants}
     for hostname, host_texts in zip(hostnames, texts):
         for (name, _), text in zip(by_host[hostname], host_texts):
             rendered[name][hostname] = text

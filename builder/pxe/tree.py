@@ -59,7 +59,7 @@ from builder import kickstart, network
 from builder.errors import InputError
 from builder.media import flavor as media_flavor
 from builder.media import isofs
-from builder.output import Generations, umask, write_bytes, write_new_files
+from builder.output import Generations, umask, write_bytes, write_new, write_new_files
 from builder.pxe import config as pxeconfig
 from builder.pxe import events as pxeevents
 from builder.pxe import grubimage, installtree
@@ -121,6 +121,9 @@ class Options:
     reuse_hosts: frozenset[str] = frozenset()
     # PXE kickstarts the caller rendered (hostname -> text); the others are rendered here.
     kickstarts: Mapping[str, str] = field(default_factory=dict)
+    # PXE kickstarts the caller rendered and wrote already, with the tree's writer
+    # (Plan.kickstarts): hostname -> their sha256.
+    written: Mapping[str, str] = field(default_factory=dict)
     # The sha256 of the previous tree's files, where the caller knows them (its manifest).
     previous_hash: HashOf | None = None
     # Whether `out` holds a file (relative) already, a hard link to the same file of
@@ -329,14 +332,29 @@ class Writer:
 
     def data(self, relative: str, data: bytes) -> None:
         sha = self.hashes[relative] = hashlib.sha256(data).hexdigest()
-        if self.previous is not None:
-            was = self.previous_hash(relative)
-            if was == sha if was is not None else _has_bytes(self.previous / relative, data):
-                self.link(self.previous / relative, relative)
-                return
+        if self._linked(relative, data, sha):
+            return
         self.queued.append((f"{self.root}/{relative}", data))  # written by flush()
         if len(self.queued) >= QUEUED_MAX:  # a bounded copy of the bytes in memory
             self.flush()
+
+    def now(self, relative: str, data: bytes) -> str:
+        """data(), written at once, in this process (a render worker, which knows no
+        `hashes`): the sha256 of the file."""
+        sha = hashlib.sha256(data).hexdigest()
+        if not self._linked(relative, data, sha):
+            write_new(f"{self.root}/{relative}", data, FILE_MODE, exact=self.fix_mode)
+        return sha
+
+    def _linked(self, relative: str, data: bytes, sha: str) -> bool:
+        """A hard link to the previous tree's file, if it has the same bytes."""
+        if self.previous is None:
+            return False
+        was = self.previous_hash(relative)
+        if was == sha if was is not None else _has_bytes(self.previous / relative, data):
+            self.link(self.previous / relative, relative)
+            return True
+        return False
 
     def flush(self) -> None:
         """Write the files queued by data() (by several threads: output.write_new_files)."""
@@ -527,10 +545,13 @@ class Plan:
     hosts: dict[str, pxemenus.BootHost]
     reinstall: list[str]
 
-    def kickstarts(self, hosts: Iterable[Host]) -> kickstart.Variant:
+    def kickstarts(self, hosts: Iterable[Host], writer: Writer | None = None
+                   ) -> kickstart.Variant:
         """The PXE kickstarts of `hosts`: installed from the install tree, reporting done
-        and events to the server."""
-        return kickstart.Variant(tuple(hosts), self._kickstart_values, self._installs)
+        and events to the server. `writer`: each written where it is rendered (its sha256
+        rendered instead of its text; Options.written)."""
+        output = None if writer is None else functools.partial(_write_kickstart, writer)
+        return kickstart.Variant(tuple(hosts), self._kickstart_values, self._installs, output)
 
     def _kickstart_values(self, host: Host) -> dict[str, str]:
         return {"pxe_done_url": self.hosts[host.hostname].done_url,
@@ -539,6 +560,10 @@ class Plan:
     def _installs(self, host: Host) -> Host:
         tree = self.settings.install_tree
         return replace(host, source=tree) if tree is not None else host
+
+
+def _write_kickstart(writer: Writer, host: Host, text: str) -> str:
+    return writer.now(f"http/ks/{host.hostname}.cfg", text.encode())
 
 
 def plan(options: Options, base: BaseIso) -> Plan:
@@ -588,21 +613,30 @@ def _previous(options: Options, plan: Plan) -> tuple[Path, Path, Path | None, fr
     return temp, previous, old, reused
 
 
-def start_tree(options: Options, base: BaseIso, plan: Plan) -> Started:
-    """The part of the tree that needs no PXE kickstart: boot loaders, kernel, initrd, menus,
-    server configs, each host's boot entries and index line (`ksbuild build` writes it while
-    its workers render the kickstarts; _write_tree the rest)."""
-    site, settings, hosts = options.site, plan.settings, plan.hosts
-    temp, previous, old, reused = _previous(options, plan)
-    seconds, phase = _phases()
-    configs = server_configs(site, settings, plan.server, plan.tree_path)
-    phase("checks and server configs")
+def open_writer(options: Options, plan: Plan) -> Writer:
+    """The tree's writer, its folders made (for the PXE kickstarts written as they are
+    rendered, Plan.kickstarts, before start_tree)."""
+    temp, _, old, _ = _previous(options, plan)
     temp.mkdir(exist_ok=True)
     os.chmod(temp, DIR_MODE)
     writer = Writer(temp, old, options.previous_hash, options.present)
     for folder in ("tftp/pxelinux.cfg", "tftp/ipxe", "tftp/images", "http/ks",
                    "http/images", str(pxestate.INSTALLED)):
         writer.folder(folder)
+    return writer
+
+
+def start_tree(options: Options, base: BaseIso, plan: Plan,
+               writer: Writer | None = None) -> Started:
+    """The part of the tree that needs no PXE kickstart: boot loaders, kernel, initrd, menus,
+    server configs, each host's boot entries and index line (`ksbuild build` writes it while
+    its workers render the kickstarts; _write_tree the rest). `writer`: open_writer's."""
+    site, settings, hosts = options.site, plan.settings, plan.hosts
+    temp, previous, old, reused = _previous(options, plan)
+    seconds, phase = _phases()
+    configs = server_configs(site, settings, plan.server, plan.tree_path)
+    phase("checks and server configs")
+    writer = writer or open_writer(options, plan)
     grub_commands = _loaders(writer, base, settings)
     phase("boot loaders, kernel, initrd")
     published = None
@@ -626,8 +660,9 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     site, hosts = options.site, plan.hosts
     temp, previous, old, reused = _previous(options, plan)
     seconds, phase = _phases()
-    texts = dict(options.kickstarts)
-    fresh = [h for h in site.hosts if h.hostname not in reused and h.hostname not in texts]
+    texts, written = dict(options.kickstarts), options.written
+    fresh = [h for h in site.hosts
+             if h.hostname not in reused and h.hostname not in texts and h.hostname not in written]
     start = functools.cache(lambda: started or start_tree(options, base, plan))
     if fresh:
         texts.update(kickstart.render_variants(site, {"pxe": plan.kickstarts(fresh)},
@@ -636,7 +671,10 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     begun = start()
     writer, menus, index = begun.writer, begun.menus, begun.index
     for name in sorted(set(hosts) - reused):
-        writer.text(f"http/ks/{name}.cfg", texts[name])
+        if name in written:
+            writer.hashes[f"http/ks/{name}.cfg"] = written[name]
+        else:
+            writer.text(f"http/ks/{name}.cfg", texts[name])
     writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
     writer.flush()
     phase("kickstarts, index written")
