@@ -62,6 +62,7 @@ CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
 LOCK = Path(".ksbuild") / "lock"
 SITE_CACHE = Path(".ksbuild") / "site-cache"  # the site loader's per-host cache
+TEMPLATE_CACHE = Path(".ksbuild") / "templates"  # compiled templates (kickstart.py)
 ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRENT
 # What ksbuild before generations left in OUT when killed.
 OLD_DEBRIS = (".ks.*.part", ".ks.*.old", f".{manifest.MANIFEST}.*.part")
@@ -892,7 +893,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site), tree[1])
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
         start = functools.cache(lambda: start_pxe(pxe_step, tree))
-        rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start)
+        rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start,
+                                             compiled=out / TEMPLATE_CACHE)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]

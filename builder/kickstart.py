@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gc
+import hashlib
 import importlib.resources
 import operator
 import os
@@ -21,13 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.bccache
 import jinja2.meta
 from jinja2 import nodes
 
-from builder import __version__, network
+from builder import __version__, network, sitecache
 from builder.errors import InputError, KsbuildError
 from builder.ifcfg import anaconda_leftovers, ifcfg_files, network_lines
-from builder.output import atomic_dir
+from builder.output import atomic_dir, sweep
 from builder.overlay import Overlay, OverlayTree
 from builder.secrets import sha512_crypt
 from builder.site import Host, Repo, Site
@@ -52,9 +54,10 @@ def template_dir() -> Path:
     return Path(str(importlib.resources.files("builder"))) / "templates"
 
 
-def template_environment(folder: Path) -> jinja2.Environment:
+def template_environment(folder: Path, compiled: Path | None = None) -> jinja2.Environment:
     """Jinja2 as every ksbuild template expects it: undefined names are errors, blocks leave
-    no stray blank lines, and `| sh` quotes a value for the shell."""
+    no stray blank lines, and `| sh` quotes a value for the shell. `compiled`: a folder that
+    keeps the templates compiled (CompiledTemplates)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(folder)),
         undefined=jinja2.StrictUndefined,
@@ -62,9 +65,39 @@ def template_environment(folder: Path) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        bytecode_cache=CompiledTemplates(compiled) if compiled is not None else None,
     )
     env.filters["sh"] = shlex.quote
     return env
+
+
+class CompiledTemplates(jinja2.FileSystemBytecodeCache):
+    """Jinja2's cache of compiled templates (`ksbuild build` keeps it in OUT/.ksbuild):
+    compiling the ten templates was ~27 ms of every build that renders a kickstart, for one
+    changed host most of the rendering (issue 16). Jinja2 takes a file only for the same
+    template text (its sha1) and Python; the file's name is also the template's name and
+    path, Jinja2's version and ksbuild's code (which sets the environment's options), so
+    other code never reads it. Unreadable or damaged: compiled again, and rewritten."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(str(folder), "%s.jinja")
+        self.salt = f"{jinja2.__version__} {sitecache.code_digest()}"
+
+    @staticmethod
+    def sweep(folder: Path) -> None:
+        """The temporary files of writes that were killed (Jinja2 writes a file as a .tmp,
+        then renames it); before the renderers start, which write them."""
+        sweep(folder, ["*.tmp"])
+
+    def get_cache_key(self, name: str, filename: str | None = None) -> str:
+        return hashlib.sha256(f"{self.salt}\0{name}\0{filename}".encode()).hexdigest()
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except Exception:  # noqa: BLE001 - damaged (Jinja2 lets a truncated pickle raise)
+            bucket.reset()
 
 
 def firstboot_bridges(host: Host) -> str:
@@ -170,14 +203,16 @@ class Renderer:
     pykickstart parser are built once and reused for every host: a fleet of 10,000 hosts
     must not pay for them 10,000 times."""
 
-    def __init__(self, site: Site, templates: Path | None = None) -> None:
+    def __init__(self, site: Site, templates: Path | None = None,
+                 compiled: Path | None = None) -> None:
         self.site = site
-        self.env = template_environment(templates or template_dir())
+        self.env = template_environment(templates or template_dir(), compiled)
         self.overlays = OverlayTree(site.overlays)
         from builder.ksvalidate import Validator  # pykickstart: ~60 ms to import, only here
 
         self.validator = Validator()
         self._group: _Group | None = None
+        self._groups = 0  # together() entered so far
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -187,6 +222,7 @@ class Renderer:
         for the next (Validator.together)."""
         with self.validator.together():
             self._group = _Group()
+            self._groups += 1
             try:
                 yield
             finally:
@@ -254,9 +290,14 @@ class Renderer:
 
     def _post(self, name: str, values: dict[str, Any]) -> str:
         """A %post step's text; inside together(), the last one's if the step read the same
-        objects then (a template's text is a function of the values it reads)."""
-        template, reads, group = self._posts[name], self._post_reads[name], self._group
-        if group is None or reads is None:
+        objects then (a template's text is a function of the values it reads). Not in the
+        first host's group: what the steps read is found by parsing them again (~10 ms),
+        more than rendering them again costs (one changed host's build renders one group)."""
+        template, group = self._posts[name], self._group
+        if group is None or self._groups < 2:
+            return self._render(template, values)
+        reads = self._post_reads[name]
+        if reads is None:
             return self._render(template, values)
         used = tuple(values.get(key, _UNSET) for key in reads)
         found = group.posts.get(name)
@@ -306,7 +347,7 @@ _worker: Renderer | None = None
 _variants: Mapping[str, Variant] = {}
 
 
-def _start_worker(site: Site, variants: Mapping[str, Variant]) -> None:
+def _start_worker(site: Site, variants: Mapping[str, Variant], compiled: Path | None) -> None:
     global _worker, _variants
     # pykickstart looks up its message catalog on disk for every option's help text; with
     # LANGUAGE=C that lookup ends at once (ksbuild's messages are English anyway).
@@ -315,7 +356,7 @@ def _start_worker(site: Site, variants: Mapping[str, Variant]) -> None:
     # here; the collector would walk it again and again (~4% of a worker's CPU measured,
     # where the caller has not turned it off as a build does).
     gc.freeze()
-    _worker = Renderer(site)
+    _worker = Renderer(site, compiled=compiled)
     _variants = variants
 
 
@@ -336,8 +377,8 @@ def _render_in_worker(task: tuple[str, tuple[str, ...]]) -> list[Any]:
 
 
 def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | None = None,
-                    meanwhile: Callable[[], object] = lambda: None
-                    ) -> dict[str, dict[str, Any]]:
+                    meanwhile: Callable[[], object] = lambda: None,
+                    compiled: Path | None = None) -> dict[str, dict[str, Any]]:
     """variant -> hostname -> validated kickstart text (or what the variant's `output` made
     of it), sorted by hostname: every variant of
     every host in one pass (one pool: a host whose plain and PXE kickstarts are both due is
@@ -347,18 +388,21 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
     kickstart, so 10,000 hosts need every core). Workers are forked: they inherit the site
     and the variants (any callables); only names go to them and texts come back.
     `meanwhile`: work of the caller's that needs no text, done while the workers render
-    (after they are forked, so it may start threads)."""
+    (after they are forked, so it may start threads). `compiled`: a folder for the compiled
+    templates (CompiledTemplates)."""
     by_host: dict[str, list[tuple[str, Host]]] = {}
     for name, variant in variants.items():
         for host in variant.hosts:
             by_host.setdefault(host.hostname, []).append((name, host))
     hostnames = sorted(by_host)
     count = sum(len(chosen) for chosen in by_host.values())
+    if compiled is not None:
+        CompiledTemplates.sweep(compiled)
     jobs = jobs or os.cpu_count() or 1
     texts: list[list[Any]]
     if jobs == 1 or count < PARALLEL_MIN_HOSTS:
         meanwhile()
-        renderer = Renderer(site)
+        renderer = Renderer(site, compiled=compiled)
         texts = [_render_together(renderer, [(variants[name], host)
                                              for name, host in by_host[hostname]])
                  for hostname in hostnames]
@@ -368,7 +412,8 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
         import multiprocessing  # here: ~5 ms to import, for a fleet only
 
         context = multiprocessing.get_context("fork")
-        with context.Pool(jobs, initializer=_start_worker, initargs=(site, variants)) as pool:
+        with context.Pool(jobs, initializer=_start_worker,
+                          initargs=(site, variants, compiled)) as pool:
             pending = pool.map_async(_render_in_worker, tasks,
                                      chunksize=max(1, len(tasks) // (jobs * 8)))
             meanwhile()

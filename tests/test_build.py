@@ -354,8 +354,8 @@ def debris(out: Path) -> list[str]:
              if p.name not in ("ks", "iso", "pxe", "manifest.json", ".ksbuild", ".pxe.lock")]
     extra += [f".ksbuild/{p.name}" for p in (out / ".ksbuild").iterdir()
               if p.name not in ("lock", "current", "state.json", current, f"{current}.spare",
-                                "site-cache", "site-cache.delta")]
-    extra += [str(p) for p in out.rglob("*") if p.name.endswith((".part", ".old", ".link"))]
+                                "site-cache", "site-cache.delta", "templates")]
+    extra += [str(p) for p in out.rglob("*") if p.name.endswith((".part", ".old", ".link", ".tmp"))]
     return extra
 
 
