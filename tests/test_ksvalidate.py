@@ -534,3 +534,19 @@ def test_ksbuild_commands_do_not_import_pykickstart_until_they_validate() -> Non
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_handler_is_makeversions_without_the_other_versions() -> None:
+    """Validator's handler, built from the RHEL7 handler's own maps, is the one makeVersion
+    builds (same class, commands, data objects, state), and pykickstart's map of every
+    version (which imports every handler) is not imported for it."""
+    code = ("import sys; from builder import ksvalidate; ksvalidate.Validator(); "
+            "print('pykickstart.handlers.control' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, check=True)
+    assert shown.stdout == "False\n"
+    ours, theirs = ksvalidate._rhel7_handler(), makeVersion(RHEL7)
+    assert type(ours) is type(theirs)
+    assert {name: type(c) for name, c in ours.commands.items()} == \
+        {name: type(c) for name, c in theirs.commands.items()}
+    assert handler_state(ours) == handler_state(theirs)  # the data classes too
