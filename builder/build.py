@@ -499,6 +499,9 @@ class PxeStep:
     # whose entries in the live tree are current (a changed timezone changes no entry).
     entry_keys: dict[str, str] = field(default_factory=dict)
     same_entries: frozenset[str] = frozenset()
+    # Hosts of `reuse` whose PXE kickstart and install entries the new generation holds
+    # already (from its spare).
+    present_hosts: frozenset[str] = frozenset()
 
     def stale(self, site: Site) -> tuple[Host, ...]:
         """Hosts whose PXE kickstart must be rendered."""
@@ -610,6 +613,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     result = pxe.write_tree(_pxe_options(site, options, media, into / "pxe",
                                          reuse_hosts=step.reuse, written=written,
                                          present=_in("pxe/", present),
+                                         present_hosts=step.present_hosts,
                                          previous_hash=previous_hash),
                             lock, step.plan, started)
     # Under the lock (write_tree returns holding it): the writer carried the switches over.
@@ -689,20 +693,25 @@ def _installed(out: Path, pxe_step: PxeStep | None) -> frozenset[str]:
 
 
 def _kept_outputs(site: Site, state: dict[str, Any], unchanged: frozenset[str],
-                  pxe_step: PxeStep | None, installed: frozenset[str]) -> frozenset[str]:
-    """The outputs (relative to OUT) this build links from OUT's unchanged: kickstarts of
-    unchanged hosts, their PXE kickstarts and install entries (not those of hosts that have
-    `installed`: switched to local boot), or the whole PXE tree when nothing in it changed."""
+                  pxe_step: PxeStep | None, installed: frozenset[str], changed: frozenset[str]
+                  ) -> frozenset[str]:
+    """The outputs (relative to OUT) this build links from OUT's unchanged, less the
+    `changed` ones (the spare has not those): kickstarts of unchanged hosts, their PXE
+    kickstarts and install entries (not those of hosts that have `installed`: switched to
+    local boot), or the whole PXE tree when nothing in it changed. Notes in `pxe_step` the
+    hosts all of whose PXE files are kept."""
     kept = {f"ks/{name}.cfg" for name in unchanged}
     if pxe_step is not None and pxe_step.plan is None:  # every file as recorded
         kept.update(n for n in state["outputs"] if n.startswith("pxe/"))
     elif pxe_step is not None:
-        entries = _pxe_entry_files(site)
+        entries, whole = _pxe_entry_files(site), []
         for name in pxe_step.reuse:
-            kept.add(f"pxe/http/ks/{name}.cfg")
-            if name not in installed:
-                kept.update(entries(name))
-    return frozenset(kept)
+            files = [f"pxe/http/ks/{name}.cfg"] + ([] if name in installed else entries(name))
+            kept.update(files)
+            if name not in installed and changed.isdisjoint(files):
+                whole.append(name)
+        pxe_step.present_hosts = frozenset(whole)
+    return frozenset(kept).difference(changed)
 
 
 def _spared_entries(site: Site, pxe_step: PxeStep | None, installed: frozenset[str]
@@ -878,9 +887,10 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         emptied: set[str] = set()
         installed = _installed(out, pxe_step)
         if spare is not None:
-            changed = state["changed"]  # the spare does not share those with OUT's generation
-            kept = _kept_outputs(site, state, unchanged, pxe_step, installed).difference(changed)
-            spared = kept | _spared_entries(site, pxe_step, installed).difference(changed)
+            # The spare does not share those with OUT's generation.
+            unshared = frozenset(state["changed"])
+            kept = _kept_outputs(site, state, unchanged, pxe_step, installed, unshared)
+            spared = kept | _spared_entries(site, pxe_step, installed).difference(unshared)
             emptied = _prune_spare(gen, state["outputs"], spared)
         known, previous = _known_hashes(state), state.get("outputs", {})
         # Each kickstart is written where it is rendered (by the workers, for a fleet).

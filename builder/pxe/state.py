@@ -53,32 +53,35 @@ def index_data(server: str, hosts: list[IndexedHost]) -> bytes:
     return index_from_lines(server, {host.hostname: index_line(host) for host in hosts})
 
 
-def index_line(host: IndexedHost) -> str:
+def index_line(host: IndexedHost) -> bytes:
     """A host's line in hosts.json (without the comma between lines): json.dumps of
-    {"mac": ..., "install": ...} with sorted keys, written out (3x as fast: 10,000 lines)."""
+    {"mac": ..., "install": ...} with sorted keys, written out (3x as fast: 10,000 lines).
+    Bytes: the lines of a large fleet's hosts.json are 23 MB, copied from one tree to the
+    next without being decoded and encoded again."""
     quote = json.encoder.encode_basestring_ascii  # what json.dumps does with a str
     install = ", ".join(f"{quote(path)}: {quote(host.install[path])}"
                         for path in sorted(host.install))
-    return f'{quote(host.hostname)}: {{"install": {{{install}}}, "mac": {quote(host.mac)}}}'
+    line = f'{quote(host.hostname)}: {{"install": {{{install}}}, "mac": {quote(host.mac)}}}'
+    return line.encode()  # ASCII: quote() escapes the rest
 
 
-def index_from_lines(server: str, lines: dict[str, str]) -> bytes:
+def index_from_lines(server: str, lines: dict[str, bytes]) -> bytes:
     """hosts.json from each host's line (index_line), in hostname order."""
     head = json.dumps({"format": INDEX_FORMAT, "server": server})[:-1] + ', "hosts": {'
-    body = ",\n".join(lines[name] for name in sorted(lines))
-    return f"{head}\n{body}\n}}}}\n".encode() if lines else f"{head}\n}}}}\n".encode()
+    if not lines:
+        return f"{head}\n}}}}\n".encode()
+    return b"%s\n%s\n}}\n" % (head.encode(), b",\n".join(lines[name] for name in sorted(lines)))
 
 
-def index_lines(tree: Path) -> dict[str, str]:
+def index_lines(tree: Path) -> dict[str, bytes]:
     """hostname -> its line in the tree's hosts.json, as written (a rebuild copies the lines
     of unchanged hosts instead of rendering their entries again)."""
-    lines = (tree / INDEX).read_text(encoding="utf-8").split("\n")[1:-2]
     found = {}
-    for line in lines:
-        line = line.removesuffix(",")
-        name = line[:line.index(": ")]
+    for line in (tree / INDEX).read_bytes().split(b"\n")[1:-2]:
+        line = line.removesuffix(b",")
+        name = line[:line.index(b": ")]
         # A hostname is plain ASCII (the site's grammar): its JSON is it in quotes.
-        found[json.loads(name) if "\\" in name else name[1:-1]] = line
+        found[json.loads(name) if b"\\" in name else name[1:-1].decode()] = line
     return found
 
 
