@@ -502,6 +502,8 @@ class PxeStep:
     # Hosts of `reuse` whose PXE kickstart and install entries the new generation holds
     # already (from its spare).
     present_hosts: frozenset[str] = frozenset()
+    # The base ISO and boot loaders are those OUT's tree copied (its shared inputs are).
+    loaders_unchanged: bool = False
 
     def stale(self, site: Site) -> tuple[Host, ...]:
         """Hosts whose PXE kickstart must be rendered."""
@@ -531,6 +533,7 @@ def plan_pxe(site: Site, options: Options, media: tuple[Path, str], keys: dict[s
     base = held.enter_context(pxe.BaseIso(media[0]))
     step.plan = (base, pxe.plan(_pxe_options(site, options, media, into / "pxe"), base))
     step.entry_keys = _entry_keys(shared, step.plan[1].hosts, keys, state)
+    step.loaders_unchanged = state.get("pxe_shared") == shared
     if state.get("pxe_shared") == shared and "pxe/hosts.json" in intact:
         step.reuse = _unchanged(keys, state.get("hosts", {}), intact, _pxe_host_files(site))
         step.same_entries = _unchanged(step.entry_keys, state.get("pxe_entries", {}), intact,
@@ -632,7 +635,8 @@ def open_pxe_tree(site: Site, options: Options, media: tuple[Path, str] | None,
     from builder.pxe import tree as pxe
 
     tree = _pxe_options(site, options, media, into / "pxe", reuse_hosts=step.reuse,
-                        present=_in("pxe/", present), previous_hash=previous_hash)
+                        present=_in("pxe/", present), previous_hash=previous_hash,
+                        loaders_unchanged=step.loaders_unchanged)
     return tree, pxe.open_writer(tree, step.plan[1])
 
 

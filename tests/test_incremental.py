@@ -19,6 +19,7 @@ import yaml
 
 from builder import build, kickstart, records
 from builder.pxe.menus import host_files
+from builder.pxe.tree import BaseIso
 from tests.test_build import media_site, tree_bytes
 
 Edit = Callable[[dict[str, Any], Path], None]
@@ -98,8 +99,8 @@ def identities(root: Path) -> dict[str, tuple[int, int]]:
 def test_one_host_changed_renders_and_rewrites_only_that_host(tmp_path: Path) -> None:
     """A change to one host renders its two kickstarts (ks/ and the PXE tree's) in one pass
     and rewrites exactly its files: the kickstarts, its boot entries, the PXE index and the
-    manifest; every other file is the previous one (hard-linked), and all equal a clean
-    build's."""
+    manifest; every other file is the previous one (hard-linked, the kernel and initrd not
+    even extracted from the base ISO again), and all equal a clean build's."""
     site_path = media_site(tmp_path, "none")
     out = tmp_path / "out"
     options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
@@ -120,11 +121,14 @@ def test_one_host_changed_renders_and_rewrites_only_that_host(tmp_path: Path) ->
         passes.append(sorted(variants))
         return render_variants(site, variants, jobs, **more)
 
+    extracted: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(kickstart.Renderer, "render_host", counting_host)
         patch.setattr(kickstart, "render_variants", counting_pass)
+        patch.setattr(BaseIso, "copy", lambda self, path, target: extracted.append(path))
         changed = build.build(options)
     assert passes == [["ks", "pxe"]]
+    assert extracted == []
     assert sorted(rendered) == [("kvm2.example.com", False), ("kvm2.example.com", True)]
     entries = host_files(doc["hosts"][1]["mac"].lower()).values()
     expected = {"ks/kvm2.example.com.cfg", "pxe/http/ks/kvm2.example.com.cfg",
@@ -148,7 +152,8 @@ def test_a_rebuild_trusts_no_output_edited_since_it_was_recorded(tmp_path: Path)
     build.build(options)
     doc = yaml.safe_load(site_path.read_text())
     entry = out / "pxe" / host_files(doc["hosts"][0]["mac"].lower())["pxelinux"]
-    edited = [entry, out / "ks" / "kvm2.example.com.cfg", out / "pxe/http/ks/kvm2.example.com.cfg"]
+    edited = [entry, out / "ks" / "kvm2.example.com.cfg", out / "pxe/http/ks/kvm2.example.com.cfg",
+              out / "pxe/tftp/images/initrd.img"]
     for path in edited:
         with path.open("r+b") as handle:  # in place: the inode the state recorded
             handle.write(b"#edited")

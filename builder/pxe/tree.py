@@ -133,6 +133,9 @@ class Options:
     # Hosts of reuse_hosts whose PXE kickstart and install entries are all `present`: not
     # looked at one file at a time (10,000 hosts when one of a large fleet changed).
     present_hosts: frozenset[str] = frozenset()
+    # The base ISO and the boot loader files are those the previous tree's copies were made
+    # from (the caller knows by their key).
+    loaders_unchanged: bool = False
 
 
 @dataclass
@@ -351,7 +354,7 @@ class Writer:
 
     def _linked(self, relative: str, data: bytes, sha: str) -> bool:
         """A hard link to the previous tree's file, if it has the same bytes."""
-        if self.previous is None:
+        if self.previous is None or self.previous_hash(relative) is None:
             return False
         was = self.previous_hash(relative)
         if was == sha if was is not None else _has_bytes(self.previous / relative, data):
@@ -369,6 +372,14 @@ class Writer:
         not Paths, for speed: 50,000 links when one host of a large fleet changed."""
         if not self.present(relative):
             os.link(source, f"{self.root}/{relative}")
+
+    def link_recorded(self, relative: str) -> bool:
+        """Link the previous tree's file if it is the one recorded (previous_hash knows it):
+        a loader, kernel or initrd copied from the same source (an initrd is 50 MB)."""
+        if self.previous is None or self.previous_hash(relative) is None:
+            return False
+        self.link(self.previous / relative, relative)
+        return True
 
     def copy(self, source: Path, relative: str) -> Path:
         target = self.root / relative
@@ -475,23 +486,32 @@ def server_configs(site: Site, settings: PxeSettings, server: str, tree: Path) -
     }
 
 
-def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings) -> str:
-    """Copy the BIOS and UEFI loaders, kernel and initrd; return the GRUB commands to use."""
+def _loaders(writer: Writer, base: BaseIso, settings: PxeSettings, unchanged: bool) -> str:
+    """Copy the BIOS and UEFI loaders, kernel and initrd (or, `unchanged`: the sources are
+    those of the previous tree's copies, link those still as recorded); return the GRUB
+    commands to use."""
     bios = find_bios_loaders(settings)
-    writer.copy(bios.pxelinux, "tftp/pxelinux.0")
+    recorded = writer.link_recorded if unchanged else lambda relative: False
+    if not recorded("tftp/pxelinux.0"):
+        writer.copy(bios.pxelinux, "tftp/pxelinux.0")
     for name, source in sorted(bios.modules.items()):
-        writer.copy(source, f"tftp/{name}")
+        if not recorded(f"tftp/{name}"):
+            writer.copy(source, f"tftp/{name}")
     for relative, iso_path in ISO_FILES.items():
-        writer.extract(base, iso_path, relative)
         # The same bytes for the HTTP side (one copy on disk).
         served = f"http/{relative.split('/', 1)[1]}"
+        if recorded(relative) and recorded(served):
+            continue
+        writer.extract(base, iso_path, relative)
         os.link(writer.root / relative, writer.root / served)
         writer.copied.append(served)
     for given, iso_path, name in ((settings.shim, ISO_SHIM, "BOOTX64.EFI"),
                                   (settings.grub, ISO_GRUB, "grubx64.efi")):
+        if given is not None and not given.is_file():
+            raise InputError(f"{settings.origin}: {given}: no such file")
+        if recorded(f"tftp/{name}"):
+            continue
         if given is not None:
-            if not given.is_file():
-                raise InputError(f"{settings.origin}: {given}: no such file")
             writer.copy(given, f"tftp/{name}")
         else:
             writer.extract(base, iso_path, f"tftp/{name}")
@@ -640,7 +660,7 @@ def start_tree(options: Options, base: BaseIso, plan: Plan,
     configs = server_configs(site, settings, plan.server, plan.tree_path)
     phase("checks and server configs")
     writer = writer or open_writer(options, plan)
-    grub_commands = _loaders(writer, base, settings)
+    grub_commands = _loaders(writer, base, settings, options.loaders_unchanged)
     phase("boot loaders, kernel, initrd")
     published = None
     if plan.tree_folder is not None:
