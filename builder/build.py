@@ -951,7 +951,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         new_state = _state(options, site, files, media, sde, keys, iso_keys, pxe_step, verdict)
         new_state["changed"] = changed  # what the spare will not hold
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
-        records.write(gen, recorded, {entry.path: entry.sha256 for entry in outputs})
+        # The outputs' sha256 in the order recorded (the manifest's own last: none).
+        records.write(gen, recorded, [row[2] for row in outputs] + [""])
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
                            filling.result() if filling else None)
         save_site_cache(site, out / SITE_CACHE)
@@ -971,7 +972,7 @@ def _known_hashes(state: dict[str, Any]) -> dict[str, str]:
 def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
                     previous: dict[str, Identity], known: dict[str, str],
                     hashes: dict[str, str], kept: frozenset[str]
-                    ) -> tuple[list[Entry], dict[str, Identity], list[str]]:
+                    ) -> tuple[list[manifest.Row], dict[str, Identity], list[str]]:
     """The manifest's entries of the outputs (kind, name), each one's identity (stat'ed
     once), and the outputs written: not the file OUT has now. The `kept` ones (taken from the
     spare) are OUT's files: their identity and sha256 are the ones recorded. Else a file's
@@ -984,14 +985,14 @@ def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
     for kind, name in names:
         if name in kept:
             identity = recorded[name] = previous[name]
-            entries.append(Entry(kind, name, known.get(name) or manifest.sha256_file(
+            entries.append((kind, name, known.get(name) or manifest.sha256_file(
                 Path(root + name)), identity[0]))
             continue
         stat = os.stat(root + name)
         identity = recorded[name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         sha = hashes.get(name) or (known.get(name) if previous.get(name) == identity else None)
-        entries.append(Entry(kind, name, sha or manifest.sha256_file(Path(root + name)),
-                             stat.st_size))
+        entries.append((kind, name, sha or manifest.sha256_file(Path(root + name)),
+                        stat.st_size))
         if name.partition("/")[0] not in tops or _identity_or_none(f"{out}/{name}") != identity:
             written.append(name)
     return entries, recorded, written

@@ -12,7 +12,7 @@ Python cannot read is no table: the next build starts from nothing.
 from __future__ import annotations
 
 import marshal
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -39,11 +39,13 @@ class Records(NamedTuple):
         return dict(zip(self.names, self.hashes))
 
 
-def write(folder: Path, identities: Mapping[str, Identity], hashes: Mapping[str, str]) -> None:
-    names = list(identities)
+def write(folder: Path, identities: Mapping[str, Identity], hashes: Sequence[str]) -> None:
+    """`hashes`: the sha256 of each of the `identities`, in their order ("" where none)."""
+    if len(hashes) != len(identities):
+        raise ValueError(f"{len(hashes)} hashes for {len(identities)} outputs")
     columns = [list(column) for column in zip(*identities.values())] or [[], [], []]
-    write_bytes(folder / RECORDS, marshal.dumps(
-        [FORMAT, names, *columns, [hashes.get(name, "") for name in names]]))
+    write_bytes(folder / RECORDS, marshal.dumps([FORMAT, list(identities), *columns,
+                                                 list(hashes)]))
 
 
 def read(folder: Path) -> Records | None:
