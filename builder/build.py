@@ -191,15 +191,7 @@ def _identity_or_none(path: str) -> Identity | None:
 
 
 def _outputs_intact(out: Path, recorded: dict[str, Identity]) -> bool:
-    path = _output_path(out)
-    for name, identity in recorded.items():
-        try:
-            stat = os.stat(path(name))
-        except OSError:
-            return False
-        if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != identity:
-            return False
-    return True
+    return len(_intact_outputs(out, recorded)) == len(recorded)
 
 
 def _intact_outputs(out: Path, recorded: dict[str, Identity]) -> set[str]:
