@@ -137,7 +137,7 @@ def host_digest(frame_digest: str, salt_seed: str, chunk: str) -> str:
 def model_digest(model: Any) -> str:
     """The identity of a host the text split cannot name: its pickle (equal bytes unpickle
     to equal models)."""
-    return hashlib.sha256(_dumps(("model", code_digest(), model))).hexdigest()
+    return hashlib.sha256(dumps(("model", code_digest(), model))).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,7 +159,8 @@ _DISPATCH = copyreg.dispatch_table.copy()
 _DISPATCH[ipaddress.IPv4Interface] = _interface
 
 
-def _dumps(value: Any) -> bytes:
+def dumps(value: Any) -> bytes:
+    """A pickle of models (IPv4 interfaces as integers, for speed)."""
     stream = io.BytesIO()
     pickler = pickle.Pickler(stream, protocol=pickle.HIGHEST_PROTOCOL)
     pickler.dispatch_table = _DISPATCH
@@ -187,7 +188,7 @@ def _read(path: Path, *header: str) -> dict[str, Entry] | None:
 
 def _write(path: Path, hosts: dict[str, Entry], *header: str) -> None:
     write_bytes(path, " ".join(("ksbuild-site-cache", *header)).encode() + b"\n" +
-                _dumps(hosts))
+                dumps(hosts))
 
 
 @dataclass

@@ -338,7 +338,7 @@ def test_a_cached_interface_is_the_parsed_one(text: str) -> None:
     """The cache rebuilds interfaces from integers (builder/sitecache.py _interface)."""
     made = ipaddress.IPv4Interface(text)
     assert schema._REBUILD_WORKS
-    back = pickle.loads(sitecache._dumps(made))
+    back = pickle.loads(sitecache.dumps(made))
     assert (back, repr(back), hash(back), back.network, back.netmask, back.hostmask,
             back.with_prefixlen) == (made, repr(made), hash(made), made.network,
                                      made.netmask, made.hostmask, made.with_prefixlen)
@@ -424,3 +424,46 @@ def test_what_hosts_inherit_is_one_object_in_the_model_and_the_cache(tmp_path: P
             assert host.network.devices[1] is not first.network.devices[1]  # br0: its address
         assert own.firewall == site.Firewall(True, ("ssh",)) != first.firewall
         assert loaded == site.load(path)
+
+
+@pytest.mark.parametrize("edit", [lambda t: t, crlf_base, indented_base, seed_given,
+                                  first_renamed, comments_and_blanks, block_scalar],
+                         ids=["plain", "crlf", "indented", "seed", "first", "comments",
+                              "block-scalar"])
+def test_a_load_shared_with_a_child_process_equals_the_full_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Edit) -> None:
+    """With no cache to use, a large site's hosts are parsed half by a forked child
+    (site._load_parallel): the model, digests and the cache written are the full load's."""
+    path, cache = tmp_path / "site.yaml", tmp_path / "site-cache"
+    path.write_bytes(edit(fleet_text(41)).encode())
+    monkeypatch.setattr(site, "PARALLEL_LOAD_MIN", 2)
+    whole = full_loads(monkeypatch)
+    shared = site.load(path, cache=cache)
+    assert not whole
+    site.save_cache(shared, cache)
+    monkeypatch.undo()
+    full = site.load(path)
+    assert_same(shared, full)
+    assert_same(site.load(path, cache=cache), full)  # from the cache it wrote
+    assert shared.cache_update is not None and full.cache_update is not None
+    assert shared.cache_update.entries == full.cache_update.entries
+
+
+@pytest.mark.parametrize("edit", [
+    lambda t: set_line(t, "52:54:00:00:00:25", "52:54:00:00:00:03"),  # across the halves
+    lambda t: set_line(t, "52:54:00:00:00:03", "52:54:00:00:00:25"),
+    lambda t: set_line(t, "10.0.1.30/8", "10.0.1.300/8"),  # in the child's half
+    lambda t: set_line(t, "10.0.1.3/8", "10.0.1.300/8"),  # in the parent's
+    lambda t: insert(t, item_line(t, 30) + 1, '  lang: "en_US.UTF-8'),
+    lambda t: insert(t, item_line(t, 30) + 1, "  colour: blue"),
+    lambda t: insert(t, item_line(t, 30) + 1, "  root_password_env: KSBUILD_UNSET_VAR"),
+    lambda t: t + "media: {}\n",
+], ids=["mac-later", "mac-earlier", "child-address", "parent-address", "quote", "unknown-key",
+        "password", "media"])
+def test_errors_of_a_shared_load_equal_the_full_loads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edit: Edit) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(edit(fleet_text(41)))
+    expected = error_of(path, None)
+    monkeypatch.setattr(site, "PARALLEL_LOAD_MIN", 2)
+    assert error_of(path, tmp_path / "site-cache") == expected
