@@ -411,17 +411,21 @@ def _linked(source: str, target: str) -> bool:
 
 def base_media(site: Site, options: Options, state: dict[str, Any]) -> tuple[Path, str] | None:
     """The verified local base ISO and its sha256 (remembered by size and mtime, so a 4 GiB
-    ISO is hashed once, not on every build)."""
+    ISO is hashed once, not on every build, nor twice when the site pins its sha256)."""
     if site.media is None:
         return None
     from builder.media import fetch
 
-    path = fetch.resolve_media(site.media, cache_dir=options.cache_dir, mirror=options.mirror,
-                               progress=options.progress)
     known = state.get("media", {})
-    stat = _stat_key(path)
-    sha = known["sha256"] if known.get("stat") == stat else manifest.sha256_file(path)
-    return path, sha
+
+    @functools.cache
+    def sha256_of(path: Path) -> str:
+        recorded = known.get("stat") == _stat_key(path)
+        return str(known["sha256"]) if recorded else manifest.sha256_file(path)
+
+    path = fetch.resolve_media(site.media, cache_dir=options.cache_dir, mirror=options.mirror,
+                               progress=options.progress, sha256_of=sha256_of)
+    return path, sha256_of(path)
 
 
 def _key(*parts: object) -> str:

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from builder import build, kickstart, records
+from builder import build, kickstart, manifest, records
+from builder.errors import InputError
+from builder.media import fetch
 from builder.pxe.menus import host_files
 from builder.pxe.tree import BaseIso
 from tests.test_build import media_site, tree_bytes
@@ -319,3 +321,36 @@ def test_an_unreadable_table_of_outputs_rebuilds_from_nothing(tmp_path: Path,
     build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
     assert tree_bytes(out) == tree_bytes(clean)
     assert build.build(options).up_to_date
+
+
+def test_a_pinned_local_base_iso_is_hashed_once_and_still_checked(tmp_path: Path) -> None:
+    """media: {path, sha256}: the first build reads the ISO once for its sha256 (the pin's
+    check and the manifest's entry), a rebuild after a host changed not at all (its size and
+    mtime are the ones recorded with it); a pin edited to another value still fails."""
+    site_path = media_site(tmp_path, "none")
+    doc = yaml.safe_load(site_path.read_text())
+    base = (site_path.parent / doc["media"]["path"]).resolve()
+    doc["media"]["sha256"] = hashlib.sha256(base.read_bytes()).hexdigest()
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    options = build.Options(site=site_path, out=tmp_path / "out", source_date_epoch=1700000000)
+    hashed: list[Path] = []
+    sha256_file = manifest.sha256_file
+
+    def counting(path: Path) -> str:
+        hashed.append(Path(path).resolve())
+        return sha256_file(path)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest, "sha256_file", counting)
+        patch.setattr(fetch, "_file_sha256", counting)
+        build.build(options)
+        assert hashed.count(base) == 1
+        hashed.clear()
+        doc["hosts"][0]["timezone"] = "Europe/Berlin"
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        assert not build.build(options).up_to_date
+        assert base not in hashed
+    doc["media"]["sha256"] = "0" * 64
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(InputError, match="not the pinned"):
+        build.build(options)

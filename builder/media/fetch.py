@@ -162,13 +162,15 @@ def media_from_options(release: str | None, flavor: str | None, url: str | None,
 
 
 def resolve_media(media: Media, *, cache_dir: Path | None = None, mirror: str | None = None,
-                  progress: Progress | None = None,
-                  options: FetchOptions | None = None) -> Path:
+                  progress: Progress | None = None, options: FetchOptions | None = None,
+                  sha256_of: Callable[[Path], str] | None = None) -> Path:
     """A verified local ISO for `media`: the user's own file, or one fetched into the cache.
 
-    `mirror` is the --mirror flag (None: $KSBUILD_MIRROR, the site's mirror, the vault)."""
+    `mirror` is the --mirror flag (None: $KSBUILD_MIRROR, the site's mirror, the vault).
+    `sha256_of`: the sha256 of a local file, where the caller remembers it (`ksbuild build`
+    does, by size and mtime: a pinned 4 GiB ISO is not read again on every rebuild)."""
     if media.path is not None:
-        return _local_iso(media)
+        return _local_iso(media, sha256_of or _file_sha256)
     cache = cache_dir or default_cache_dir()
     with _Fetcher(options, progress) as fetcher:
         if media.url is not None:
@@ -306,25 +308,25 @@ def published_sha256(text: str, name: str) -> str | None:
 # ISO checksums and local files.
 
 
-def _local_iso(media: Media) -> Path:
-    path = media.path
-    assert path is not None
-    if not path.is_file():
-        raise InputError(f"{media.origin}.path: {path} does not exist or is not a file")
-    if media.sha256 is not None:
-        digest = _file_sha256(path)
-        if digest != media.sha256:
-            raise InputError(f"{media.origin}.path: {path} has sha256 {digest}, "
-                             f"not the pinned {media.sha256}")
-    return path
-
-
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _local_iso(media: Media, sha256_of: Callable[[Path], str] = _file_sha256) -> Path:
+    path = media.path
+    assert path is not None
+    if not path.is_file():
+        raise InputError(f"{media.origin}.path: {path} does not exist or is not a file")
+    if media.sha256 is not None:
+        digest = sha256_of(path)
+        if digest != media.sha256:
+            raise InputError(f"{media.origin}.path: {path} has sha256 {digest}, "
+                             f"not the pinned {media.sha256}")
+    return path
 
 
 def _expected_iso_sha256(fetcher: _Fetcher, url: str, name: str, cache: Path) -> str:
