@@ -29,7 +29,7 @@ from jinja2 import nodes
 from builder import __version__, network, sitecache
 from builder.errors import InputError, KsbuildError
 from builder.ifcfg import anaconda_leftovers, ifcfg_files, network_lines
-from builder.output import atomic_dir, sweep
+from builder.output import atomic_dir, remove, sweep
 from builder.overlay import Overlay, OverlayTree
 from builder.secrets import sha512_crypt
 from builder.site import Host, Repo, Site
@@ -75,23 +75,30 @@ class CompiledTemplates(jinja2.FileSystemBytecodeCache):
     """Jinja2's cache of compiled templates (`ksbuild build` keeps it in OUT/.ksbuild):
     compiling the ten templates was ~27 ms of every build that renders a kickstart, for one
     changed host most of the rendering (issue 16). Jinja2 takes a file only for the same
-    template text (its sha1) and Python; the file's name is also the template's name and
-    path, Jinja2's version and ksbuild's code (which sets the environment's options), so
-    other code never reads it. Unreadable or damaged: compiled again, and rewritten."""
+    template (name and path) and text (its sha1), and the same Python; the files are in a
+    folder of their own for Jinja2's version and ksbuild's code (which sets the environment's
+    options), so other code never reads them. Unreadable or damaged: compiled again, and
+    rewritten."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, root: Path) -> None:
+        folder = self.folder(root)
         folder.mkdir(parents=True, exist_ok=True)
         super().__init__(str(folder), "%s.jinja")
-        self.salt = f"{jinja2.__version__} {sitecache.code_digest()}"
 
     @staticmethod
-    def sweep(folder: Path) -> None:
-        """The temporary files of writes that were killed (Jinja2 writes a file as a .tmp,
-        then renames it); before the renderers start, which write them."""
-        sweep(folder, ["*.tmp"])
+    def folder(root: Path) -> Path:
+        code = f"{jinja2.__version__} {sitecache.code_digest()}"
+        return root / hashlib.sha256(code.encode()).hexdigest()[:16]
 
-    def get_cache_key(self, name: str, filename: str | None = None) -> str:
-        return hashlib.sha256(f"{self.salt}\0{name}\0{filename}".encode()).hexdigest()
+    @staticmethod
+    def sweep(root: Path) -> None:
+        """Other code's folders, and the temporary files of writes that were killed (Jinja2
+        writes a file as a .tmp, then renames it); before the renderers start."""
+        own = CompiledTemplates.folder(root)
+        for path in root.iterdir() if root.is_dir() else ():
+            if path != own:
+                remove(path)
+        sweep(own, ["*.tmp"])
 
     def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
         try:

@@ -269,30 +269,33 @@ def test_compiled_templates_change_no_text(tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Templates kept compiled (`ksbuild build` keeps them in OUT/.ksbuild) render what
     templates compiled now do: when written, when read, after a template changed, and from
-    damaged files."""
+    damaged files; another ksbuild's files and killed writes' are removed."""
     templates = tmp_path / "templates"
     shutil.copytree(REPO / "kickstarts", templates)
     monkeypatch.setenv("KSBUILD_TEMPLATES", str(templates))
     loaded = site.load(write_site(tmp_path, site_doc()))
     variants = {"ks": kickstart.Variant(loaded.hosts)}
     compiled = tmp_path / "compiled"
+    own = kickstart.CompiledTemplates.folder(compiled)
 
     def texts(folder: Path | None = compiled) -> dict[str, dict[str, str]]:
         return kickstart.render_variants(loaded, variants, compiled=folder)
 
     expected = texts(None)
     assert texts() == expected
-    assert len(list(compiled.iterdir())) == len(kickstart.POST_SCRIPTS) + 1
+    assert len(list(own.iterdir())) == len(kickstart.POST_SCRIPTS) + 1
     assert texts() == expected
     main = templates / "host.ks.j2"
     main.write_text(main.read_text() + "# edited\n")
     edited = texts()
     assert edited == texts(None) != expected
-    for file in compiled.iterdir():
+    for file in own.iterdir():
         file.write_bytes(file.read_bytes()[:40])
-    (compiled / "x.jinja.tmp").write_bytes(b"what a killed write left")
+    (own / "x.jinja.tmp").write_bytes(b"what a killed write left")
+    (compiled / "0123456789abcdef").mkdir()  # another ksbuild's
     assert texts() == edited
-    assert len(list(compiled.iterdir())) == len(kickstart.POST_SCRIPTS) + 1
+    assert list(compiled.iterdir()) == [own]
+    assert len(list(own.iterdir())) == len(kickstart.POST_SCRIPTS) + 1
 
 
 def test_large_fleet_uses_workers_and_matches_one_process(tmp_path: Path) -> None:
