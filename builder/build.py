@@ -60,6 +60,11 @@ if TYPE_CHECKING:  # imported where used: a build without a PXE tree never loads
 
 CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
+# Beside it, what only a build with work to do reads (a no-op build of a large fleet need not
+# parse 20,000 keys): hostname -> key, of its kickstarts, its boot entries, its ISO; and the
+# outputs its spare lacks (all 60,000 after a build that rewrote everything).
+KEYS = CURRENT / "keys.json"
+KEYED = {"hosts": dict, "pxe_entries": dict, "isos": dict, "changed": list}
 LOCK = Path(".ksbuild") / "lock"
 SITE_CACHE = Path(".ksbuild") / "site-cache"  # the site loader's per-host cache
 TEMPLATE_CACHE = Path(".ksbuild") / "templates"  # compiled templates (kickstart.py)
@@ -174,6 +179,18 @@ def read_state(out: Path) -> dict[str, Any]:
     if table is None:
         return {}
     return {**state, "outputs": table.identities(), "records": table}
+
+
+def _with_keys(out: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with the last build's keys (none if they cannot be read: all is rebuilt)."""
+    try:
+        keys = json.loads((out / KEYS).read_text(encoding="utf-8")) if state else {}
+    except (OSError, ValueError):
+        keys = {}
+    if not isinstance(keys, dict):
+        keys = {}
+    return {**state, **{name: keys[name] for name, kind in KEYED.items()
+                        if isinstance(keys.get(name), kind)}}
 
 
 def _identity(path: Path) -> Identity:
@@ -766,10 +783,10 @@ def _remove_empty(gen: Path, folders: set[str]) -> None:
 
 def _prune_replaced(old: Path, changed: list[str]) -> None:
     """Prune the generation just replaced to the files it shares with the new one, to keep it
-    as the spare: the `changed` outputs, the state (and its table of outputs) and the PXE
-    tree's run-time state go."""
-    unlink_files([f"{old}/{name}" for name in changed] + [f"{old}/{STATE.name}",
-                                                           f"{old}/{records.RECORDS}"])
+    as the spare: the `changed` outputs, the state (its keys, its table of outputs) and the
+    PXE tree's run-time state go."""
+    state = [STATE.name, KEYS.name, records.RECORDS]
+    unlink_files([f"{old}/{name}" for name in [*changed, *state]])
     remove_tree(old / "pxe" / "state")
 
 
@@ -811,7 +828,7 @@ def build(options: Options) -> Result:
             result.warnings = state["warnings"] if "warnings" in state else list(
                 result.manifest.get("secure_boot", {}).get("warnings", []))  # older state
             return result
-        return _build(options, state, generations, checked)
+        return _build(options, _with_keys(out, state), generations, checked)
 
 
 @contextlib.contextmanager
@@ -949,7 +966,9 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         changed = [] if filling else written + sorted(previous.keys() - recorded.keys())
         new_state = _state(options, site, files, media, sde, keys, iso_keys, pxe_step, verdict)
         new_state["changed"] = changed  # what the spare will not hold
+        keyed = {name: new_state.pop(name) for name in KEYED}
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
+        write_bytes(gen / KEYS.name, json.dumps(keyed).encode())
         # The outputs' sha256 in the order recorded (the manifest's own last: none).
         records.write(gen, recorded, [row[2] for row in outputs] + [""])
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
