@@ -674,7 +674,9 @@ def start_tree(options: Options, base: BaseIso, plan: Plan,
              if name in reused} if old is not None and reused else {}
     for name in sorted(set(hosts) - reused):
         index[name] = _write_host(writer, menus, hosts[name])
-    phase("entries written")
+    writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
+    writer.flush()  # here, while `ksbuild build`'s workers render: not after them
+    phase("entries and index written")
     return Started(writer, menus, grub_commands, published, index, seconds)
 
 
@@ -692,15 +694,14 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
                                                jobs=options.jobs, meanwhile=start)["pxe"])
     phase("kickstarts (render + validate)")
     begun = start()
-    writer, menus, index = begun.writer, begun.menus, begun.index
+    writer, menus = begun.writer, begun.menus
     for name in sorted(set(hosts) - reused):
         if name in written:
             writer.hashes[f"http/ks/{name}.cfg"] = written[name]
         else:
             writer.text(f"http/ks/{name}.cfg", texts[name])
-    writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
     writer.flush()
-    phase("kickstarts, index written")
+    phase("kickstarts written")
     if old is not None:
         for name in sorted(reused - options.present_hosts):
             writer.link(f"{old}/http/ks/{name}.cfg", f"http/ks/{name}.cfg")
