@@ -11,10 +11,10 @@ The cache maps a chunk's text to the host's model, its fleet-wide keys (names, M
 addresses) and its digest (`host_digest`, made with the model's salt seed), valid only for
 the code that wrote it (`code_digest`: ksbuild's version and source, Python's version) and
 the frame text it was made under (`frame_digest`). Keyed by the text itself: a lookup is
-an exact comparison, and costs no sha256 a host (10,000 of them were ~6 ms of a load). It lives in
-two files: a base written after a full load, and a small delta with the hosts parsed since,
-so a one-host change does not rewrite every host's model. Either file unreadable, truncated
-or from other code: it is ignored, and the load is a full one.
+an exact comparison, and costs no sha256 a host (10,000 of them were ~6 ms of a load). It
+lives in two files: a base written after a full load, and a small delta with the hosts
+parsed since, so a one-host change does not rewrite every host's model. Either file
+unreadable, truncated or from other code: it is ignored, and the load is a full one.
 """
 
 from __future__ import annotations
