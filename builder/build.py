@@ -32,8 +32,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import __version__, kickstart, manifest, records, secureboot
+from builder import __version__, manifest, records
 from builder.errors import InputError
+from builder.gcpause import no_gc
 from builder.manifest import Entry
 from builder.output import (
     Generations,
@@ -50,13 +51,13 @@ from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
 from builder.records import Identity
 from builder.run import run
-from builder.site import Host, Site, no_gc
-from builder.site import load as load_site
-from builder.site import save_cache as save_site_cache
 
-if TYPE_CHECKING:  # imported where used: a build without a PXE tree never loads it
+if TYPE_CHECKING:  # imported where used: a no-op build needs none of them (the command's
+    # start-up), a build without a PXE tree no PXE code
+    from builder import secureboot
     from builder.pxe import tree as pxe_tree
     from builder.pxe.menus import BootHost
+    from builder.site import Host, Site
 
 CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
@@ -119,6 +120,8 @@ def _files_under(root: Path, pattern: str = "*") -> list[Path]:
 
 def input_files(site: Site) -> list[tuple[str, Path, Path]]:
     """(kind, file, folder it is named relative to), for every file the build reads."""
+    from builder import kickstart
+
     files = [("site", site.path.resolve(), site.path.resolve().parent)]
     templates = kickstart.template_dir()
     files += [("template", p, templates) for p in _files_under(templates, TEMPLATES)]
@@ -465,6 +468,8 @@ def iso_outputs(site: Site) -> dict[str, str | None]:
 def check_secure_boot(site: Site, media: tuple[Path, str]) -> secureboot.Verdict | None:
     """Is the UEFI first stage each ISO and the PXE tree will hand out revoked? Checked before
     anything is written (with secure_boot.policy: required, a revoked one is an error)."""
+    from builder import secureboot
+
     isos = list(iso_outputs(site))
     if not isos and not site.outputs.pxe:
         return None
@@ -871,6 +876,8 @@ class Checked:
 
 
 def check_inputs(options: Options, state: dict[str, Any]) -> Checked:
+    from builder.site import load as load_site
+
     site = load_site(options.site, cache=options.out / SITE_CACHE)
     media = _preflight(site, options, state)
     # With secure_boot.policy: required, a revoked shim stops here.
@@ -880,6 +887,9 @@ def check_inputs(options: Options, state: dict[str, Any]) -> Checked:
 
 def _build(options: Options, state: dict[str, Any], generations: Generations,
            checked: Checked | None) -> Result:
+    from builder import kickstart
+    from builder.site import save_cache as save_site_cache
+
     out = options.out
     checked = checked or check_inputs(options, state)
     site, media, verdict = checked.site, checked.media, checked.verdict
@@ -1021,6 +1031,8 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
            iso_keys: dict[str, str], pxe: PxeStep | None,
            verdict: secureboot.Verdict | None) -> dict[str, Any]:
     """What the next build needs to know about this one (in the generation it describes)."""
+    from builder import kickstart
+
     env_names = {h.root_password_env for h in site.hosts if h.root_password_env}
     input_dirs = [(str(kickstart.template_dir().resolve()), TEMPLATES)]
     if site.overlays is not None:

@@ -7,13 +7,12 @@ the path into the document and what is wrong.
 from __future__ import annotations
 
 import contextlib
-import gc
 import ipaddress
 import json
 import os
 import pickle
 import signal
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 from builder import network as net
 from builder import sitecache
 from builder.errors import InputError
+from builder.gcpause import no_gc
 from builder.network import NETWORK, Network
 from builder.pxe.config import PXE, PxeSettings
 from builder.pxe.config import parse as parse_pxe
@@ -654,20 +654,6 @@ def merge(base: Located, over: Located) -> Located:
 
 # ---------------------------------------------------------------------------------------------
 # Loading and the checks the grammar cannot express.
-
-
-@contextlib.contextmanager
-def no_gc() -> Iterator[None]:
-    """Loading allocates millions of small objects and frees almost none: the cyclic garbage
-    collector, run on every 700 allocations, walked the growing heap for ~40% of a
-    10,000-host load (measured) and found nothing. Its state is restored afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def load(path: Path | str, cache: Path | None = None) -> Site:
