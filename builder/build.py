@@ -38,6 +38,7 @@ from builder.gcpause import no_gc
 from builder.manifest import Entry
 from builder.output import (
     Generations,
+    in_threads,
     link_files,
     link_or_copy,
     link_tree,
@@ -795,11 +796,41 @@ def _prune_replaced(old: Path, changed: list[str]) -> None:
     remove_tree(old / "pxe" / "state")
 
 
-def _fill_spare(gen: Path, spare: Path, outputs: list[str]) -> Path:
-    """A spare made from nothing: a hard link to each of the `outputs` of `gen`."""
-    for folder in sorted({os.path.dirname(name) for name in outputs}):
+def _prelink(gen: Path, spare: Path) -> dict[str, int]:
+    """Hard links in `spare` to the kickstarts and PXE tree files `gen` holds so far (the
+    tree's run-time state aside), made while the workers render: the name -> inode linked,
+    for _fill_spare to keep those still the outputs' files."""
+    names = []
+    for top in ("ks", "pxe"):
+        for folder, dirs, files in os.walk(gen / top):
+            relative = os.path.relpath(folder, gen)
+            if relative == "pxe":
+                dirs[:] = [d for d in dirs if d != "state"]
+            os.makedirs(f"{spare}/{relative}", exist_ok=True)
+            names += [f"{relative}/{name}" for name in files]
+    inodes: dict[str, int] = {}
+
+    def link(chunk: list[str]) -> None:
+        for name in chunk:
+            os.link(f"{gen}/{name}", f"{spare}/{name}")
+            inodes[name] = os.lstat(f"{spare}/{name}").st_ino
+
+    in_threads(link, names)
+    return inodes
+
+
+def _fill_spare(gen: Path, spare: Path, outputs: list[str], recorded: dict[str, Identity],
+                prelinked: dict[str, int]) -> Path:
+    """A spare made from nothing: a hard link to each of the `outputs` of `gen`, given their
+    identities (`recorded`). Those `prelinked` (_prelink) that are still the output's file
+    (its inode) stay; any other goes."""
+    stale = {name for name, inode in prelinked.items()
+             if name not in recorded or recorded[name][2] != inode}
+    unlink_files([f"{spare}/{name}" for name in sorted(stale)])
+    missing = [name for name in outputs if name not in prelinked or name in stale]
+    for folder in sorted({os.path.dirname(name) for name in missing}):
         os.makedirs(f"{spare}/{folder}", exist_ok=True)
-    link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in outputs])
+    link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in missing])
     return spare
 
 
@@ -933,8 +964,17 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site), tree[1])
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).
         start = functools.cache(lambda: start_pxe(pxe_step, tree))
-        rendered = kickstart.render_variants(site, variants, jobs=options.jobs, meanwhile=start,
-                                             compiled=out / TEMPLATE_CACHE)
+        # With no generation to replace and keep as the spare (a first build), one is filled
+        # with links to this one's files: to those written so far, meanwhile too.
+        fill = None if generations.keeps_replaced() else held.enter_context(generations.new())
+        prelinked: dict[str, int] = {}
+
+        def meanwhile() -> None:
+            start()
+            if fill is not None:
+                prelinked.update(_prelink(gen, fill))
+        rendered = kickstart.render_variants(site, variants, jobs=options.jobs,
+                                             meanwhile=meanwhile, compiled=out / TEMPLATE_CACHE)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
@@ -960,13 +1000,11 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                            for f in pxe_step.loader_files]
                 names += [("pxe", name) for name in _pxe_outputs(gen)]
         _remove_empty(gen, emptied)
-        # With no generation to replace and keep as the spare, one is filled with links to
-        # this one's files, meanwhile (a first build).
-        filling = None if generations.keeps_replaced() else held.enter_context(
-            ThreadPoolExecutor(1)).submit(_fill_spare, gen, held.enter_context(
-                generations.new()), [name for _, name in names])
         outputs, recorded, written = _output_entries(gen, out, names, previous, known, hashes,
                                                      kept)
+        # The spare's other links, meanwhile.
+        filling = None if fill is None else held.enter_context(ThreadPoolExecutor(1)).submit(
+            _fill_spare, gen, fill, [name for _, name in names], recorded, prelinked)
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
         manifest.write(gen, __version__, sde, inputs, outputs, sections)
         written.append(manifest.MANIFEST)

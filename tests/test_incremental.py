@@ -359,3 +359,40 @@ def test_a_pinned_local_base_iso_is_hashed_once_and_still_checked(tmp_path: Path
     site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     with pytest.raises(InputError, match="not the pinned"):
         build.build(options)
+
+
+@pytest.mark.parametrize("before", ["nothing", "a standalone tree with a host installed"])
+def test_a_first_builds_spare_is_links_to_each_of_its_outputs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: str) -> None:
+    """A build with no generation to replace fills a spare with links to its outputs, part
+    of them while the workers render (build._prelink); a file replaced after that (a tree
+    the build takes over switches an installed host's entries, links loaders it had) is
+    linked again: the spare holds each output's file, and nothing else."""
+    from builder import site as site_module
+    from builder.pxe import tree as pxe_tree
+
+    site_path = media_site(tmp_path)
+    out = tmp_path / "out"
+    if before != "nothing":
+        loaded = site_module.load(site_path)
+        pxe_tree.build_tree(pxe_tree.Options(site=loaded, out=out / "pxe",
+                                             base=tmp_path / "base.iso"))
+        pxe_tree.switch(out / "pxe", done=[loaded.hosts[0].hostname])
+    prelinked: dict[str, int] = {}
+    prelink = build._prelink
+
+    def recording(gen: Path, spare: Path) -> dict[str, int]:
+        prelinked.update(prelink(gen, spare))
+        return prelinked
+
+    monkeypatch.setattr(build, "_prelink", recording)
+    build.build(build.Options(site=site_path, out=out, source_date_epoch=1700000000))
+    current = (out / ".ksbuild" / "current").resolve()
+    spare = current.with_name(current.name + ".spare")
+    names = {entry["path"] for entry in manifest.read(out)["outputs"]}
+    assert {p.relative_to(spare).as_posix() for p in spare.rglob("*") if p.is_file()} == names
+    inodes = {name: (current / name).stat().st_ino for name in names}
+    assert all((spare / name).stat().st_ino == inodes[name] for name in names)
+    assert len(prelinked) > len(names) // 2, "nothing linked meanwhile: the test cannot fail"
+    replaced = {name for name, inode in prelinked.items() if inodes.get(name) != inode}
+    assert bool(replaced) == (before != "nothing")
