@@ -919,6 +919,7 @@ def check_inputs(options: Options, state: dict[str, Any]) -> Checked:
 def _build(options: Options, state: dict[str, Any], generations: Generations,
            checked: Checked | None) -> Result:
     from builder import kickstart
+    from builder.site import cache_data
     from builder.site import save_cache as save_site_cache
 
     out = options.out
@@ -968,11 +969,13 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         # with links to this one's files: to those written so far, meanwhile too.
         fill = None if generations.keeps_replaced() else held.enter_context(generations.new())
         prelinked: dict[str, int] = {}
+        pickled: list[bytes | None] = [None]
 
         def meanwhile() -> None:
             start()
             if fill is not None:
                 prelinked.update(_prelink(gen, fill))
+            pickled[0] = cache_data(site)  # the site cache, written once the build succeeded
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs,
                                              meanwhile=meanwhile, compiled=out / TEMPLATE_CACHE)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
@@ -1021,7 +1024,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         records.write(gen, recorded, [row[2] for row in outputs] + [""])
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
                            filling.result() if filling else None)
-        save_site_cache(site, out / SITE_CACHE)
+        save_site_cache(site, out / SITE_CACHE, pickled[0])
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
     return Result(out, False, sde, written, len(outputs), verdict.warnings if verdict else [])

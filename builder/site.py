@@ -670,13 +670,20 @@ def load(path: Path | str, cache: Path | None = None) -> Site:
         return _load(path)
 
 
-def save_cache(site: Site, cache: Path) -> None:
+def save_cache(site: Site, cache: Path, data: bytes | None = None) -> None:
     """Write what the load of `site` learned into the cache file (atomically); after the
-    build succeeded, so a cache never describes a site that failed."""
+    build succeeded, so a cache never describes a site that failed. `data`: cache_data's,
+    made before (while a build's workers render)."""
     with contextlib.suppress(OSError), no_gc():  # the cache only saves time
         sitecache.sweep(cache)
         if site.cache_update is not None:
-            sitecache.write(cache, site.cache_update)
+            sitecache.write(cache, site.cache_update, data)
+
+
+def cache_data(site: Site) -> bytes | None:
+    """The pickle save_cache writes (~0.1 s for 10,000 hosts), if any."""
+    with no_gc():
+        return None if site.cache_update is None else sitecache.dumps(site.cache_update.entries)
 
 
 def _load(path: Path) -> Site:

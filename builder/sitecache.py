@@ -186,9 +186,10 @@ def _read(path: Path, *header: str) -> dict[str, Entry] | None:
     return value if isinstance(value, dict) else None
 
 
-def _write(path: Path, hosts: dict[str, Entry], *header: str) -> None:
+def _write(path: Path, hosts: dict[str, Entry], *header: str, data: bytes | None = None
+           ) -> None:
     write_bytes(path, " ".join(("ksbuild-site-cache", *header)).encode() + b"\n" +
-                dumps(hosts))
+                (dumps(hosts) if data is None else data))
 
 
 @dataclass
@@ -225,11 +226,13 @@ class Update:
     base_id: str | None  # None: a new base; else the base the delta goes with
 
 
-def write(path: Path, update: Update) -> None:
+def write(path: Path, update: Update, data: bytes | None = None) -> None:
+    """`data`: dumps(update.entries) made already (a build makes it while its workers
+    render, and writes the file only once it succeeded)."""
     if update.base_id is None:
-        write_base(path, update.frame_digest, update.entries)
+        write_base(path, update.frame_digest, update.entries, data)
     else:
-        write_delta(path, update.base_id, update.entries)
+        write_delta(path, update.base_id, update.entries, data)
 
 
 def sweep(path: Path) -> None:
@@ -237,12 +240,14 @@ def sweep(path: Path) -> None:
     output.sweep(path.parent, [f".{path.name}.*.part", f".{_delta_path(path).name}.*.part"])
 
 
-def write_base(path: Path, frame_digest: str, hosts: dict[str, Entry]) -> None:
+def write_base(path: Path, frame_digest: str, hosts: dict[str, Entry],
+               data: bytes | None = None) -> None:
     """Every host's entry, after a full load; the delta of the previous base goes."""
-    _write(path, hosts, "base", code_digest(), frame_digest, os.urandom(16).hex())
+    _write(path, hosts, "base", code_digest(), frame_digest, os.urandom(16).hex(), data=data)
     remove(_delta_path(path))
 
 
-def write_delta(path: Path, base_id: str, new: dict[str, Entry]) -> None:
+def write_delta(path: Path, base_id: str, new: dict[str, Entry],
+                data: bytes | None = None) -> None:
     """The entries the base lacks (the hosts parsed since it was written)."""
-    _write(_delta_path(path), new, "delta", code_digest(), base_id)
+    _write(_delta_path(path), new, "delta", code_digest(), base_id, data=data)
