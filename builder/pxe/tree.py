@@ -619,7 +619,6 @@ class Started:
     menus: pxemenus.Menus
     grub_commands: str
     published: installtree.Published | None
-    index: dict[str, bytes]  # hostname -> its line of the index
     seconds: dict[str, float]
 
 
@@ -687,7 +686,7 @@ def start_tree(options: Options, base: BaseIso, plan: Plan,
     writer.data(pxestate.INDEX, pxestate.index_from_lines(plan.server, index))
     writer.flush()  # here, while `ksbuild build`'s workers render: not after them
     phase("entries and index written")
-    return Started(writer, menus, grub_commands, published, index, seconds)
+    return Started(writer, menus, grub_commands, published, seconds)
 
 
 def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: Plan,
