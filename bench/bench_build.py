@@ -1,11 +1,12 @@
 """`ksbuild build` on a generated fleet with a PXE tree (issue 16): a full build, a no-op
 rebuild, one host changed, a field of `defaults` changed; each with the files it rewrote, and
 the baselines measured in the same run: loading the site file alone (the floor of any
-rebuild that must look at it) and rendering + validating every kickstart once (what a full
-build cannot avoid). The no-op and one host changed again, each as the `ksbuild build`
-command (a process: start-up, imports and exit count). Then the same at a smaller size with
-per-host ISOs. Peak memory (this process, and the largest child: a render worker or a
-command) at the end.
+rebuild that must look at it), rendering + validating every kickstart once (what a full
+build cannot avoid), and writing as many files of the same sizes (what a build from nothing
+cannot avoid either, on this file system at that moment). The no-op and one host changed
+again, each as the `ksbuild build` command (a process: start-up, imports and exit count).
+Then the same at a smaller size with per-host ISOs. Peak memory (this process, and the
+largest child: a render worker or a command) at the end.
 
     python bench/bench_build.py [--hosts 10000] [--iso-hosts 20] [--base ISO]
 
@@ -79,6 +80,26 @@ def fleet(count: int, base: Path, iso: str) -> dict[str, Any]:
     return doc
 
 
+def output_sizes(out: Path) -> list[int]:
+    """The sizes of the files in OUT, as a reader sees it."""
+    sizes = []
+    for folder, dirs, names in os.walk(out, followlinks=True):
+        dirs[:] = [d for d in dirs if d != ".ksbuild"]
+        sizes += [os.path.getsize(os.path.join(folder, name)) for name in names]
+    return sizes
+
+
+def write_files(folder: Path, sizes: list[int]) -> float:
+    """Seconds to write files of these sizes into a new folder: the floor of a build from
+    nothing, measured where and when it runs (this file system's cost of a new file varies
+    several times with how many were deleted in the minutes before)."""
+    start = time.perf_counter()
+    folder.mkdir()
+    for number, size in enumerate(sizes):
+        (folder / str(number)).write_bytes(b"x" * size)
+    return time.perf_counter() - start
+
+
 def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
     doc = fleet(count, base, iso)
     site_path = tmp / f"{label}.yaml"
@@ -88,6 +109,8 @@ def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
     rows = []
     seconds, result = timed(options)
     rows.append(("full build", seconds, result))
+    sizes = output_sizes(options.out)
+    write = write_files(tmp / f"{label}-files", sizes)  # kept: deleting slows what follows
     seconds, result = timed(options)
     assert result.up_to_date, "the second build should have had nothing to do"
     rows.append(("no-op rebuild", seconds, result))
@@ -106,13 +129,10 @@ def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
     load = time.perf_counter() - start
     kickstart.render_site(loaded)
     render = time.perf_counter() - start - load
-    files = 0
-    for _, dirs, names in os.walk(options.out, followlinks=True):  # as a reader sees it
-        dirs[:] = [d for d in dirs if d != ".ksbuild"]
-        files += len(names)
-    print(f"{label}: {count} hosts, iso: {iso}, {files} files in the output")
+    print(f"{label}: {count} hosts, iso: {iso}, {len(sizes)} files in the output")
     print(f"  baseline: load the site:             {load:7.2f} s")
     print(f"  baseline: render + validate all once: {render:7.2f} s")
+    print(f"  baseline: write as many files:       {write:7.2f} s ({sum(sizes) >> 20} MiB)")
     for name, seconds, result in rows:
         print(f"  {name + ':':<37} {seconds:7.2f} s, rewrote {len(result.written)} file(s)")
     for name, seconds in processes:
