@@ -772,16 +772,10 @@ def _from_cache(path: Path, split: sitecache.Split, cache: sitecache.Cache) -> S
     if len(missing) > max(16, len(chunks) // 8):
         return None  # composing them one by one costs more than the full load
     name = str(path)
-    doc = _compose(split.frame, name)
-    if not isinstance(doc.value, dict) or "hosts" not in doc.value:
+    frame = _frame(path, split)
+    if frame is None:
         return None
-    raw_hosts = doc.value["hosts"]
-    if raw_hosts.line != split.hosts_line or raw_hosts.value is not None:
-        return None
-    SITE_WITHOUT_HOSTS.parse(Located({k: v for k, v in doc.value.items() if k != "hosts"},
-                                     doc.path, doc.file, doc.line))
-    defaults = doc.value.get("defaults", Located({}, "defaults", name, doc.line))
-    seed = doc.value["salt_seed"].value if "salt_seed" in doc.value else None
+    doc, defaults, seed = frame
     if seed is None and chunks[0] in cache.hosts:
         seed = cache.hosts[chunks[0]][0].hostname  # as the full load: the first host's name
     new: dict[str, sitecache.Entry] = {}
@@ -869,8 +863,8 @@ Frame = tuple[Located, Located, "str | None"]
 
 
 def _frame(path: Path, split: sitecache.Split) -> Frame | None:
-    """The site file without its hosts, checked (as _from_cache); None where its `hosts:`
-    is not where the split found it."""
+    """The site file without its hosts, checked; None where its `hosts:` is not where the
+    split found it."""
     name = str(path)
     doc = _compose(split.frame, name)
     if not isinstance(doc.value, dict) or "hosts" not in doc.value:
