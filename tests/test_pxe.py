@@ -293,6 +293,18 @@ def test_done_switches_only_that_host_and_a_rebuild_keeps_it(tree: Path, tmp_pat
     assert not (tree / "state/installed" / H1).exists()
 
 
+def test_a_rebuild_with_nothing_changed_keeps_every_file(tree: Path, tmp_path: Path) -> None:
+    """`ksbuild pxe` again over its own tree, which has no recorded hashes: each file with
+    the same bytes is a hard link to the previous one, not written again."""
+    def inodes() -> dict[Path, int]:
+        return {p.relative_to(tree): p.stat().st_ino for p in tree.rglob("*")
+                if p.is_file() and "state" not in p.relative_to(tree).parts}
+
+    before = inodes()
+    build(tmp_path / "site.yaml", tree)
+    assert inodes() == before
+
+
 def test_done_and_reinstall_from_the_command_line(tree: Path) -> None:
     done = ksbuild("pxe", "-o", str(tree), "--done", H2)
     assert done.returncode == 0, done.stderr

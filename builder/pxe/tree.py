@@ -364,7 +364,7 @@ class Writer:
 
     def _linked(self, relative: str, data: bytes, sha: str) -> bool:
         """A hard link to the previous tree's file, if it has the same bytes."""
-        if self.previous is None or self.previous_hash(relative) is None:
+        if self.previous is None:
             return False
         was = self.previous_hash(relative)
         if was == sha if was is not None else _has_bytes(self.previous / relative, data):
