@@ -390,7 +390,7 @@ def write_kickstarts(options: Options, keys: dict[str, str], unchanged: frozense
 
 def recorded_hash(out: Path, top: str, known: dict[str, str], previous: dict[str, Identity]
                   ) -> Callable[[str], str | None]:
-    """The sha256 of OUT's output <top>/<name> as the last build's manifest has it, if the
+    """The sha256 of OUT's output <top>/<name> as the last build recorded it, if the
     file is still the one it recorded (`previous`: one stat, no read); else None."""
     path = _output_path(out)
 
