@@ -6,7 +6,9 @@ build cannot avoid), and writing as many files of the same sizes (what a build f
 cannot avoid either, on this file system at that moment). The no-op and one host changed
 again, each as the `ksbuild build` command (a process: start-up, imports and exit count).
 Then the same at a smaller size with per-host ISOs. Peak memory (this process, and the
-largest child: a render worker or a command) at the end.
+largest child: a render worker or a command) at the end. First and last, the time of a fixed
+pure-Python loop: the speed of this machine at that moment (a shared VM's varies from day to
+day by 1.5x and more), so that figures of different runs can be compared.
 
     python bench/bench_build.py [--hosts 10000] [--iso-hosts 20] [--base ISO]
 
@@ -141,6 +143,15 @@ def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
         print(f"  {name + ', as a command:':<37} {seconds:7.2f} s")
 
 
+def yardstick() -> str:
+    """The seconds of a fixed pure-Python loop (10 million additions): one core's speed now."""
+    start = time.perf_counter()
+    total = 0
+    for number in range(10_000_000):
+        total += number
+    return f"{time.perf_counter() - start:.2f} s"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,12 +165,14 @@ def main() -> int:
 
         base = centos_iso()
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"yardstick (10 million additions in Python): {yardstick()}")
     with tempfile.TemporaryDirectory() as tmp:
         run("pxe", args.hosts, base, "none", Path(tmp))
         run("per-host-iso", args.iso_hosts, base, "per-host", Path(tmp))
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"peak memory: {me:.0f} MiB (this process), {workers:.0f} MiB (largest child)")
+    print(f"yardstick (10 million additions in Python): {yardstick()}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
