@@ -398,3 +398,37 @@ def test_a_first_builds_spare_is_links_to_each_of_its_outputs(
     assert len(prelinked) > len(names) // 2, "nothing linked meanwhile: the test cannot fail"
     replaced = {name for name, inode in prelinked.items() if inodes.get(name) != inode}
     assert bool(replaced) == (before != "nothing")
+
+
+def test_kept_outputs_are_each_reused_hosts_files(tmp_path: Path) -> None:
+    """What a build keeps of its spare: the kickstarts of unchanged hosts, the PXE kickstart
+    of each reused host and the entries of those not installed, less the outputs the spare
+    lacks (`changed`); and the hosts all of whose files it keeps (present_hosts), whichever
+    of a host's files the spare lacks."""
+    from builder import site
+    from tests.pxe_support import GUEST_SERVER, host_dicts, write_site
+
+    hosts = tuple((f"kvm{n}.example.com", f"52:54:00:12:34:{n:02x}", f"10.0.2.{n + 20}")
+                  for n in range(6))
+    loaded = site.load(write_site(tmp_path, {"server": GUEST_SERVER}, hosts=host_dicts(hosts)))
+    names = [host.hostname for host in loaded.hosts]
+    reuse, unchanged = frozenset(names[:5]), frozenset(names[:4])
+    entries = build._pxe_entry_files(loaded)
+
+    def files(name: str) -> list[str]:
+        return [f"pxe/http/ks/{name}.cfg", *entries(name)]
+
+    for installed in (frozenset(), frozenset(names[1:3])):
+        for changed in ([], ["ks/other.cfg", "pxe/hosts.json"], [f"ks/{names[0]}.cfg"],
+                        files(names[0])[:1], entries(names[1])[2:3], entries(names[3]),
+                        files(names[5]), [*files(names[2]), *entries(names[4])[:1]]):
+            step = build.PxeStep("key", "shared", [], plan=(None, None),  # type: ignore[arg-type]
+                                 reuse=reuse)
+            kept = build._kept_outputs(loaded, {}, unchanged, step, installed,
+                                       frozenset(changed))
+            expected = {f"ks/{name}.cfg" for name in unchanged} | {
+                file for name in reuse
+                for file in (files(name) if name not in installed else files(name)[:1])}
+            assert kept == expected - set(changed), (installed, changed)
+            assert step.present_hosts == {name for name in reuse - installed
+                                          if not set(changed) & set(files(name))}, changed

@@ -3,6 +3,7 @@ install-once state (done, rebuild, --reinstall, nginx's done log, the lock)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -10,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -303,6 +306,145 @@ def test_a_rebuild_with_nothing_changed_keeps_every_file(tree: Path, tmp_path: P
     before = inodes()
     build(tmp_path / "site.yaml", tree)
     assert inodes() == before
+
+
+# hosts.json of a rebuild: the previous tree's, with the lines of the hosts not reused spliced
+# in (state.splice_index), byte for byte the file a clean build writes.
+
+FIVE = tuple((f"kvm{n}.example.com", f"52:54:00:12:34:{n:02x}", f"10.0.2.{n + 20}")
+             for n in (1, 3, 5, 7, 9))
+INDEX_EDITS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
+    "nothing": lambda hosts: None,
+    "host changed": lambda hosts: hosts[2].update(nic_names="eth"),  # its boot args change
+    "host added first": lambda hosts: hosts.insert(0, host_dicts(
+        (("kvm0.example.com", "52:54:00:12:34:a0", "10.0.2.40"),))[0]),
+    "host added between": lambda hosts: hosts.append(host_dicts(
+        (("kvm4.example.com", "52:54:00:12:34:a4", "10.0.2.44"),))[0]),
+    "host added last": lambda hosts: hosts.append(host_dicts(
+        (("kvm99.example.com", "52:54:00:12:34:a9", "10.0.2.49"),))[0]),
+    "first host removed": lambda hosts: hosts.pop(0),
+    "last host removed": lambda hosts: hosts.pop(),
+    "every host removed but one": lambda hosts: hosts.__delitem__(slice(1, None)),
+    "host renamed": lambda hosts: hosts[1].update(hostname="kvm8.example.com"),
+    "MAC changed": lambda hosts: hosts[3].update(mac="52:54:00:12:34:ee"),
+    "all changed": lambda hosts: [host.update(nic_names="eth") for host in hosts],
+}
+
+
+def rebuild_reusing(tmp_path: Path, edit: Callable[[list[dict[str, Any]]], None]
+                    ) -> tuple[Path, Path]:
+    """A tree of FIVE rebuilt after `edit`, reusing the hosts it left as they were (as
+    `ksbuild build` does), and a clean build of the edited site."""
+    pxe_key = {**PXE_KEY, "tree_path": "/srv/pxe"}
+    hosts = host_dicts(FIVE)
+    build(write_site(tmp_path / "a", pxe_key, hosts=hosts), tmp_path / "pxe")
+    edited = copy.deepcopy(hosts)
+    edit(edited)
+    path = write_site(tmp_path / "b", pxe_key, hosts=edited)
+    reused = frozenset(host["hostname"] for host in edited if host in hosts)
+    build(path, tmp_path / "pxe", reuse_hosts=reused)
+    build(path, tmp_path / "clean")
+    return tmp_path / "pxe", tmp_path / "clean"
+
+
+@pytest.mark.parametrize("edit", list(INDEX_EDITS))
+def test_a_rebuilds_spliced_index_is_a_clean_builds(tmp_path: Path, edit: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spliced: list[bytes | None] = []
+    original = pxestate.splice_index
+
+    def splice(*args: Any) -> bytes | None:
+        spliced.append(original(*args))
+        return spliced[-1]
+
+    monkeypatch.setattr(pxestate, "splice_index", splice)
+    mine, clean = rebuild_reusing(tmp_path, INDEX_EDITS[edit])
+    assert (mine / pxestate.INDEX).read_bytes() == (clean / pxestate.INDEX).read_bytes()
+    assert tree_digest(mine) == tree_digest(clean)
+    reused = edit != "all changed"
+    assert [data is not None for data in spliced] == [True] * reused  # not the fallback
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "garbage", "truncated", "no tail",
+                                    "a line lost", "unsorted", "a comma lost", "quoted name"])
+def test_a_damaged_previous_index_is_rebuilt_from_every_host(tmp_path: Path, damage: str,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    """When the previous tree's hosts.json is not as the tree writer wrote it, the reused
+    hosts' lines are rendered again: the index is still a clean build's."""
+    original = pxe.start_tree
+
+    def damaged(options: pxe.Options, *args: Any) -> pxe.Started:
+        if not options.reuse_hosts or options.previous is None:  # not the rebuild
+            return original(options, *args)
+        index = options.previous / pxestate.INDEX
+        data = index.read_bytes()
+        lines = data.split(b"\n")
+        index.unlink()  # a new file: the old tree's may be hard-linked elsewhere
+        if damage != "missing":
+            index.write_bytes({
+                "empty": b"", "garbage": b"garbage\n", "truncated": data[:len(data) // 2],
+                "no tail": data[:-3], "a line lost": b"\n".join(lines[:2] + lines[3:]),
+                "unsorted": b"\n".join([lines[0], lines[2], lines[1], *lines[3:]]),
+                "a comma lost": data.replace(b",\n", b"\n", 1),
+                "quoted name": data.replace(b'\n"kvm5', b'\n"kvm\\u0035', 1),
+            }[damage])
+        return original(options, *args)
+
+    monkeypatch.setattr(pxe, "start_tree", damaged)
+    mine, clean = rebuild_reusing(tmp_path, INDEX_EDITS["MAC changed"])
+    assert (mine / pxestate.INDEX).read_bytes() == (clean / pxestate.INDEX).read_bytes()
+
+
+def test_splice_index_is_index_from_lines() -> None:
+    """Every way the hosts of an index can go, come, change or stay, at its start, middle
+    and end, from and to an empty one."""
+    def line(name: str, mac: str) -> bytes:
+        return pxestate.index_line(pxestate.IndexedHost(name, mac, {"tftp/x": "a\nb \"c\""}))
+
+    names = ["a.example.com", "b.example.com", "c.example.com", "d.example.com"]
+    old_lines = {name: line(name, "1") for name in names}
+    for bits in range(3 ** len(names)):  # each old host gone, kept or changed
+        fate = [bits // 3 ** k % 3 for k in range(len(names))]
+        for added in ([], ["0.example.com"], ["bb.example.com", "zz.example.com"]):
+            kept = frozenset(n for n, f in zip(names, fate) if f == 1)
+            lines = {**{n: line(n, "2") for n, f in zip(names, fate) if f == 2},
+                     **{n: line(n, "3") for n in added}}
+            for old in (pxestate.index_from_lines("http://a", old_lines),
+                        pxestate.index_from_lines("http://b", old_lines)):
+                full = pxestate.index_from_lines("http://a", {
+                    **{n: old_lines[n] for n in kept}, **lines})
+                spliced = pxestate.splice_index(old, "http://a", kept, lines)
+                assert spliced == full, (fate, added)
+                assert (spliced is old) == (old == full)
+    empty = pxestate.index_from_lines("http://a", {})
+    assert pxestate.splice_index(empty, "http://a", frozenset(), {}) is empty
+    assert pxestate.splice_index(empty, "http://a", frozenset(), old_lines) == \
+        pxestate.index_from_lines("http://a", old_lines)
+    assert pxestate.splice_index(empty, "http://a", frozenset(names[:1]), {}) is None
+
+
+def test_a_tree_keeps_its_templates_compiled_and_renders_the_same(tmp_path: Path) -> None:
+    """With a folder for compiled templates (`ksbuild build`'s OUT/.ksbuild/templates), the
+    tree's templates are compiled once, and render what they render without it."""
+    path = write_site(tmp_path, {**PXE_KEY, "tree_path": "/srv/pxe"})
+    compiled = tmp_path / "compiled"
+    build(path, tmp_path / "plain")
+    build(path, tmp_path / "first", compiled=compiled)
+    files = sorted(kickstart.CompiledTemplates.folder(compiled).iterdir())
+    assert len(files) == len(list((kickstart.template_dir() / "pxe").glob("*.j2")))  # all
+    build(path, tmp_path / "again", compiled=compiled)
+    assert sorted(kickstart.CompiledTemplates.folder(compiled).iterdir()) == files
+    assert tree_digest(tmp_path / "plain") == tree_digest(tmp_path / "first") == \
+        tree_digest(tmp_path / "again")
+
+
+def test_hosts_files_are_each_hosts_host_files() -> None:
+    macs = ["52:54:00:12:34:56", "52:54:00:ab:cd:ef"]
+    assert sorted(pxemenus.hosts_files(macs, "pxe/")) == sorted(
+        f"pxe/{path}" for mac in macs for path in pxemenus.host_files(mac).values())
+    assert pxemenus.hosts_files(macs)[1::2] == [pxemenus.host_files(macs[1])[kind]
+                                                for kind in pxemenus.HOST_FILES]
 
 
 def test_done_and_reinstall_from_the_command_line(tree: Path) -> None:
