@@ -25,9 +25,7 @@ import functools
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,13 +46,13 @@ from builder.output import (
     write_bytes,
     write_new,
 )
-from builder.overlay import OverlayTree
 from builder.progress import Progress, Silent
 from builder.records import Identity
-from builder.run import run
 
 if TYPE_CHECKING:  # imported where used: a no-op build needs none of them (the command's
     # start-up), a build without a PXE tree no PXE code
+    from concurrent.futures import ThreadPoolExecutor
+
     from builder import secureboot
     from builder.pxe import tree as pxe_tree
     from builder.pxe.menus import BootHost
@@ -158,6 +156,8 @@ def source_date_epoch(files: list[Path], given: int | None) -> tuple[int, str]:
             return int(os.environ["SOURCE_DATE_EPOCH"]), "environment"
         except ValueError:
             raise InputError("SOURCE_DATE_EPOCH must be a whole number of seconds") from None
+    from builder.run import run  # subprocess: not for a no-op build (~5 ms)
+
     newest = 0
     for folder in sorted({f.parent for f in files}):
         done = run(["git", "-C", folder, "log", "-1", "--format=%ct", "--", "."], check=False)
@@ -291,6 +291,8 @@ def _password_key(host: Host) -> str:
 def host_keys(site: Site, shared: str) -> dict[str, str]:
     """hostname -> everything its kickstarts depend on: its model, its password, the
     templates (`shared`) and its overlay files."""
+    from builder.overlay import OverlayTree  # not for a no-op build
+
     overlays = OverlayTree(site.overlays)
     digests = site.host_digests  # equal digests: equal models (no repr of every host)
     own = overlays.own_folders()
@@ -909,7 +911,7 @@ def _preflight(site: Site, options: Options, state: dict[str, Any]) -> tuple[Pat
     (a regular file, an ISO, not truncated) and what a PXE tree needs."""
     media = base_media(site, options, state)
     if media is not None:
-        from builder.media.iso import read_base_head
+        from builder.media.baseiso import read_base_head
 
         read_base_head(media[0])
         if site.outputs.pxe:
@@ -1027,7 +1029,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         outputs, recorded, written = _output_entries(gen, out, names, previous, known, hashes,
                                                      kept)
         # The spare's other links, meanwhile.
-        filling = None if fill is None else held.enter_context(ThreadPoolExecutor(1)).submit(
+        filling = None if fill is None else _one_thread(held).submit(
             _fill_spare, gen, fill, [name for _, name in names], recorded, prelinked)
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
         manifest.write(gen, __version__, sde, inputs, outputs, sections)
@@ -1049,6 +1051,13 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
     return Result(out, False, sde, written, len(outputs), verdict.warnings if verdict else [])
+
+
+def _one_thread(held: contextlib.ExitStack) -> ThreadPoolExecutor:
+    """A thread for work done meanwhile (a first build's spare), joined when `held` closes."""
+    from concurrent.futures import ThreadPoolExecutor  # with logging, ~10 ms: not every build's
+
+    return held.enter_context(ThreadPoolExecutor(1))
 
 
 def _known_hashes(state: dict[str, Any]) -> dict[str, str]:
@@ -1156,6 +1165,8 @@ class Comparison:
 
 def verify(out: Path, report: Report = lambda line: None) -> list[Comparison]:
     """Rebuild from the recorded inputs into a temporary folder; compare every output."""
+    import tempfile  # only verify needs it
+
     document = manifest.read(out)
     state = read_state(out)
     if not state:

@@ -11,7 +11,6 @@ import base64
 import contextlib
 import gc
 import hashlib
-import importlib.resources
 import operator
 import os
 import shlex
@@ -51,6 +50,8 @@ def template_dir() -> Path:
     source = Path(__file__).resolve().parent.parent / "kickstarts"
     if source.is_dir():
         return source
+    import importlib.resources  # only an installed package's (~2 ms at every start-up)
+
     return Path(str(importlib.resources.files("builder"))) / "templates"
 
 

@@ -15,15 +15,12 @@ private), except what a PXE tree serves, which builder/pxe/tree.py writes 0644.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
@@ -62,6 +59,8 @@ def atomic_file(target: Path, mode: int | None = None,
     `target` and remove the old one after, rather than rename over it: ext4 (auto_da_alloc)
     starts writing back the whole new file inside a rename that replaces a file, 0.8 s per GiB
     measured, where the swap costs nothing and the removal ~0.3 s."""
+    import tempfile  # here, as below: a no-op `ksbuild build` writes nothing (~3 ms)
+
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     temp = Path(name)
@@ -89,6 +88,8 @@ def _exchange(temp: Path, target: Path) -> bool:
             return False
     except FileNotFoundError:
         return False
+    import ctypes  # only an ISO's output needs it, not every command's start-up
+
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
         return False
@@ -144,6 +145,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     The old folder is moved aside and removed only after the new one is in place, so readers
     never see a mix of old and new files.
     """
+    import tempfile  # not at start-up (atomic_file)
+
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     fd = _hold(temp)
@@ -235,6 +238,8 @@ class Generations:
         it is built; removed if the build fails. Empty, or `reuse` (the current version's
         spare, see switch()) renamed to it: the caller then removes from it what it will not
         keep before it writes anything."""
+        import tempfile  # not at start-up (atomic_file)
+
         self.link.parent.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",
                                        dir=self.link.parent))
@@ -270,8 +275,10 @@ class Generations:
         the caller filled with links to `version`'s files."""
         old = self.current()
         keep = prune is not None and self.keeps_replaced()
-        if old == self.link:  # a plain folder from before: moved aside first (not atomic,
-            aside = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",  # once)
+        if old == self.link:  # a plain folder from before: moved aside first (not atomic, once)
+            import tempfile  # not at start-up (atomic_file)
+
+            aside = Path(tempfile.mkdtemp(prefix=f".{self.link.name}.", suffix=".v",
                                           dir=self.link.parent))
             os.replace(self.link, aside / "old")
             old = aside
@@ -344,6 +351,8 @@ def in_threads(work: Callable[[list[T]], object], items: list[T]) -> None:
     if len(items) < 64:
         work(items)
         return
+    from concurrent.futures import ThreadPoolExecutor  # with logging: not at start-up
+
     with ThreadPoolExecutor(IO_THREADS) as pool:
         list(pool.map(work, [items[k::IO_THREADS] for k in range(IO_THREADS)]))
 

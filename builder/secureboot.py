@@ -257,7 +257,7 @@ def iso_first_stages(base: Path, overlay: Path | None) -> dict[str, bytes]:
     it starts from the CD's El Torito EFI image); a file under the site's overlays/iso/
     replaces the base's."""
     from builder.media import fat
-    from builder.media.iso import read_base_files
+    from builder.media.baseiso import read_base_files
 
     def from_overlay(name: str) -> bytes | None:
         given = overlay / name if overlay is not None else None

@@ -232,6 +232,56 @@ def test_incremental_with_per_host_isos(tmp_path: Path) -> None:
         and "grub.cfg-" not in str(p) and "ipxe" not in str(p)}
 
 
+# Issue 16: the command's start-up. A module a build does not use is imported where it is used,
+# not by every `ksbuild build`: a no-op build reads its state and the inputs' stats only; one
+# after a host changed renders and validates that host and writes its PXE files, from a base
+# ISO and boot loaders the tree has copies of already (no ISO repack, pycdlib, download).
+NO_OP_IMPORTS_NONE_OF = (
+    "builder.site", "yaml", "builder.kickstart", "jinja2", "pykickstart", "builder.overlay",
+    "builder.media", "pycdlib", "builder.pxe", "builder.secureboot", "subprocess",
+    "concurrent.futures", "logging", "tempfile", "ctypes")
+ONE_HOST_IMPORTS_NONE_OF = (
+    "pycdlib", "builder.media.iso", "builder.media.flavor", "builder.media.writer",
+    "builder.pxe.installtree", "socket", "configparser", "importlib.resources",
+    "concurrent.futures", "logging", "ctypes")
+
+
+def imports_of(*args: str, env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str],
+                                                          set[str]]:
+    """`ksbuild ARGS` under -X importtime: the process, and the modules it imported from the
+    builder package on (not those of the interpreter's own start-up)."""
+    full_env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "builder", *args],
+                          cwd=REPO, env={**full_env, **env}, text=True, capture_output=True,
+                          timeout=600)
+    names = [line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines()
+             if line.startswith("import time:")]
+    return done, set(names[names.index("builder"):])
+
+
+def among(names: set[str], packages: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names for p in packages if n == p or n.startswith(p + "."))
+
+
+def test_no_op_and_one_host_builds_import_only_what_they_use(tmp_path: Path) -> None:
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    build.build(build.Options(site=site_path, out=out, source_date_epoch=1700000000))
+    done, names = imports_of("build", str(site_path), "-o", str(out), env=env)
+    assert done.returncode == 0 and "nothing to do" in done.stderr, done.stderr[-2000:]
+    assert "builder.build" in names and among(names, NO_OP_IMPORTS_NONE_OF) == []
+
+    doc = yaml.safe_load(site_path.read_text())
+    doc["hosts"][1]["timezone"] = "Europe/Berlin"
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    done, names = imports_of("build", str(site_path), "-o", str(out), env=env)
+    assert done.returncode == 0 and "kickstarts: 1 written" in done.stderr, done.stderr[-2000:]
+    # It rendered, validated, checked the base's first stage and wrote the PXE tree.
+    assert {"jinja2", "pykickstart.parser", "builder.secureboot", "builder.pxe.tree"} <= names
+    assert among(names, ONE_HOST_IMPORTS_NONE_OF) == []
+
+
 def pxe_files(out: Path, mac_end: str) -> list[Path]:
     """The PXE files of the host whose MAC ends in `mac_end` (entries and kickstart)."""
     tree = out / "pxe"

@@ -22,7 +22,7 @@ import pytest
 
 from builder import output
 from builder.errors import InputError
-from builder.media import iso, isofs, isomd5
+from builder.media import baseiso, iso, isofs, isomd5
 from builder.run import run
 from tests.fixtures import centos_iso, sgdisk_problems
 from tests.fixtures.tree import escape_label, write_tree
@@ -674,7 +674,7 @@ def test_quick_read_answers_as_pycdlib_does(tmp_path: Path) -> None:
     assert expected["/EFI/BOOT/BOOTX64.EFI"] and expected[paths[4]] == b"39\n"
     with out.open("rb") as f:
         assert isofs.quick_read(f.fileno(), paths) == expected
-    assert iso.read_base_files(out, paths) == expected
+    assert baseiso.read_base_files(out, paths) == expected
 
     tree = tmp_path / "tree"
     (tree / "EFI" / "BOOT").mkdir(parents=True)
@@ -686,7 +686,7 @@ def test_quick_read_answers_as_pycdlib_does(tmp_path: Path) -> None:
              "-outdev", plain, "-map", tree, "/"])
         with plain.open("rb") as f:
             assert isofs.quick_read(f.fileno(), ["/EFI/BOOT/BOOTX64.EFI"]) is None
-        assert iso.read_base_files(plain, ["/EFI/BOOT/BOOTX64.EFI"]) == {
+        assert baseiso.read_base_files(plain, ["/EFI/BOOT/BOOTX64.EFI"]) == {
             "/EFI/BOOT/BOOTX64.EFI": b"first stage"}
 
 

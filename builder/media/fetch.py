@@ -9,14 +9,12 @@ from writing the same partial file.
 
 from __future__ import annotations
 
-import configparser
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import re
-import socket
 import threading
 import time
 import weakref
@@ -33,6 +31,8 @@ from builder.progress import Progress, Silent
 from builder.site import MEDIA_FLAVORS, MEDIA_RELEASES, URL, Media
 
 if TYPE_CHECKING:  # imported where used: a build from a local ISO never loads them (~55 ms)
+    import socket
+
     import requests
 
 DEFAULT_MIRROR = "https://vault.centos.org/"
@@ -227,6 +227,8 @@ def fetch_pxeboot(tree: str, *, cache_dir: Path | None = None,
 
 def parse_treeinfo(data: bytes, url: str) -> tuple[str, str, dict[str, str]]:
     """The kernel and initrd paths of a .treeinfo, and the sha256 it lists for both."""
+    import configparser  # a build from a local ISO reads no .treeinfo
+
     parser = configparser.ConfigParser(interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # paths keep their case
     try:
@@ -668,6 +670,8 @@ class _Watchdog:
 
 
 def _shut(sock: socket.socket) -> None:
+    import socket  # loaded by requests already; not by a build from a local ISO
+
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 

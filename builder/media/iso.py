@@ -28,7 +28,6 @@ from __future__ import annotations
 import calendar
 import os
 import re
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ from typing import Any, BinaryIO
 from pycdlib.pycdlibexception import PyCdlibException
 
 from builder.errors import InputError
-from builder.media import bootmenu, fat, hybrid, isofs, isomd5, kickstarts
+from builder.media import bootmenu, fat, hybrid, isomd5, kickstarts
+from builder.media.baseiso import PVD, SECTOR, open_base_file, read_base_head
 from builder.media.flavor import Flavor, check_cdrom_hosts, detect
 from builder.media.isofs import KS_PATH, Edit, apply_overlay, read
 from builder.media.kickstarts import check_source_labels
@@ -52,8 +52,6 @@ ISOLINUX_CFG = "/isolinux/isolinux.cfg"
 GRUB_CFG = "/EFI/BOOT/grub.cfg"
 EFIBOOT_IMG = "/images/efiboot.img"
 EFIBOOT_GRUB_CFG = "EFI/BOOT/grub.cfg"
-SECTOR = 2048
-PVD = 16 * SECTOR
 
 
 @dataclass(frozen=True)
@@ -115,54 +113,6 @@ def volume_creation_epoch(pvd_sector: bytes) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checks on the base before pycdlib sees it: one clear line each.
-
-
-def open_base_file(base: Path) -> BinaryIO:
-    """The base opened for reading, if it is a regular file. O_NONBLOCK: a FIFO given as the
-    base opens at once (and is refused) instead of waiting for a writer forever."""
-    try:
-        fd = os.open(base, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise InputError(f"{base}: no such file") from None
-    except OSError as exc:
-        raise InputError(f"{base}: cannot read: {exc.strerror}") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        what = "is a folder" if stat.S_ISDIR(mode) else "is not a regular file"
-        raise InputError(f"{base}: {what}, not an ISO image")
-    return open(fd, "rb")
-
-
-def read_base_head(base: Path) -> tuple[bytes, int]:
-    """The first 17 sectors of the base (system area + PVD) and its size; InputError if it is
-    not an ISO 9660 image, or is shorter than its primary volume descriptor says (a cut
-    download: pycdlib would fail deep inside with a struct.error)."""
-    try:
-        with open_base_file(base) as f:
-            head = f.read(PVD + SECTOR)
-            size = os.fstat(f.fileno()).st_size
-    except OSError as exc:
-        raise InputError(f"{base}: cannot read: {exc.strerror}") from None
-    if len(head) < PVD + SECTOR or head[PVD:PVD + 6] != b"\x01CD001":
-        raise InputError(f"{base}: not an ISO 9660 image (no primary volume descriptor)")
-    volume = volume_size(head[PVD:PVD + SECTOR])
-    if volume > size:
-        raise InputError(f"{base}: truncated: the image is {size} bytes, its volume "
-                         f"descriptor says {volume} (an interrupted download?)")
-    return head, size
-
-
-def volume_size(pvd_sector: bytes) -> int:
-    """Bytes in the volume: the PVD's volume space size (offset 80, both-endian 32-bit) times
-    its logical block size (offset 128, both-endian 16-bit); ECMA-119 8.4.8, 8.4.12."""
-    blocks = int.from_bytes(pvd_sector[80:84], "little")
-    block_size = int.from_bytes(pvd_sector[128:130], "little")
-    return blocks * block_size
-
-
-# ---------------------------------------------------------------------------------------------
 # The repack.
 
 
@@ -203,23 +153,6 @@ def open_base(base: Path) -> tuple[Any, BinaryIO, bytes, int]:
         handle.close()
         raise InputError(f"{base}: not a readable ISO 9660 image: {exc}") from None
     return iso, handle, head, size
-
-
-def read_base_files(base: Path, paths: list[str]) -> dict[str, bytes | None]:
-    """path -> bytes (None: not on the image) of a few files of the base, without pycdlib's
-    parse of the whole image where the quick reader can (isofs.quick_read); the same
-    InputError as open_base for a file that is not an ISO image."""
-    read_base_head(base)
-    with open_base_file(base) as handle:
-        quick = isofs.quick_read(handle.fileno(), paths)
-    if quick is not None:
-        return quick
-    iso, handle, _, _ = open_base(base)
-    try:
-        return {path: isofs.read(iso, path) for path in paths}
-    finally:
-        iso.close()
-        handle.close()
 
 
 def check_output(base: Path, output: Path) -> None:

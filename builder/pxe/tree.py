@@ -52,22 +52,23 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from builder import kickstart, network
 from builder.errors import InputError
-from builder.media import flavor as media_flavor
-from builder.media import isofs
 from builder.output import Generations, umask, write_bytes, write_new, write_new_files
 from builder.pxe import config as pxeconfig
 from builder.pxe import events as pxeevents
-from builder.pxe import grubimage, installtree
+from builder.pxe import grubimage
 from builder.pxe import menus as pxemenus
 from builder.pxe import state as pxestate
 from builder.pxe.config import PxeSettings
 from builder.schema import parse_option
 from builder.site import MEDIA_RELEASES, Host, Site
+
+if TYPE_CHECKING:  # imported where used: only pxe.install_tree: local needs it
+    from builder.pxe import installtree
 
 DEFAULT_SETTINGS = PxeSettings(
     server=None, install_tree=None, boot_args=(), menu_timeout=5, tree_path=None,
@@ -198,6 +199,11 @@ def local_install_tree(site: Site, settings: PxeSettings, server: str,
     tree, and its folder under http/; the base must carry what every host installs."""
     if settings.install_tree != "local":
         return settings, None
+    # Here: a tree without a local install tree needs none of them (~10 ms of start-up).
+    from builder.media import flavor as media_flavor
+    from builder.media import isofs
+    from builder.pxe import installtree
+
     what = str(base.path)
     found = media_flavor.detect(lambda path: isofs.read(base.iso, path), what)
     media_flavor.check_install_source(found, site.hosts, what, "pxe.install_tree: local")
@@ -248,7 +254,7 @@ class BaseIso:
     """Files of the base ISO, read with pycdlib (Rock Ridge, else Joliet, else ISO 9660)."""
 
     def __init__(self, path: Path) -> None:
-        from builder.media.iso import open_base_file, read_base_head
+        from builder.media.baseiso import open_base_file, read_base_head
 
         self.path = path
         read_base_head(path)  # a regular file, an ISO, not truncated: else one line
@@ -842,6 +848,8 @@ def _same_file(new: Path, old: Path) -> bool:
 
 def _publish(base: BaseIso, temp: Path, folder: str, previous: Path,
              all_packages: bool) -> installtree.Published:
+    from builder.pxe import installtree  # only pxe.install_tree: local needs it
+
     fd = base.handle.fileno()
     published = installtree.publish(base.iso, fd, installtree.iso_identity(fd), temp, folder,
                                     previous if previous.is_dir() else None)
