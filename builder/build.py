@@ -23,12 +23,14 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from builder import __version__, manifest, records
 from builder.errors import InputError
@@ -332,16 +334,137 @@ class Intact(frozenset[str]):
     complete = False
 
 
-def intact_outputs(out: Path, state: dict[str, Any], sde: int) -> Intact:
+def intact_outputs(out: Path, state: dict[str, Any], sde: int,
+                   stats: Stats | None = None) -> Intact:
     """The previous build's outputs still as it recorded them, stat'ed once for the whole
-    build; none when the file times change (SOURCE_DATE_EPOCH): a link to one would change
-    the live file's time too."""
+    build (by `stats`, if begun); none when the file times change (SOURCE_DATE_EPOCH): a
+    link to one would change the live file's time too."""
     if state.get("source_date_epoch") != sde:
         return Intact()
     recorded = state.get("outputs", {})
-    intact = Intact(_intact_outputs(out, recorded))
+    intact = Intact(stats.result() if stats is not None else _intact_outputs(out, recorded))
     intact.complete = bool(intact) and len(intact) == len(recorded)
     return intact
+
+
+class Stats:
+    """_intact_outputs(out, recorded) computed by a forked child while the build loads and
+    checks the site (~0.25 s each for 60,000 outputs of a large PXE fleet: on the other core,
+    where a thread would take turns with the main one for the GIL around each os.stat). The
+    child sends a byte per output (1: intact, in `recorded`'s order) down a pipe. result() is
+    exactly what the serial call gives: it is the serial call, made again here, if anything
+    went wrong (the child died, failed, or sent anything else). close() kills and reaps it."""
+
+    MAGIC = b"ksbuild-intact\n"
+
+    def __init__(self, out: Path, recorded: dict[str, Identity]) -> None:
+        self.out, self.recorded = out, recorded
+        self.pid: int | None = None
+        self.pipe: int | None = None
+        read, write = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read)
+            os.close(write)
+            raise
+        if pid == 0:
+            _stats_child(out, recorded, write)  # never returns
+        os.close(write)
+        self.pid, self.pipe = pid, read
+
+    def result(self) -> set[str]:
+        try:
+            answer = self._answer()
+        except Exception:  # noqa: BLE001 - any failure of the child: the serial call
+            answer = None
+        finally:
+            self.close()
+        return _intact_outputs(self.out, self.recorded) if answer is None else answer
+
+    def _answer(self) -> set[str] | None:
+        assert self.pipe is not None and self.pid is not None
+        chunks = []
+        while chunk := os.read(self.pipe, 1 << 20):
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        pid, self.pid = self.pid, None
+        _, status = os.waitpid(pid, 0)
+        head = self.MAGIC + len(self.recorded).to_bytes(8, "big")
+        flags = data[len(head):]
+        if (os.waitstatus_to_exitcode(status) != 0 or not data.startswith(head)
+                or len(flags) != len(self.recorded) or flags.translate(None, b"\0\1")):
+            return None
+        return set(itertools.compress(self.recorded, flags))
+
+    def close(self) -> None:
+        """Idempotent: the pipe closed, the child (if still running) killed and reaped."""
+        if self.pipe is not None:
+            os.close(self.pipe)
+            self.pipe = None
+        if self.pid is not None:
+            import signal  # only a rebuild's parent comes here
+
+            pid, self.pid = self.pid, None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _stats_child(out: Path, recorded: dict[str, Identity], pipe: int) -> NoReturn:
+    """The forked child of Stats: its answer down `pipe`, then out, whatever happens (never
+    back into the build's code, never through the parent's exit handlers). Ctrl-C (sent to
+    the whole process group) raises KeyboardInterrupt here too: out. A parent killed outright
+    leaves it to finish its stat (a fraction of a second) and fail on the broken pipe."""
+    code = 1
+    try:
+        # Nothing of the parent's but the pipe and the standard streams: in particular not
+        # OUT's lock (flock), which a copy of its descriptor would hold while the child lives.
+        os.closerange(3, pipe)
+        os.closerange(pipe + 1, os.sysconf("SC_OPEN_MAX"))
+        view = memoryview(_stats_answer(out, recorded))
+        while view:
+            view = view[os.write(pipe, view):]
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def _stats_answer(out: Path, recorded: dict[str, Identity]) -> bytes:
+    intact = _intact_outputs(out, recorded)
+    return (Stats.MAGIC + len(recorded).to_bytes(8, "big")
+            + bytes(name in intact for name in recorded))
+
+
+@contextlib.contextmanager
+def _stats_begun(options: Options, state: dict[str, Any]) -> Iterator[Stats | None]:
+    """The previous build's outputs stat'ed meanwhile (Stats), if there are any and their
+    time can still be the new build's, and the build has one thread (a child forked while
+    another thread holds a lock could wait for it forever); else None: stat'ed when needed."""
+    given = _given_source_date_epoch()
+    if options.source_date_epoch is not None:
+        given = options.source_date_epoch
+    threading = sys.modules.get("threading")  # not imported: no other thread
+    if (not state.get("outputs") or given not in (None, state.get("source_date_epoch"))
+            or (threading is not None and threading.active_count() > 1)):
+        yield None
+        return
+    try:
+        stats = Stats(options.out, state["outputs"])
+    except OSError:  # no process or pipe to spare: the serial call
+        yield None
+        return
+    try:
+        yield stats
+    finally:
+        stats.close()
+
+
+def _given_source_date_epoch() -> int | None:
+    try:
+        return int(os.environ["SOURCE_DATE_EPOCH"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _ks_name(hostname: str) -> list[str]:
@@ -887,7 +1010,9 @@ def build(options: Options) -> Result:
             result.warnings = state["warnings"] if "warnings" in state else list(
                 result.manifest.get("secure_boot", {}).get("warnings", []))  # older state
             return result
-        return _build(options, _with_keys(out, state), generations, checked)
+        # The outputs stat'ed on the other core while the site is loaded.
+        with _stats_begun(options, state) as stats:
+            return _build(options, _with_keys(out, state), generations, checked, stats)
 
 
 @contextlib.contextmanager
@@ -940,7 +1065,7 @@ def check_inputs(options: Options, state: dict[str, Any]) -> Checked:
 
 
 def _build(options: Options, state: dict[str, Any], generations: Generations,
-           checked: Checked | None) -> Result:
+           checked: Checked | None, stats: Stats | None = None) -> Result:
     from builder import kickstart
     from builder.site import cache_data
     from builder.site import save_cache as save_site_cache
@@ -962,7 +1087,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     with generations.new(reuse=spare) as gen, contextlib.ExitStack() as held:
         keys = host_keys(site, shared)
         relink = state.get("source_date_epoch") == sde
-        intact = intact_outputs(out, state, sde)
+        intact = intact_outputs(out, state, sde, stats)
         unchanged = _unchanged(keys, state.get("hosts", {}), intact, _ks_name)
         pxe_step = plan_pxe(site, options, media, keys, state, intact, gen, held) \
             if media is not None and site.outputs.pxe else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import marshal
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,9 +44,13 @@ def write(folder: Path, identities: Mapping[str, Identity], hashes: Sequence[str
     """`hashes`: the sha256 of each of the `identities`, in their order ("" where none)."""
     if len(hashes) != len(identities):
         raise ValueError(f"{len(hashes)} hashes for {len(identities)} outputs")
-    columns = [list(column) for column in zip(*identities.values())] or [[], [], []]
+    rows = identities.values()
+    columns = [list(map(itemgetter(index), rows)) for index in range(3)]
+    # Version 2: without references to objects met before (version 3 on): looking each of
+    # the ~300,000 objects up tripled the dump's time, for a file 5% smaller (measured);
+    # loads() reads any version.
     write_bytes(folder / RECORDS, marshal.dumps([FORMAT, list(identities), *columns,
-                                                 list(hashes)]))
+                                                 list(hashes)], 2))
 
 
 def read(folder: Path) -> Records | None:

@@ -10,6 +10,8 @@ import json
 import marshal
 import os
 import shutil
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from builder.errors import InputError
 from builder.media import fetch
 from builder.pxe.menus import host_files
 from builder.pxe.tree import BaseIso
-from tests.test_build import media_site, tree_bytes
+from tests.test_build import make_site, media_site, tree_bytes
 
 Edit = Callable[[dict[str, Any], Path], None]
 
@@ -432,3 +434,213 @@ def test_kept_outputs_are_each_reused_hosts_files(tmp_path: Path) -> None:
             assert kept == expected - set(changed), (installed, changed)
             assert step.present_hosts == {name for name in reuse - installed
                                           if not set(changed) & set(files(name))}, changed
+
+
+# ---------------------------------------------------------------------------------------------
+# The previous build's outputs stat'ed by a forked child while the site loads (build.Stats).
+
+
+def damaged_outputs(tmp_path: Path) -> tuple[Path, dict[str, records.Identity], set[str]]:
+    """A built OUT with one output edited in place, one removed and one replaced by a copy
+    (same bytes and mtime, another inode); its recorded identities, and the damaged ones."""
+    site_path = make_site(tmp_path)
+    out = tmp_path / "out"
+    build.build(build.Options(site=site_path, out=out, source_date_epoch=1700000000))
+    edited, removed = sorted(p.relative_to(out).as_posix() for p in (out / "ks").iterdir())
+    replaced = manifest.MANIFEST
+    with (out / edited).open("r+b") as handle:
+        handle.write(b"#edited")
+    (out / removed).unlink()
+    copy_of = out / (replaced + ".copy")
+    shutil.copy2(out / replaced, copy_of)
+    os.replace(copy_of, out / replaced)
+    return out, build.read_state(out)["outputs"], {edited, removed, replaced}
+
+
+def reaped(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_the_childs_stat_of_the_outputs_is_the_serial_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs edited, removed or replaced since they were recorded: the forked child's
+    answer is the serial _intact_outputs' (used as it is: the parent does not stat again),
+    and the child is reaped."""
+    out, recorded, damaged = damaged_outputs(tmp_path)
+    serial = build._intact_outputs(out, recorded)
+    assert serial == set(recorded) - damaged and len(recorded) == 3
+    stats = build.Stats(out, recorded)
+    pid = stats.pid
+    assert pid is not None
+
+    def no_serial_stat(*args: Any) -> set[str]:
+        raise AssertionError("the parent stat'ed the outputs itself")
+    monkeypatch.setattr(build, "_intact_outputs", no_serial_stat)  # the child has its own
+    assert stats.result() == serial
+    assert reaped(pid)
+
+
+def sleeps(out: Path, recorded: dict[str, records.Identity]) -> bytes:
+    """Says it started (out/started: a signal sent before that could be lost) and sleeps."""
+    (out / "started").touch()
+    time.sleep(60)
+    (out / "slept").touch()
+    return b""
+
+
+def started(out: Path) -> None:
+    for _ in range(6000):
+        if (out / "started").exists():
+            return
+        time.sleep(0.01)
+    raise AssertionError("the child never started")
+
+
+def killed(out: Path, recorded: dict[str, records.Identity]) -> bytes:
+    os.kill(os.getpid(), signal.SIGKILL)
+    return b""
+
+
+def fails(out: Path, recorded: dict[str, records.Identity]) -> bytes:
+    raise RuntimeError("a failing child")
+
+
+def all_intact_exits_1(out: Path, recorded: dict[str, records.Identity]) -> bytes:
+    """A whole answer, then a failure: not trusted either."""
+    links = [f"/proc/self/fd/{fd}" for fd in os.listdir("/proc/self/fd") if int(fd) > 2]
+    pipe = max(int(link.rpartition("/")[2]) for link in links
+               if os.path.lexists(link) and os.readlink(link).startswith("pipe:"))
+    os.write(pipe, build.Stats.MAGIC + len(recorded).to_bytes(8, "big") + b"\1" * len(recorded))
+    os._exit(1)
+
+
+def answering(body: Callable[[int], bytes]) -> Callable[[Path, dict[str, Any]], bytes]:
+    return lambda out, recorded: build.Stats.MAGIC + len(recorded).to_bytes(8, "big") + body(
+        len(recorded))
+
+
+@pytest.mark.parametrize("child", [
+    fails, killed, all_intact_exits_1, lambda out, recorded: b"garbage",
+    answering(lambda n: b"\1" * (n - 1)), answering(lambda n: b"\1" * (n + 1)),
+    answering(lambda n: b"\2" * n),
+    lambda out, recorded: answering(lambda n: b"\1" * n)(out, recorded)[:-1],
+    lambda out, recorded: b"other" + answering(lambda n: b"\1" * n)(out, recorded)[5:]],
+    ids=["exception", "killed", "all intact, exit 1", "garbage", "short", "long",
+         "not a flag", "truncated", "another magic"])
+def test_a_failing_child_falls_back_to_the_serial_stat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, child: Any) -> None:
+    out, recorded, damaged = damaged_outputs(tmp_path)
+    monkeypatch.setattr(build, "_stats_answer", child)  # forked with it
+    stats = build.Stats(out, recorded)
+    pid = stats.pid
+    assert pid is not None
+    assert stats.result() == set(recorded) - damaged
+    assert reaped(pid)
+
+
+def test_a_child_interrupted_falls_back_to_the_serial_stat(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaches the child too (the terminal's process group): it ends quietly."""
+    out, recorded, damaged = damaged_outputs(tmp_path)
+    monkeypatch.setattr(build, "_stats_answer", sleeps)
+    stats = build.Stats(out, recorded)
+    assert stats.pid is not None
+    started(out)
+    os.kill(stats.pid, signal.SIGINT)
+    assert stats.result() == set(recorded) - damaged
+    assert not (out / "slept").exists()
+
+
+class Recorded(build.Stats):
+    """Each child forked, and whether its answer was taken."""
+    children: list[int] = []
+    answered: list[bool] = []
+
+    def __init__(self, out: Path, recorded: dict[str, records.Identity]) -> None:
+        super().__init__(out, recorded)
+        assert self.pid is not None
+        self.children.append(self.pid)
+
+    def _answer(self) -> set[str] | None:
+        answer = super()._answer()
+        self.answered.append(answer is not None)
+        return answer
+
+
+@pytest.fixture
+def recorded_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """A site and its first build (forking no child), the children of the next ones
+    recorded (Recorded)."""
+    monkeypatch.setattr(Recorded, "children", [])
+    monkeypatch.setattr(Recorded, "answered", [])
+    monkeypatch.setattr(build, "Stats", Recorded)
+    site_path = make_site(tmp_path)
+    out = tmp_path / "out"
+    build.build(build.Options(site=site_path, out=out, source_date_epoch=1700000000))
+    assert Recorded.children == []
+    return site_path, out
+
+
+def test_a_rebuild_stats_its_outputs_in_a_child_holding_nothing_else(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded_build: tuple[Path, Path]
+) -> None:
+    """A first build and a no-op one fork no child; a rebuild does, whose answer it uses, and
+    reaps it. The child holds no descriptor of the parent's but its pipe (OUT's lock would
+    stay held while it lives)."""
+    site_path, out = recorded_build
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    assert build.build(options).up_to_date
+    assert Recorded.children == []
+    listing = tmp_path / "fds"
+    answer = build._stats_answer
+
+    def listing_fds(out: Path, recorded: dict[str, records.Identity]) -> bytes:
+        fds = os.listdir("/proc/self/fd")  # with the one it read them through, now closed
+        listing.write_text("\n".join(os.readlink(f"/proc/self/fd/{fd}") for fd in fds
+                                     if os.path.lexists(f"/proc/self/fd/{fd}")))
+        return answer(out, recorded)
+    monkeypatch.setattr(build, "_stats_answer", listing_fds)
+    doc = yaml.safe_load(site_path.read_text())
+    doc["hosts"][0]["timezone"] = "Europe/Berlin"
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    changed = build.build(options)
+    assert changed.written == [f"ks/{doc['hosts'][0]['hostname']}.cfg", "manifest.json"]
+    assert len(Recorded.children) == 1 and reaped(Recorded.children[0])
+    assert Recorded.answered == [True]
+    fds = listing.read_text().splitlines()
+    assert not any(fd.endswith("lock") for fd in fds) and len(fds) <= 4, fds
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
+
+
+def test_an_interrupted_rebuild_reaps_its_child(
+        monkeypatch: pytest.MonkeyPatch, recorded_build: tuple[Path, Path]) -> None:
+    """Ctrl-C while the site loads: `ksbuild build` exits 130 and leaves no child behind."""
+    from builder import cli
+
+    site_path, out = recorded_build
+    site_path.write_text(site_path.read_text() + "\n")
+    monkeypatch.setattr(build, "_stats_answer", sleeps)
+
+    def interrupted(*args: Any) -> None:
+        raise KeyboardInterrupt
+    monkeypatch.setattr(build, "check_inputs", interrupted)
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert cli.main(["build", str(site_path), "-o", str(out)]) == 130
+    assert len(Recorded.children) == 1 and reaped(Recorded.children[0])
+
+
+def test_a_build_with_other_times_forks_no_child(
+        monkeypatch: pytest.MonkeyPatch, recorded_build: tuple[Path, Path]) -> None:
+    """Another SOURCE_DATE_EPOCH: no output is taken as it is (intact_outputs), none stat'ed."""
+    site_path, out = recorded_build
+    build.build(build.Options(site=site_path, out=out, source_date_epoch=1700000001))
+    assert Recorded.children == []
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000002")
+    build.build(build.Options(site=site_path, out=out))
+    assert Recorded.children == []
