@@ -825,14 +825,26 @@ def _pxe_path(options: Options) -> Path:
 
 def _pxe_outputs(gen: Path) -> list[str]:
     """The PXE tree's files, relative to `gen`, less what changes at run time (which hosts
-    have installed, under state/). Walked with strings: 60,000 files for a large fleet."""
+    have installed, under state/). Walked with strings: 60,000 files for a large fleet.
+    Debris of an interrupted write is removed, not listed (_is_debris)."""
     names = []
     for folder, dirs, files in os.walk(gen / "pxe"):
         relative = os.path.relpath(folder, gen)
         if relative == "pxe":
             dirs[:] = [d for d in dirs if d != "state"]
-        names += [f"{relative}/{name}" for name in files]
+        for name in files:
+            if _is_debris(name):
+                os.unlink(f"{folder}/{name}")
+            else:
+                names.append(f"{relative}/{name}")
     return sorted(names)
+
+
+def _is_debris(name: str) -> bool:
+    """A temporary `.<name>.<random>.part` of output.write_bytes whose rename never came:
+    `ksbuild serve` killed while it switched a host's entries in the live tree, which a later
+    build takes back as its spare. (No output's name starts with a dot.)"""
+    return name.startswith(".") and name.endswith(".part")
 
 
 # ---------------------------------------------------------------------------------------------

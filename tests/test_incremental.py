@@ -644,3 +644,30 @@ def test_a_build_with_other_times_forks_no_child(
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000002")
     build.build(build.Options(site=site_path, out=out))
     assert Recorded.children == []
+
+
+def test_debris_of_a_write_killed_in_the_live_tree_never_becomes_an_output(
+        tmp_path: Path) -> None:
+    """`ksbuild serve` switches a host's boot entries in the live tree by writing each to a
+    temporary `.<name>.<random>.part` and renaming it (output.write_bytes). Killed between the
+    two, it leaves the temporary file in that generation, which a later build takes back as
+    its spare: the file is removed there, never listed in the manifest, and the outputs stay
+    a clean build's."""
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    debris = (out / "pxe" / "tftp" / "pxelinux.cfg").resolve() / ".01-52-54-00-00-00-01.x1y2.part"
+    debris.write_bytes(b"half an entry")
+    doc = yaml.safe_load(site_path.read_text())
+    for number, timezone in enumerate(("Europe/Berlin", "Europe/Paris", "Europe/Rome")):
+        doc["hosts"][0]["timezone"] = timezone  # each build takes the one before last's tree
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        build.build(options)
+        listed = [e["path"] for e in manifest.read(out)["outputs"]]
+        assert not [name for name in listed if name.endswith(".part")], number
+    assert list(out.glob(".ksbuild/.current.*.v.spare")), "no spare: the test cannot fail"
+    assert not list((out / "pxe").resolve().rglob("*.part"))
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
