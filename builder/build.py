@@ -43,6 +43,7 @@ from builder.output import (
     link_or_copy,
     link_tree,
     remove_tree,
+    same_bytes,
     sweep,
     unlink_files,
     write_bytes,
@@ -485,7 +486,7 @@ def kickstart_writer(options: Options, sde: int, into: Path, relink: bool,
         old, new = f"{current}{name}.cfg", f"{folder}{name}.cfg"
         data = text.encode()
         sha = hashlib.sha256(data).hexdigest()
-        if relink and _same_bytes(old, data, sha, known(f"{name}.cfg")) and _linked(old, new):
+        if relink and same_bytes(old, data, sha, known(f"{name}.cfg")) and _linked(old, new):
             return None
         write_new(new, data)
         os.utime(new, (sde, sde))
@@ -529,18 +530,6 @@ def recorded_hash(out: Path, top: str, known: dict[str, str], previous: dict[str
             return None
         return sha if (stat.st_size, stat.st_mtime_ns, stat.st_ino) == identity else None
     return sha256
-
-
-def _same_bytes(path: str, data: bytes, sha: str, recorded: str | None) -> bool:
-    return recorded == sha if recorded is not None else _has_bytes(path, data)
-
-
-def _has_bytes(path: str, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return os.fstat(handle.fileno()).st_size == len(data) and handle.read() == data
-    except OSError:
-        return False
 
 
 def _linked(source: str, target: str) -> bool:

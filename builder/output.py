@@ -106,6 +106,20 @@ def write_bytes(target: Path, data: bytes, mode: int | None = None) -> None:
         temp.write_bytes(data)
 
 
+def same_bytes(path: str | Path, data: bytes, sha: str, recorded: str | None) -> bool:
+    """Whether the file at `path` holds `data` (whose sha256 is `sha`): by the sha256 the
+    last build `recorded` for that very file, if any (no read); else by its bytes."""
+    return recorded == sha if recorded is not None else has_bytes(path, data)
+
+
+def has_bytes(path: str | Path, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return os.fstat(handle.fileno()).st_size == len(data) and handle.read() == data
+    except OSError:
+        return False
+
+
 def write_new(path: str | Path, data: bytes, mode: int = 0o666, exact: bool = False) -> None:
     """A new file in a folder nobody reads yet (a generation being built, switched into
     place as a whole): no temporary name needed. `mode` is masked by the umask (the kernel

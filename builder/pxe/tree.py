@@ -57,7 +57,14 @@ from urllib.parse import urlsplit
 
 from builder import kickstart, network
 from builder.errors import InputError
-from builder.output import Generations, umask, write_bytes, write_new, write_new_files
+from builder.output import (
+    Generations,
+    same_bytes,
+    umask,
+    write_bytes,
+    write_new,
+    write_new_files,
+)
 from builder.pxe import config as pxeconfig
 from builder.pxe import events as pxeevents
 from builder.pxe import grubimage
@@ -376,7 +383,7 @@ class Writer:
             return False
         was = self.previous_hash(relative)
         source = f"{self.previous}/{relative}"  # a string: a Path costs ~4 us, 40,000 times
-        if was == sha if was is not None else _has_bytes(source, data):
+        if same_bytes(source, data, sha, was):
             self.link(source, relative)
             return True
         return False
@@ -412,14 +419,6 @@ class Writer:
         """The base ISO's file `iso_path` as `relative`."""
         base.copy(iso_path, self.root / relative)
         self.copied.append(relative)
-
-
-def _has_bytes(path: str | Path, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return os.fstat(handle.fileno()).st_size == len(data) and handle.read() == data
-    except OSError:
-        return False
 
 
 def boot_host(host: Host, server: str, settings: PxeSettings) -> pxemenus.BootHost:
