@@ -14,9 +14,10 @@ import pickle
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -129,6 +130,30 @@ class Host:
     @property
     def short_name(self) -> str:
         return self.hostname.split(".")[0]
+
+    if not TYPE_CHECKING:  # for mypy, a class with __getattr__ has every attribute
+        def __getattr__(self, name: str) -> Any:
+            """A host from the site cache has only its sitecache.EAGER fields until another
+            is read: that read fills in every host of its cache file (builder/sitecache.py)."""
+            fill = self.__dict__.get(sitecache.FILL)
+            if fill is None:
+                raise AttributeError(f"'Host' object has no attribute {name!r}")
+            fill()
+            return object.__getattribute__(self, name)  # filled, or no such field
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Its fields, all of them (pickle and copy would take a cached host's few)."""
+        fill = self.__dict__.get(sitecache.FILL)
+        if fill is not None:
+            fill()
+        return self.__dict__
+
+
+# The fields' defaults are not class attributes, which would answer for a cached host's
+# unfilled fields before Host.__getattr__ is asked (the generated __init__ keeps its own).
+for _field in dataclass_fields(Host):
+    if _field.name in vars(Host):
+        delattr(Host, _field.name)
 
 
 @dataclass(frozen=True)
@@ -683,7 +708,7 @@ def save_cache(site: Site, cache: Path, data: bytes | None = None) -> None:
 def cache_data(site: Site) -> bytes | None:
     """The pickle save_cache writes (~0.1 s for 10,000 hosts), if any."""
     with no_gc():
-        return None if site.cache_update is None else sitecache.dumps(site.cache_update.entries)
+        return None if site.cache_update is None else sitecache.encode(site.cache_update.entries)
 
 
 def _load(path: Path) -> Site:
