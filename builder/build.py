@@ -27,10 +27,10 @@ import itertools
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from builder import __version__, manifest, records
 from builder.errors import InputError
@@ -72,6 +72,7 @@ LOCK = Path(".ksbuild") / "lock"
 SITE_CACHE = Path(".ksbuild") / "site-cache"  # the site loader's per-host cache
 TEMPLATE_CACHE = Path(".ksbuild") / "templates"  # compiled templates (kickstart.py)
 ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRENT
+KINDS = {"ks": "kickstart", "iso": "iso", "pxe": "pxe"}  # the manifest's kind of each's files
 # What ksbuild before generations left in OUT when killed.
 OLD_DEBRIS = (".ks.*.part", ".ks.*.old", f".{manifest.MANIFEST}.*.part")
 TEMPLATES = "*.j2"  # the template folder may hold other files (the example site) too
@@ -1129,7 +1130,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                                              meanwhile=meanwhile, compiled=out / TEMPLATE_CACHE)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
-        names = [("kickstart", f"ks/{name}.cfg") for name in sorted(keys)]
+        names = [(KINDS["ks"], f"ks/{name}.cfg") for name in sorted(keys)]
 
         iso_keys: dict[str, str] = {}
         if media is not None:
@@ -1140,7 +1141,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             if site.outputs.iso != "none":
                 ks_paths = {name: gen / "ks" / f"{name}.cfg" for name in sorted(keys)}
                 iso_keys = build_isos(site, options, media, sde, keys, state, ks_paths, gen)
-                names += [("iso", name) for name in sorted(iso_keys)]
+                names += [(KINDS["iso"], name) for name in sorted(iso_keys)]
             if pxe_step is not None:
                 pxe_hashes, switched = build_pxe(
                     site, options, media, pxe_step, rendered.get("pxe", {}),
@@ -1150,33 +1151,35 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 kept = kept - switched  # written again under the tree's lock: not OUT's files
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
-                names += [("pxe", name) for name in _pxe_outputs(gen)]
+                names += [(KINDS["pxe"], name) for name in _pxe_outputs(gen)]
         _remove_empty(gen, emptied)
-        outputs, recorded, written = _output_entries(gen, out, names, previous, known, hashes,
-                                                     kept)
+        listed = _output_entries(gen, out, names, previous, known, hashes, kept)
+        recorded, written = listed.recorded, listed.written
         # The spare's other links, meanwhile.
         filling = None if fill is None else _one_thread(held).submit(
             _fill_spare, gen, fill, [name for _, name in names], recorded, prelinked)
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
-        manifest.write(gen, __version__, sde, inputs, outputs, sections)
+        gone = sorted(previous.keys() - recorded.keys() - {manifest.MANIFEST})
+        _write_manifest(gen, out, sde, inputs, listed, gone, previous, sections)
         written.append(manifest.MANIFEST)
         recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
         # What the spare will not hold of this generation: it is the generation replaced,
         # pruned of those; or, with none to replace, filled with links to all of this one.
-        changed = [] if filling else written + sorted(previous.keys() - recorded.keys())
+        changed = [] if filling else written + gone
         new_state = _state(options, site, files, media, sde, keys, iso_keys, pxe_step, verdict)
         new_state["changed"] = changed  # what the spare will not hold
         keyed = {name: new_state.pop(name) for name in KEYED}
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
         write_bytes(gen / KEYS.name, json.dumps(keyed).encode())
         # The outputs' sha256 in the order recorded (the manifest's own last: none).
-        records.write(gen, recorded, [row[2] for row in outputs] + [""])
+        records.write(gen, recorded, [row[2] for row in listed.rows] + [""])
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
                            filling.result() if filling else None)
         save_site_cache(site, out / SITE_CACHE, pickled[0])
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
-    return Result(out, False, sde, written, len(outputs), verdict.warnings if verdict else [])
+    return Result(out, False, sde, written, len(recorded) - 1,
+                  verdict.warnings if verdict else [])
 
 
 def _one_thread(held: contextlib.ExitStack) -> ThreadPoolExecutor:
@@ -1194,10 +1197,20 @@ def _known_hashes(state: dict[str, Any]) -> dict[str, str]:
     return table.known() if table is not None else {}
 
 
+class Listed(NamedTuple):
+    """A generation's outputs, as _output_entries found them."""
+    rows: list[manifest.Row]  # the manifest's row of each
+    recorded: dict[str, Identity]  # the identity of each, in the order of `rows`
+    written: list[str]  # those that are not the file OUT has now
+    # The rows of those that are not OUT's files as the last build recorded them: the rows
+    # the manifest may list otherwise than the last one did (with the outputs it no longer
+    # lists).
+    fresh: list[manifest.Row]
+
+
 def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
                     previous: dict[str, Identity], known: dict[str, str],
-                    hashes: dict[str, str], kept: frozenset[str]
-                    ) -> tuple[list[manifest.Row], dict[str, Identity], list[str]]:
+                    hashes: dict[str, str], kept: frozenset[str]) -> Listed:
     """The manifest's entries of the outputs (kind, name), each one's identity (stat'ed
     once), and the outputs written: not the file OUT has now. The `kept` ones (taken from the
     spare) are OUT's files: their identity and sha256 are the ones recorded. Else a file's
@@ -1206,21 +1219,58 @@ def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
     root = f"{gen}/"  # strings: 60,000 outputs for a large PXE fleet
     # None written where OUT has no such folder: 60,000 failed stats in a first build.
     tops = {name for name in ENTRIES if os.path.lexists(out / name)}
-    entries, recorded, written = [], {}, []
+    entries, recorded, written, fresh = [], {}, [], []
     for kind, name in names:
-        if name in kept:
+        if name in kept and (sha := known.get(name)):
             identity = recorded[name] = previous[name]
-            entries.append((kind, name, known.get(name) or manifest.sha256_file(
-                Path(root + name)), identity[0]))
+            entries.append((kind, name, sha, identity[0]))
             continue
         stat = os.stat(root + name)
         identity = recorded[name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         sha = hashes.get(name) or (known.get(name) if previous.get(name) == identity else None)
         entries.append((kind, name, sha or manifest.sha256_file(Path(root + name)),
                         stat.st_size))
+        fresh.append(entries[-1])
         if name.partition("/")[0] not in tops or _identity_or_none(f"{out}/{name}") != identity:
             written.append(name)
-    return entries, recorded, written
+    return Listed(entries, recorded, written, fresh)
+
+
+# The manifest is written whole when more of its rows than this changed (a field of
+# `defaults`, say): then splicing them into the last one's would cost more.
+SPLICE_LIMIT = 256
+
+
+def _write_manifest(gen: Path, out: Path, sde: int, inputs: Sequence[manifest.Row],
+                    listed: Listed, gone: list[str], previous: dict[str, Identity],
+                    sections: dict[str, Any]) -> None:
+    """<gen>/manifest.json: OUT's with the rows that changed spliced in (manifest.update),
+    if it is still the one the last build recorded (`previous`) and few rows changed (those
+    `listed` as fresh, and the outputs `gone`); else written whole. The same bytes either
+    way."""
+    data = None
+    if len(listed.fresh) + len(gone) <= SPLICE_LIMIT and all(
+            name.partition("/")[0] in KINDS for name in gone):
+        last = _recorded_bytes(f"{out}/{manifest.MANIFEST}", previous.get(manifest.MANIFEST))
+        changes: dict[tuple[str, str], manifest.Row | None] = {
+            (KINDS[name.partition("/")[0]], name): None for name in gone}
+        changes.update(((row[0], row[1]), row) for row in listed.fresh)
+        if last is not None:
+            data = manifest.update(last, __version__, sde, inputs, changes, sections)
+    write_bytes(gen / manifest.MANIFEST, data or manifest.dumps(
+        __version__, sde, inputs, listed.rows, sections))
+
+
+def _recorded_bytes(path: str, identity: Identity | None) -> bytes | None:
+    """The file's bytes, if it is still the one recorded (`identity`)."""
+    try:
+        with open(path, "rb") as stream:
+            stat = os.fstat(stream.fileno())
+            if (stat.st_size, stat.st_mtime_ns, stat.st_ino) != identity:
+                return None
+            return stream.read()
+    except OSError:
+        return None
 
 
 def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],

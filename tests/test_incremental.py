@@ -302,6 +302,91 @@ def test_a_host_switched_to_local_boot_during_a_build_stays_switched(
     assert build.build(options).up_to_date  # the state recorded the files as they are
 
 
+def rebuild_and_compare(tmp_path: Path, site_path: Path, edit: Edit) -> list[str]:
+    """`edit` the site, rebuild (noting how the manifest was written: "whole" or
+    "spliced"), and compare the outputs with a clean build's."""
+    options = build.Options(site=site_path, out=tmp_path / "out", source_date_epoch=1700000000)
+    doc = yaml.safe_load(site_path.read_text())
+    edit(doc, tmp_path)
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    ways: list[str] = []
+    dumps, update = manifest.dumps, manifest.update
+
+    def whole(*args: Any) -> bytes:
+        ways.append("whole")
+        return dumps(*args)
+
+    def spliced(*args: Any) -> bytes | None:
+        data = update(*args)
+        ways.append("spliced" if data is not None else "could not splice")
+        return data
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest, "dumps", whole)
+        patch.setattr(manifest, "update", spliced)
+        assert not build.build(options).up_to_date
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(options.out) == tree_bytes(clean)
+    shutil.rmtree(clean)
+    assert build.build(options).up_to_date
+    return ways
+
+
+def one_host(doc: dict[str, Any], _: Path) -> None:
+    doc["hosts"][-1]["timezone"] = "Europe/Berlin"
+
+
+@pytest.mark.parametrize("edit", [one_host, change_mac, add_host, remove_host, rename_host])
+def test_a_rebuild_that_changes_few_outputs_splices_their_rows_into_the_manifest(
+        tmp_path: Path, edit: Edit) -> None:
+    """The manifest of a rebuild that changed, added or removed a few outputs is the last
+    one with those rows spliced in (what costs a large fleet's 60,000 rows), and its bytes
+    are a clean build's; one that changes more rows than SPLICE_LIMIT writes it whole."""
+    site_path = media_site(tmp_path, "none")
+    build.build(build.Options(site=site_path, out=tmp_path / "out", source_date_epoch=1700000000))
+    assert rebuild_and_compare(tmp_path, site_path, edit) == ["spliced"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "SPLICE_LIMIT", 0)
+        assert rebuild_and_compare(tmp_path, site_path, one_host_back) == ["whole"]
+
+
+def one_host_back(doc: dict[str, Any], _: Path) -> None:
+    doc["hosts"][-1]["timezone"] = "UTC"
+
+
+def in_place(path: Path, data: bytes) -> None:
+    """`data` written into the file, its size and time kept: the same file (identity) to
+    whoever stats it."""
+    stat = path.stat()
+    assert len(data) == stat.st_size
+    with path.open("r+b") as stream:
+        stream.write(data)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize("damage", ["removed", "replaced", "truncated", "not laid out"])
+def test_a_manifest_not_as_recorded_is_written_whole(tmp_path: Path, damage: str) -> None:
+    """The last build's manifest removed, replaced (even by the same bytes: another file),
+    truncated, or its layout broken in place (same size and time): the next one is written
+    whole, never spliced into it, and equals a clean build's."""
+    site_path = media_site(tmp_path, "none")
+    build.build(build.Options(site=site_path, out=tmp_path / "out", source_date_epoch=1700000000))
+    path = tmp_path / "out" / ".ksbuild" / "current" / manifest.MANIFEST
+    data = path.read_bytes()
+    if damage == "removed":
+        path.unlink()
+    elif damage == "replaced":
+        path.unlink()
+        path.write_bytes(data)
+    elif damage == "truncated":
+        path.write_bytes(data[:len(data) // 2])
+    else:
+        in_place(path, data.replace(b'"outputs"', b'"outputz"'))
+    expected = ["whole"] if damage in ("removed", "replaced", "truncated") else \
+        ["could not splice", "whole"]
+    assert rebuild_and_compare(tmp_path, site_path, one_host) == expected
+
+
 @pytest.mark.parametrize(("name", "damage"), [
     (records.RECORDS, b""), (records.RECORDS, b"not marshal data"),
     (records.RECORDS, b"\xe9\x00\x00\x00"),
