@@ -79,11 +79,14 @@ class CompiledTemplates(jinja2.FileSystemBytecodeCache):
     template (name and path) and text (its sha1), and the same Python; the files are in a
     folder of their own for Jinja2's version and ksbuild's code (which sets the environment's
     options), so other code never reads them. Unreadable or damaged: compiled again, and
-    rewritten."""
+    rewritten. The cache only saves time: a folder or file that cannot be made is not used
+    (`ksbuild iso` keeps it in the user's cache, where another ksbuild may sweep it away
+    meanwhile)."""
 
     def __init__(self, root: Path) -> None:
         folder = self.folder(root)
-        folder.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            folder.mkdir(parents=True, exist_ok=True)
         super().__init__(str(folder), "%s.jinja")
 
     @staticmethod
@@ -96,16 +99,21 @@ class CompiledTemplates(jinja2.FileSystemBytecodeCache):
         """Other code's folders, and the temporary files of writes that were killed (Jinja2
         writes a file as a .tmp, then renames it); before the renderers start."""
         own = CompiledTemplates.folder(root)
-        for path in root.iterdir() if root.is_dir() else ():
-            if path != own:
-                remove(path)
-        sweep(own, ["*.tmp"])
+        with contextlib.suppress(OSError):
+            for path in root.iterdir() if root.is_dir() else ():
+                if path != own:
+                    remove(path)
+            sweep(own, ["*.tmp"])
 
     def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
         try:
             super().load_bytecode(bucket)
         except Exception:  # noqa: BLE001 - damaged (Jinja2 lets a truncated pickle raise)
             bucket.reset()
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
 
 
 def firstboot_bridges(host: Host) -> str:
@@ -438,10 +446,12 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
 
 
 def render_site(site: Site, hosts: tuple[Host, ...] | None = None,
-                jobs: int | None = None, extra: ExtraFor | None = None) -> dict[str, str]:
-    """hostname -> validated kickstart text, for every host (or those given), sorted."""
+                jobs: int | None = None, extra: ExtraFor | None = None,
+                compiled: Path | None = None) -> dict[str, str]:
+    """hostname -> validated kickstart text, for every host (or those given), sorted.
+    `compiled`: a folder for the compiled templates (CompiledTemplates)."""
     variant = Variant(site.hosts if hosts is None else hosts, extra)
-    return render_variants(site, {"ks": variant}, jobs)["ks"]
+    return render_variants(site, {"ks": variant}, jobs, compiled=compiled)["ks"]
 
 
 def write_kickstarts(site: Site, folder: Path) -> list[Path]:

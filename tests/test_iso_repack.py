@@ -21,6 +21,7 @@ import pycdlib
 import pytest
 
 from builder import output
+from builder import site as sitemodel
 from builder.errors import InputError
 from builder.media import baseiso, iso, isofs, isomd5
 from builder.run import run
@@ -169,6 +170,47 @@ def test_same_bytes_in_any_time_zone_and_locale(tmp_path: Path) -> None:
     done = ksbuild("iso", site, "--base", centos_iso(), "-o", other,
                    env={"SOURCE_DATE_EPOCH": "1700000001"})
     assert done.returncode == 0 and sha256(other) != outs[0]  # the epoch does reach the bytes
+
+
+def test_templates_kept_compiled_in_the_user_cache_change_no_byte(tmp_path: Path) -> None:
+    """`ksbuild iso` keeps the compiled templates in $XDG_CACHE_HOME/ksbuild/templates: the
+    same ISO whether they are written, read, damaged, or cannot be kept (the cache is a
+    file), and the same ISO as without any cache at all (the library call)."""
+    site = write_site(tmp_path, ONE_HOST)
+    cache = tmp_path / "cache"
+    compiled = cache / "ksbuild" / "templates"
+    iso.build_site_iso(sitemodel.load(site), centos_iso(), tmp_path / "library.iso",
+                       epoch=1700000000)
+    outs = []
+    for n, xdg in enumerate([cache, cache, cache, tmp_path / "site.yaml"]):
+        if n == 2:
+            for file in compiled.glob("*/*.jinja"):
+                file.write_bytes(file.read_bytes()[:40])
+        out = tmp_path / f"{n}.iso"
+        done = ksbuild("iso", site, "--base", centos_iso(), "-o", out,
+                       env={"XDG_CACHE_HOME": str(xdg), "SOURCE_DATE_EPOCH": "1700000000"})
+        assert done.returncode == 0, done.stderr
+        outs.append(sha256(out))
+        if n == 0:
+            kept = list(compiled.glob("*/*.jinja"))
+            assert len(kept) == 10, kept
+    assert outs == [sha256(tmp_path / "library.iso")] * 4
+
+
+def test_a_repack_from_a_given_base_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """The import discipline of `ksbuild build` (tests/test_build.py), for `ksbuild iso
+    --base`: not the downloader (builder.media.fetch: where the template cache is, is
+    builder.cachedir's), nor the build's or the PXE tree's code, nor process pools."""
+    from tests.test_build import among, imports_of
+
+    site = write_site(tmp_path, ONE_HOST)
+    done, names = imports_of("iso", str(site), "--base", str(centos_iso()), "-o",
+                             str(tmp_path / "o.iso"), env={})
+    assert done.returncode == 0, done.stderr
+    assert {"jinja2", "pykickstart.parser", "pycdlib", "builder.cachedir"} <= names
+    assert among(names, ("builder.media.fetch", "requests", "socket", "builder.build",
+                         "builder.pxe.tree", "multiprocessing", "concurrent.futures",
+                         "subprocess", "ctypes")) == []
 
 
 def test_without_source_date_epoch_the_base_date_is_used(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 from builder import __version__
+from builder.cachedir import default_cache_dir
 from builder.errors import InputError, KsbuildError
 from builder.output import write_bytes
 from builder.progress import Progress, Silent
@@ -96,13 +97,6 @@ class PxeBootFiles:
 
 # ---------------------------------------------------------------------------------------------
 # Where things are.
-
-
-def default_cache_dir() -> Path:
-    """`$XDG_CACHE_HOME/ksbuild`, or `~/.cache/ksbuild` (the XDG default)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".cache"
-    return root / "ksbuild"
 
 
 def choose_mirror(flag: str | None, media: Media | None = None) -> str:

@@ -286,17 +286,19 @@ def installer_args(hosts: list[Host], what: str) -> tuple[str, ...]:
 def build_site_iso(site: Site, base: Path, output: Path, *, host: str | None = None,
                    volid: str | None = None, timeout: int = 5, keep_media_check: bool = False,
                    progress: Progress | None = None, epoch: int | None = None,
-                   rendered: dict[str, str] | None = None) -> RepackResult:
+                   rendered: dict[str, str] | None = None,
+                   compiled: Path | None = None) -> RepackResult:
     """Repack `base` into `output` with the kickstart of `host`, or of every host of `site`.
 
     `epoch`: SOURCE_DATE_EPOCH (None: the environment's, else the base's creation time).
     `rendered` (hostname -> kickstart, as kickstart.render_site returns) saves rendering
-    again when the caller has them; only the chosen hosts' are used."""
+    again when the caller has them; only the chosen hosts' are used. `compiled`: a folder
+    for the compiled templates (kickstart.CompiledTemplates)."""
     from builder import kickstart
 
     hosts = [site.host(host)] if host else list(site.hosts)
     if rendered is None:
-        rendered = kickstart.render_site(site, tuple(hosts))
+        rendered = kickstart.render_site(site, tuple(hosts), compiled=compiled)
     else:
         rendered = {h.hostname: rendered[h.hostname] for h in hosts}
     what = str(base)
