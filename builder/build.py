@@ -30,7 +30,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from builder import __version__, manifest, records
 from builder.errors import InputError
@@ -1130,7 +1130,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                                              meanwhile=meanwhile, compiled=out / TEMPLATE_CACHE)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
-        names = [(KINDS["ks"], f"ks/{name}.cfg") for name in sorted(keys)]
+        names = [f"ks/{name}.cfg" for name in sorted(keys)]
 
         iso_keys: dict[str, str] = {}
         if media is not None:
@@ -1141,7 +1141,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             if site.outputs.iso != "none":
                 ks_paths = {name: gen / "ks" / f"{name}.cfg" for name in sorted(keys)}
                 iso_keys = build_isos(site, options, media, sde, keys, state, ks_paths, gen)
-                names += [(KINDS["iso"], name) for name in sorted(iso_keys)]
+                names += sorted(iso_keys)
             if pxe_step is not None:
                 pxe_hashes, switched = build_pxe(
                     site, options, media, pxe_step, rendered.get("pxe", {}),
@@ -1151,28 +1151,26 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 kept = kept - switched  # written again under the tree's lock: not OUT's files
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
-                names += [(KINDS["pxe"], name) for name in _pxe_outputs(gen)]
+                names += _pxe_outputs(gen)
         _remove_empty(gen, emptied)
         listed = _output_entries(gen, out, names, previous, known, hashes, kept)
         recorded, written = listed.recorded, listed.written
         # The spare's other links, meanwhile.
         filling = None if fill is None else _one_thread(held).submit(
-            _fill_spare, gen, fill, [name for _, name in names], recorded, prelinked)
+            _fill_spare, gen, fill, names, recorded, prelinked)
         sections = {"secure_boot": verdict.record()} if verdict is not None else {}
-        gone = sorted(previous.keys() - recorded.keys() - {manifest.MANIFEST})
-        _write_manifest(gen, out, sde, inputs, listed, gone, previous, sections)
+        _write_manifest(gen, out, sde, inputs, listed, previous, sections)
         written.append(manifest.MANIFEST)
-        recorded[manifest.MANIFEST] = _identity(gen / manifest.MANIFEST)
+        listed.set(manifest.MANIFEST, _identity(gen / manifest.MANIFEST), "")  # no sha256
         # What the spare will not hold of this generation: it is the generation replaced,
         # pruned of those; or, with none to replace, filled with links to all of this one.
-        changed = [] if filling else written + gone
+        changed = [] if filling else written + listed.gone
         new_state = _state(options, site, files, media, sde, keys, iso_keys, pxe_step, verdict)
         new_state["changed"] = changed  # what the spare will not hold
         keyed = {name: new_state.pop(name) for name in KEYED}
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
         write_bytes(gen / KEYS.name, json.dumps(keyed).encode())
-        # The outputs' sha256 in the order recorded (the manifest's own last: none).
-        records.write(gen, recorded, [row[2] for row in listed.rows] + [""])
+        records.write(gen, recorded, list(listed.hashes.values()))
         generations.switch(gen, lambda old: _prune_replaced(old, changed),
                            filling.result() if filling else None)
         save_site_cache(site, out / SITE_CACHE, pickled[0])
@@ -1197,43 +1195,75 @@ def _known_hashes(state: dict[str, Any]) -> dict[str, str]:
     return table.known() if table is not None else {}
 
 
-class Listed(NamedTuple):
-    """A generation's outputs, as _output_entries found them."""
-    rows: list[manifest.Row]  # the manifest's row of each
-    recorded: dict[str, Identity]  # the identity of each, in the order of `rows`
-    written: list[str]  # those that are not the file OUT has now
-    # The rows of those that are not OUT's files as the last build recorded them: the rows
-    # the manifest may list otherwise than the last one did (with the outputs it no longer
-    # lists).
-    fresh: list[manifest.Row]
+class Listed:
+    """A generation's outputs, as _output_entries found them: the last build's tables of its
+    outputs (copied whole: not a row at a time, 60,000 rows for a large PXE fleet), with the
+    rows of the outputs that differ changed."""
+
+    def __init__(self, previous: dict[str, Identity], known: dict[str, str]) -> None:
+        # name (relative to OUT) -> identity, and -> sha256: the same names in the same
+        # order (records.write), kept so by changing them only together (set, drop).
+        self.recorded, self.hashes = dict(previous), dict(known)
+        # The manifest's rows of the outputs that are not OUT's files as the last build
+        # recorded them: those the manifest may list otherwise than the last one did; and
+        # those of the last build it lists no more.
+        self.fresh: list[manifest.Row] = []
+        self.gone: list[str] = []
+        self.written: list[str] = []  # outputs that are not the file OUT has now
+
+    def set(self, name: str, identity: Identity, sha: str) -> None:
+        self.recorded[name], self.hashes[name] = identity, sha
+
+    def drop(self, name: str) -> None:
+        self.recorded.pop(name, None)
+        self.hashes.pop(name, None)
+
+    def rows(self, gen: Path) -> list[manifest.Row]:
+        """The manifest's rows of all of them (a sha256 the last build did not record, read
+        from the file)."""
+        return [(_kind(name), name, sha or manifest.sha256_file(gen / name), identity[0])
+                for (name, identity), sha in zip(self.recorded.items(), self.hashes.values())]
 
 
-def _output_entries(gen: Path, out: Path, names: list[tuple[str, str]],
-                    previous: dict[str, Identity], known: dict[str, str],
-                    hashes: dict[str, str], kept: frozenset[str]) -> Listed:
-    """The manifest's entries of the outputs (kind, name), each one's identity (stat'ed
-    once), and the outputs written: not the file OUT has now. The `kept` ones (taken from the
-    spare) are OUT's files: their identity and sha256 are the ones recorded. Else a file's
-    sha256 is the one of the bytes this build wrote it from, else the one recorded for the
-    same file (identity) by the last build, else read from the file."""
+def _kind(name: str) -> str:
+    """The manifest's kind of an output (relative to OUT)."""
+    return KINDS[name.partition("/")[0]]
+
+
+def _output_entries(gen: Path, out: Path, names: list[str], previous: dict[str, Identity],
+                    known: dict[str, str], hashes: dict[str, str], kept: frozenset[str]
+                    ) -> Listed:
+    """The outputs (`names`, relative to OUT): each one's identity and sha256, which were
+    written (not the file OUT has now), and which of the last build's are gone. The `kept`
+    ones (taken from the spare) are OUT's files: their identity and sha256 are the ones
+    recorded, taken over in bulk (60,000 of a large PXE fleet when one host changed). The
+    others are stat'ed; a file's sha256 is the one of the bytes this build wrote it from,
+    else the one recorded for the same file (identity) by the last build, else read from
+    the file."""
+    listed, present = Listed(previous, known), set(names)
+    # The manifest too: this build's is recorded last.
+    listed.gone = sorted(previous.keys() - present - {manifest.MANIFEST})
+    for name in [*listed.gone, manifest.MANIFEST]:
+        listed.drop(name)
     root = f"{gen}/"  # strings: 60,000 outputs for a large PXE fleet
     # None written where OUT has no such folder: 60,000 failed stats in a first build.
     tops = {name for name in ENTRIES if os.path.lexists(out / name)}
-    entries, recorded, written, fresh = [], {}, [], []
-    for kind, name in names:
-        if name in kept and (sha := known.get(name)):
-            identity = recorded[name] = previous[name]
-            entries.append((kind, name, sha, identity[0]))
-            continue
+
+    def add(name: str) -> None:
         stat = os.stat(root + name)
-        identity = recorded[name] = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        identity = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
         sha = hashes.get(name) or (known.get(name) if previous.get(name) == identity else None)
-        entries.append((kind, name, sha or manifest.sha256_file(Path(root + name)),
-                        stat.st_size))
-        fresh.append(entries[-1])
+        sha = sha or manifest.sha256_file(Path(root + name))
+        listed.set(name, identity, sha)
+        listed.fresh.append((_kind(name), name, sha, stat.st_size))
         if name.partition("/")[0] not in tops or _identity_or_none(f"{out}/{name}") != identity:
-            written.append(name)
-    return Listed(entries, recorded, written, fresh)
+            listed.written.append(name)
+    for name in sorted(present - kept):
+        add(name)
+    if len(listed.recorded) != len(present):  # kept, but not in the last build's tables
+        for name in sorted(present.difference(listed.recorded)):
+            add(name)
+    return listed
 
 
 # The manifest is written whole when more of its rows than this changed (a field of
@@ -1242,23 +1272,23 @@ SPLICE_LIMIT = 256
 
 
 def _write_manifest(gen: Path, out: Path, sde: int, inputs: Sequence[manifest.Row],
-                    listed: Listed, gone: list[str], previous: dict[str, Identity],
-                    sections: dict[str, Any]) -> None:
+                    listed: Listed, previous: dict[str, Identity], sections: dict[str, Any]
+                    ) -> None:
     """<gen>/manifest.json: OUT's with the rows that changed spliced in (manifest.update),
     if it is still the one the last build recorded (`previous`) and few rows changed (those
     `listed` as fresh, and the outputs `gone`); else written whole. The same bytes either
     way."""
     data = None
-    if len(listed.fresh) + len(gone) <= SPLICE_LIMIT and all(
-            name.partition("/")[0] in KINDS for name in gone):
+    if len(listed.fresh) + len(listed.gone) <= SPLICE_LIMIT and all(
+            name.partition("/")[0] in KINDS for name in listed.gone):
         last = _recorded_bytes(f"{out}/{manifest.MANIFEST}", previous.get(manifest.MANIFEST))
         changes: dict[tuple[str, str], manifest.Row | None] = {
-            (KINDS[name.partition("/")[0]], name): None for name in gone}
+            (_kind(name), name): None for name in listed.gone}
         changes.update(((row[0], row[1]), row) for row in listed.fresh)
         if last is not None:
             data = manifest.update(last, __version__, sde, inputs, changes, sections)
     write_bytes(gen / manifest.MANIFEST, data or manifest.dumps(
-        __version__, sde, inputs, listed.rows, sections))
+        __version__, sde, inputs, listed.rows(gen), sections))
 
 
 def _recorded_bytes(path: str, identity: Identity | None) -> bytes | None:

@@ -350,6 +350,34 @@ def test_a_rebuild_that_changes_few_outputs_splices_their_rows_into_the_manifest
         assert rebuild_and_compare(tmp_path, site_path, one_host_back) == ["whole"]
 
 
+def test_outputs_are_taken_from_the_last_builds_tables_only_where_kept_and_recorded(
+        tmp_path: Path) -> None:
+    """_output_entries takes a kept output's identity and sha256 from the last build's
+    tables (copied whole); an output not kept, or kept but not in those tables, is stat'ed
+    and hashed; one of the last build's that is no more is gone; the manifest's own row is
+    never an output's."""
+    gen, out = tmp_path / "gen", tmp_path / "out"
+    (gen / "ks").mkdir(parents=True)
+    out.mkdir()
+    names = [f"ks/{name}.cfg" for name in "abc"]
+    for name in names:
+        (gen / name).write_text(name)
+    sha = {name: hashlib.sha256(name.encode()).hexdigest() for name in names}
+    previous = {"ks/a.cfg": build._identity(gen / "ks/a.cfg"), "ks/gone.cfg": (1, 2, 3),
+                manifest.MANIFEST: (4, 5, 6)}
+    known = {"ks/a.cfg": "recorded", "ks/gone.cfg": "f" * 64, manifest.MANIFEST: ""}
+    listed = build._output_entries(gen, out, names, previous, known, {},
+                                   frozenset({"ks/a.cfg", "ks/b.cfg", "ks/gone.cfg"}))
+    assert sorted(listed.rows(gen)) == [("kickstart", "ks/a.cfg", "recorded", 8)] + [
+        ("kickstart", name, sha[name], 8) for name in names[1:]]
+    assert sorted(listed.fresh) == [("kickstart", name, sha[name], 8) for name in names[1:]]
+    assert listed.gone == ["ks/gone.cfg"]
+    assert sorted(listed.written) == names[1:]  # OUT has no ks/
+    assert list(listed.recorded) == list(listed.hashes)  # in the order records.write needs
+    assert sorted(listed.recorded) == names
+    assert listed.recorded["ks/b.cfg"] == build._identity(gen / "ks/b.cfg")
+
+
 def one_host_back(doc: dict[str, Any], _: Path) -> None:
     doc["hosts"][-1]["timezone"] = "UTC"
 
