@@ -342,37 +342,6 @@ def test_a_rebuild_swaps_the_new_iso_in_and_removes_the_old(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.iso", "out.iso", "site.yaml"]
 
 
-def holders(path: str) -> set[int]:
-    """The processes with a descriptor open on the deleted file once at `path`."""
-    found = set()
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        with contextlib.suppress(OSError):
-            for fd in fd_dir.iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) == f"{path} (deleted)":
-                        found.add(int(fd_dir.parent.name))
-    return found
-
-
-def test_the_old_iso_is_freed_by_a_detached_process(tmp_path: Path) -> None:
-    """unlink_behind removes the name at once and leaves the last close (the freeing of a
-    large file's pages and blocks, ~0.3 s per GiB) to a grandchild that holds nothing else
-    of the caller's, and that goes once it is done; no descriptor is left here."""
-    old = tmp_path / ".out.iso.part"
-    old.write_bytes(b"old" * 1000)
-    open_before = len(os.listdir("/proc/self/fd"))
-    with old.open("rb") as reader:
-        output.unlink_behind(old)
-        assert not old.exists() and list(tmp_path.iterdir()) == []
-        assert reader.read() == b"old" * 1000  # a reader keeps its bytes
-        assert len(os.listdir("/proc/self/fd")) == open_before + 1  # the reader's only
-        deadline = time.monotonic() + 30
-        while holders(str(old)) - {os.getpid()}:
-            assert time.monotonic() < deadline, holders(str(old))
-            time.sleep(0.05)
-    assert holders(str(old)) == set()
-
-
 # --- refused bases and options -----------------------------------------------------------------
 
 
