@@ -12,7 +12,10 @@ leave behind:
 - shlex.split of command lines and section headers (a third of a parse) is memoized
   (_MemoShlex);
 - argparse over a command's or a section header's arguments is memoized when it returned
-  without a warning (_MemoOptions): the namespace depends on the arguments alone;
+  without a warning (_MemoOptions): the namespace depends on the arguments alone, and on
+  the value of a `--name=value` whose option stores its value as given only by that value
+  (_verbatim_options): such values are left out of the key and put in the namespace after,
+  so a host's own network lines (--ip, --hostname) find the other hosts' parse;
 - a non-data command's parse from its state as built is memoized by its line and line
   number (_ParseMemo): the dispatcher runs for real, the parse's effect is put back;
 - these two memos keep what recurs across kickstarts (from an input's second time on); inside
@@ -33,7 +36,7 @@ import functools
 import re
 import shlex
 import warnings
-from argparse import Namespace
+from argparse import Namespace, _StoreAction
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any
@@ -196,8 +199,9 @@ class _MemoOptions:
         # (parse_known_args?, the arguments) -> the namespace's values, the names of those
         # that hold lists (copied for each caller), the arguments left over
         self.recurring = _Recurring()
-        self.memo: dict[tuple[bool, tuple[str, ...]],
+        self.memo: dict[tuple[bool, tuple[str | tuple[str], ...]],
                         tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]] = {}
+        self.verbatim = _verbatim_options(options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.options, name)
@@ -213,7 +217,7 @@ class _MemoOptions:
         # pykickstart passes shlex's words: a list of str.
         if type(args) is not list or not kwargs.keys() <= {"lineno"}:
             return real(args, **kwargs)
-        key = (known, tuple(args))
+        key, given = self._shape(known, args)
         hit = self.memo.get(key)
         if hit is None:
             hit = self.together.get(self, key)
@@ -226,6 +230,8 @@ class _MemoOptions:
             state.update(values)
             for name in lists:
                 state[name] = _thawed(state[name])
+            for name, value in given:
+                state[name] = value
             return (namespace, list(extra)) if known else namespace
         shown = self.shown.count
         result = real(args, **kwargs)
@@ -235,7 +241,8 @@ class _MemoOptions:
         namespace, extra = result if known else (result, [])
         values = vars(namespace)
         if self.shown.count == shown and type(namespace) is Namespace and _plain(extra) \
-                and all(_plain(value) for value in values.values()):
+                and all(_plain(value) for value in values.values()) \
+                and all(values.get(name) == value for name, value in given):
             lists = tuple(name for name, value in values.items() if not _immutable(value))
             found = ({name: _thawed(value) for name, value in values.items()}, lists,
                      tuple(extra))
@@ -246,6 +253,49 @@ class _MemoOptions:
                     self.memo.clear()
                 self.memo[key] = found
         return result
+
+
+    def _shape(self, known: bool, args: list[str]
+               ) -> tuple[tuple[bool, tuple[str | tuple[str], ...]], tuple[tuple[str, str], ...]]:
+        """The memo's key for these arguments: each `--name=value` of a _verbatim_options
+        option as (`--name`,), and those values (namespace attribute, value), in order. A
+        value that starts with - (-- among them, which argparse drops) stays in the key, and
+        nothing is left out where a -- argument makes what follows positional."""
+        verbatim = self.verbatim
+        if not verbatim or "--" in args:
+            return (known, tuple(args)), ()
+        shape: list[str | tuple[str]] = []
+        given = []
+        for arg in args:
+            name, _, value = arg.partition("=")
+            dest = verbatim.get(name) if value else None
+            if dest is None or value[0] == "-":
+                shape.append(arg)
+            else:
+                shape.append((name,))
+                given.append((dest, value))
+        return (known, tuple(shape)), tuple(given)
+
+
+def _verbatim_options(options: KSOptionParser) -> dict[str, str]:
+    """Option string -> namespace attribute, for the options that argparse, given
+    `--name=value`, stores as the value itself and nothing else: a plain store (no type,
+    choices, nargs or default), the only option of its attribute, not deprecated, in a
+    parser whose option strings hold no = (so `--name=value` is always that option with
+    that value) and that reads no argument files. Such an argument's parse is the same
+    whatever its value (but one that starts with -); a parse is remembered only if each
+    value left out of its key is its attribute's value after it (_MemoOptions._parse)."""
+    if options.fromfile_prefix_chars or options.prefix_chars != "-" \
+            or any("=" in string for string in options._option_string_actions):
+        return {}
+    dests: dict[str, int] = {}
+    for action in options._actions:
+        dests[action.dest] = dests.get(action.dest, 0) + 1
+    return {string: action.dest for action in options._actions
+            if type(action) is _StoreAction and action.type is None and action.nargs is None
+            and action.choices is None and action.default is None and dests[action.dest] == 1
+            and not getattr(action, "deprecated", False)
+            for string in action.option_strings if string.startswith("--")}
 
 
 class _OnceOptions:

@@ -111,6 +111,14 @@ def edited(text: str) -> list[str]:
         line_edit(text, "autopart", "part / --size=1000\nautopart --type=lvm\n"),
         line_edit(text, "autopart", "part / --size=1000\npart / --size=2000\n"),  # warns
         after(text, "network --dev", network),  # a duplicate network device (warns)
+        # Values left out of the argparse memo's key (_verbatim_options), twice each with
+        # other values: an option twice, after --, empty, starting with -, holding =.
+        *(after(text, "network --dev", f"network --device=eth{n} --ip=10.9.9.{n} "
+                f"--netmask=255.0.0.0 --bootproto=static {tail}\n")
+          for n in (7, 8) for tail in (f"--ip=10.9.8.{n}", f"-- --ip=10.9.7.{n}", "--ip=",
+                                       "--hostname=-x", f"--gateway=a=b{n}",
+                                       f"--hostname=h{n} --mtu=--{n}")),
+        after(text, "network --dev", network.replace("--device=", "--device=-")),
         text[:last_end],  # the last section without %end
         text[:last_end] + "%endfoo\n",
         text[:last_end] + "  %end   # done\n",
@@ -445,8 +453,43 @@ def test_a_parse_that_warned_is_not_remembered() -> None:
             assert memo.parse_args(args=["--name=a"], lineno=3).name == "a"
             assert memo.parse_args(args=["--quiet=b"], lineno=4).quiet == "b"
     assert [str(w.message) for w in seen] == ["noisy a"] * 3
-    assert list(memo.memo) == [(False, ("--quiet=b",))]
+    assert list(memo.memo) == [(False, (("--quiet",),))]  # b: not in the key
     assert options.lineno == 4  # as a real parse leaves it
+
+
+def test_values_left_out_of_the_key() -> None:
+    """A `--name=value` of a plain stored option is parsed for real once for all its values
+    (from the key's second time on); what argparse reads differently is not left out."""
+    options = KSOptionParser(prog="x", description="x", version=RHEL7)
+    options.add_argument("--ip", version=RHEL7, help="x")
+    options.add_argument("--mode", choices=["a", "b"], version=RHEL7, help="x")
+    options.add_argument("--size", type=int, version=RHEL7, help="x")
+    options.add_argument("--label", default="none", version=RHEL7, help="x")
+    options.add_argument("--addr", dest="address", version=RHEL7, help="x")
+    options.add_argument("--address", version=RHEL7, help="x")
+    memo = ksvalidate._MemoOptions(options, ksvalidate._ShownWarnings())
+    assert set(memo.verbatim) == {"--ip"}  # no choices, type, default, shared attribute
+    calls: list[list[str]] = []
+    real = options.parse_args
+
+    def counted(args: list[str], **kwargs: Any) -> Any:
+        calls.append(list(args))
+        return real(args, **kwargs)
+
+    options.parse_args = counted  # type: ignore[method-assign]
+    for n in range(4):
+        got = memo.parse_args(args=[f"--ip=10.0.0.{n}", "--mode=a"])
+        assert vars(got) == vars(real([f"--ip=10.0.0.{n}", "--mode=a"]))
+    assert len(calls) == 2
+    assert memo._shape(True, ["--ip=a=b", "--mode=a"]) == \
+        ((True, (("--ip",), "--mode=a")), (("ip", "a=b"),))
+    assert memo._shape(False, ["--ip=-a"]) == ((False, ("--ip=-a",)), ())
+    assert memo._shape(False, ["--ip="]) == ((False, ("--ip=",)), ())
+    assert memo._shape(False, ["--", "--ip=a"]) == ((False, ("--", "--ip=a")), ())
+    calls.clear()
+    for n in range(3):  # the same option twice: the first value is not the attribute's
+        assert memo.parse_args(args=[f"--ip={n}", f"--ip=x{n}"]).ip == f"x{n}"
+    assert len(calls) == 3
 
 
 def test_memo_namespaces_share_no_list() -> None:
