@@ -8,6 +8,7 @@ line is anaconda 21.48.22.159's and its dracut parse-kickstart's (docs/real-inst
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 
@@ -16,11 +17,20 @@ from builder.site import Host
 
 # ifcfg UUIDs: stable across builds, different for every (host, device).
 UUID_NAMESPACE = uuid.UUID("6b1f4f8e-2a7c-5e0b-9c43-6b7362756901")
+_NAMESPACE_BYTES = UUID_NAMESPACE.bytes
 TYPES = {NIC: "Ethernet", BOND: "Bond", VLAN: "Vlan", BRIDGE: "Bridge"}
 
 
 def ifcfg_uuid(hostname: str, device: str) -> str:
-    return str(uuid.uuid5(UUID_NAMESPACE, f"{hostname}/{device}"))
+    """str(uuid.uuid5(UUID_NAMESPACE, "hostname/device")), without building a UUID object
+    (a third of the cost of a host's ifcfg files): the name's SHA-1 with uuid5's version
+    and variant bits, as 8-4-4-4-12 hex digits."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + f"{hostname}/{device}".encode(),
+                                    usedforsecurity=False).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50
+    digest[8] = digest[8] & 0x3F | 0x80
+    x = digest.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,9 @@ def template_environment(folder: Path, compiled: Path | None = None) -> jinja2.E
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        # The templates do not change while it renders: no stat of a template's file each
+        # time it is looked up (the firstboot step includes one, for every host).
+        auto_reload=False,
         bytecode_cache=CompiledTemplates(compiled) if compiled is not None else None,
     )
     env.filters["sh"] = shlex.quote

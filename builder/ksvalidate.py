@@ -388,7 +388,9 @@ class _ParseMemo:
         self.together = together
         self.eligible = {name for name, pristine in commands.items()
                          if _rememberable(handler.commands[name], pristine.saved)}
-        self.memo: dict[tuple[str, str, int], dict[str, Any]] = {}
+        # -> the attributes the parse set (mutable ones copied at each hit: those named)
+        self.memo: dict[tuple[str, str, int],
+                        tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
         self.recurring = _Recurring()
 
     def dispatch(self, dispatch: Callable[[int, list[str]], Any], name: str, line: str,
@@ -400,8 +402,11 @@ class _ParseMemo:
         if found is None:  # (an effect may be empty)
             found = self.together.get(self, key)
         if found is not None:
+            fixed, mutable = found
+
             def remembered(_: list[str]) -> Any:
-                for attribute, value in found.items():
+                state.update(fixed)
+                for attribute, value in mutable:
                     state[attribute] = _thawed(value)
                 return command
 
@@ -419,12 +424,16 @@ class _ParseMemo:
             before = dict(self.commands[name].saved, currentCmd=name, currentLine=line,
                           lineno=lineno, seen=True)
             effect = _effect(before, state)
+            if effect is not None:
+                # What a hit puts back as it is (immutable), and what it copies.
+                kept = effect, tuple((attribute, value) for attribute, value in effect.items()
+                                     if not _immutable(value))
             if effect is not None and not recurring:
-                self.together.memo[self, key] = effect
+                self.together.memo[self, key] = kept
             elif effect is not None:
                 if len(self.memo) >= MEMO_LIMIT:
                     self.memo.clear()
-                self.memo[key] = effect
+                self.memo[key] = kept
         return result
 
 

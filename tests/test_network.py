@@ -5,9 +5,11 @@ merge, the one-line error for each bad layout, and the install-time `network` li
 from __future__ import annotations
 
 import copy
+import random
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +338,16 @@ def test_ifcfg_uuids_are_stable_and_distinct() -> None:
     uuids = [dict(f.lines)["UUID"] for f in first if f.prefix == "ifcfg"]
     assert len(uuids) == 16 and len(set(uuids)) == 16
     assert copy.deepcopy(first) == first
+
+
+def test_ifcfg_uuid_is_uuid5() -> None:
+    """ifcfg_uuid builds uuid5's text without a UUID object: the same on varied names."""
+    chance = random.Random(16)
+    for _ in range(5000):
+        hostname = "".join(chance.choice("ab.-_0é\u2028") for _ in range(chance.randrange(40)))
+        device = chance.choice(["br0", "eth0", "bond0.100", "", "é"])
+        assert ifcfg.ifcfg_uuid(hostname, device) == \
+            str(uuid.uuid5(ifcfg.UUID_NAMESPACE, f"{hostname}/{device}"))
 
 
 def test_iso_menus_carry_the_installer_args() -> None:
