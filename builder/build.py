@@ -38,7 +38,6 @@ from builder.gcpause import no_gc
 from builder.manifest import Entry
 from builder.output import (
     Generations,
-    in_threads,
     link_files,
     link_or_copy,
     link_tree,
@@ -953,23 +952,28 @@ def _prune_replaced(old: Path, changed: list[str]) -> None:
 def _prelink(gen: Path, spare: Path) -> dict[str, int]:
     """Hard links in `spare` to the kickstarts and PXE tree files `gen` holds so far (the
     tree's run-time state aside), made while the workers render: the name -> inode linked,
-    for _fill_spare to keep those still the outputs' files."""
-    names = []
-    for top in ("ks", "pxe"):
-        for folder, dirs, files in os.walk(gen / top):
-            relative = os.path.relpath(folder, gen)
-            if relative == "pxe":
-                dirs[:] = [d for d in dirs if d != "state"]
-            os.makedirs(f"{spare}/{relative}", exist_ok=True)
-            names += [f"{relative}/{name}" for name in files]
+    for _fill_spare to keep those still the outputs' files. In this thread (the workers
+    take both cores: more threads only cost more CPU), each inode as the folder lists it
+    (d_ino, no stat): a file replaced since was linked with another inode, which
+    _fill_spare finds is not the output's and links again."""
     inodes: dict[str, int] = {}
-
-    def link(chunk: list[str]) -> None:
-        for name in chunk:
-            os.link(f"{gen}/{name}", f"{spare}/{name}")
-            inodes[name] = os.lstat(f"{spare}/{name}").st_ino
-
-    in_threads(link, names)
+    folders = ["ks", "pxe"]
+    while folders:
+        relative = folders.pop()
+        try:
+            with os.scandir(f"{gen}/{relative}") as listed:
+                entries = list(listed)  # listed before the workers add more (os.walk too)
+        except OSError:
+            continue
+        os.makedirs(f"{spare}/{relative}", exist_ok=True)
+        for entry in entries:
+            name = f"{relative}/{entry.name}"
+            if entry.is_dir():  # a link to a folder is neither followed nor linked
+                if not entry.is_symlink() and name != "pxe/state":
+                    folders.append(name)
+                continue
+            os.link(entry.path, f"{spare}/{name}")
+            inodes[name] = entry.inode()
     return inodes
 
 
@@ -977,14 +981,15 @@ def _fill_spare(gen: Path, spare: Path, outputs: list[str], recorded: dict[str, 
                 prelinked: dict[str, int]) -> Path:
     """A spare made from nothing: a hard link to each of the `outputs` of `gen`, given their
     identities (`recorded`). Those `prelinked` (_prelink) that are still the output's file
-    (its inode) stay; any other goes."""
+    (its inode) stay; any other goes. In one thread, beside the build's own (more would
+    take turns with it for the GIL, for the second core)."""
     stale = {name for name, inode in prelinked.items()
              if name not in recorded or recorded[name][2] != inode}
     unlink_files([f"{spare}/{name}" for name in sorted(stale)])
     missing = [name for name in outputs if name not in prelinked or name in stale]
     for folder in sorted({os.path.dirname(name) for name in missing}):
         os.makedirs(f"{spare}/{folder}", exist_ok=True)
-    link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in missing])
+    link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in missing], threads=1)
     return spare
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import jinja2
+from jinja2.runtime import new_context
 
 from builder import __version__
 from builder.errors import KsbuildError
@@ -141,8 +142,12 @@ def _render(template: jinja2.Template, values: dict[str, object]) -> str:
     """template.render(values) where `values` holds the globals already: the context shares
     the dict (as jinja2's own {% include %} does) instead of copying it (3x as fast, for
     30,000 entries of a fleet); a template's {% set %} goes to the context's own variables,
-    never into `values`."""
-    context = template.new_context(values, shared=True)
+    never into `values`. Made as Template.new_context makes it but for the set of the
+    globals' names it keeps for {% import %} of the template, which it never is here:
+    made from a ChainMap, that set took a quarter of the time (0.35 -> 0.26 s, 10,000
+    hosts' entries)."""
+    context = new_context(template.environment, template.name, template.blocks, values,
+                          shared=True)
     try:
         return template.environment.concat(template.root_render_func(context))
     except Exception:

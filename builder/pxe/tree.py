@@ -389,8 +389,10 @@ class Writer:
         return False
 
     def flush(self) -> None:
-        """Write the files queued by data() (by several threads: output.write_new_files)."""
-        write_new_files(self.queued, FILE_MODE, exact=self.fix_mode)
+        """Write the files queued by data(), in this thread: a tree's 40,000 entries are
+        written while render workers take both cores (start_tree), where more threads
+        only cost more CPU (output.IO_THREADS)."""
+        write_new_files(self.queued, FILE_MODE, exact=self.fix_mode, threads=1)
         self.queued = []
 
     def link(self, source: str | Path, relative: str) -> None:
