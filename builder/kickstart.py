@@ -24,6 +24,7 @@ import jinja2
 import jinja2.bccache
 import jinja2.meta
 from jinja2 import nodes
+from jinja2.runtime import new_context
 
 from builder import __version__, network, sitecache
 from builder.errors import InputError, KsbuildError
@@ -301,7 +302,7 @@ class Renderer:
         values = {**self.env.globals, **context, **(extra or {})}
         try:
             values["post_scripts"] = [(name, self._post(name, values)) for name in POST_SCRIPTS]
-            text = self._render(self._main, values)
+            text = render_shared(self._main, values)
         except jinja2.TemplateError as exc:
             raise KsbuildError(f"rendering the kickstart of {host.hostname}: {exc}") from None
         self.validator.validate(text, f"{host.hostname}.cfg")
@@ -314,27 +315,34 @@ class Renderer:
         more than rendering them again costs (one changed host's build renders one group)."""
         template, group = self._posts[name], self._group
         if group is None or self._groups < 2:
-            return self._render(template, values)
+            return render_shared(template, values)
         reads = self._post_reads[name]
         if reads is None:
-            return self._render(template, values)
+            return render_shared(template, values)
         used = tuple(values.get(key, _UNSET) for key in reads)
         found = group.posts.get(name)
         if found is not None and all(map(operator.is_, found[0], used)):
             return found[1]
-        text = self._render(template, values)
+        text = render_shared(template, values)
         group.posts[name] = (used, text)
         return text
 
-    def _render(self, template: jinja2.Template, values: dict[str, Any]) -> str:
-        """template.render(values) where `values` holds the globals already: the context
-        shares the dict (as jinja2's own {% include %} does) instead of copying it twice;
-        a template's {% set %} goes to its context's own variables, never into `values`."""
-        context = template.new_context(values, shared=True)
-        try:
-            return self.env.concat(template.root_render_func(context))
-        except Exception:
-            self.env.handle_exception()  # as Template.render: the template's lines in the trace
+
+def render_shared(template: jinja2.Template, values: dict[str, Any]) -> str:
+    """template.render(values) where `values` holds the globals already: the context shares
+    the dict (as jinja2's own {% include %} does) instead of copying it (3x as fast, for
+    30,000 boot entries of a fleet); a template's {% set %} goes to the context's own
+    variables, never into `values`. Made as Template.new_context makes it but for the set of
+    the globals' names it keeps for {% import %} of the template, which ksbuild's never are:
+    made from a ChainMap, that set took a quarter of a boot entry's time (0.35 -> 0.26 s,
+    10,000 hosts' entries), seven times a kickstart."""
+    context = new_context(template.environment, template.name, template.blocks, values,
+                          shared=True)
+    try:
+        return template.environment.concat(template.root_render_func(context))
+    except Exception:
+        template.environment.handle_exception()  # as render(): the template's lines in the trace
+        raise  # not reached: handle_exception raises
 
 
 # Below this many kickstarts a worker pool costs more than it saves.
