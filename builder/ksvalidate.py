@@ -254,7 +254,6 @@ class _MemoOptions:
                 self.memo[key] = found
         return result
 
-
     def _shape(self, known: bool, args: list[str]
                ) -> tuple[tuple[bool, tuple[str | tuple[str], ...]], tuple[tuple[str, str], ...]]:
         """The memo's key for these arguments: each `--name=value` of a _verbatim_options
