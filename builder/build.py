@@ -55,7 +55,7 @@ if TYPE_CHECKING:  # imported where used: a no-op build needs none of them (the 
     # start-up), a build without a PXE tree no PXE code
     from concurrent.futures import ThreadPoolExecutor
 
-    from builder import secureboot
+    from builder import kickstart, secureboot
     from builder.pxe import tree as pxe_tree
     from builder.pxe.menus import BootHost
     from builder.site import Host, Site
@@ -219,17 +219,40 @@ def _outputs_intact(out: Path, recorded: dict[str, Identity]) -> bool:
 
 
 def _intact_outputs(out: Path, recorded: dict[str, Identity]) -> set[str]:
-    """The outputs (relative to OUT) whose file has the identity recorded."""
-    path = _output_path(out)
+    """The outputs (relative to OUT) whose file has the identity recorded. Each is stat'ed by
+    its name in its folder, opened once (recorded's names come sorted: folder by folder):
+    ~3.1 us a file on this VM against ~4.2 us through its whole path, for the 60,000
+    outputs of a large PXE fleet that a no-op build stats."""
     intact = set()
-    for name, identity in recorded.items():
-        try:
-            stat = os.stat(path(name))
-        except OSError:
-            continue
-        if (stat.st_size, stat.st_mtime_ns, stat.st_ino) == identity:
-            intact.add(name)
+    with contextlib.ExitStack() as opened:
+        folders: dict[str, int | None] = {}
+        current, fd = None, None
+        for name, identity in recorded.items():
+            folder, _, base = name.rpartition("/")
+            if folder != current:
+                if folder not in folders:
+                    folders[folder] = _open_folder(f"{out}/{folder}", opened)
+                current, fd = folder, folders[folder]
+            if fd is None:
+                continue
+            try:
+                stat = os.stat(base, dir_fd=fd)
+            except OSError:
+                continue
+            if (stat.st_size, stat.st_mtime_ns, stat.st_ino) == identity:
+                intact.add(name)
     return intact
+
+
+def _open_folder(path: str, opened: contextlib.ExitStack) -> int | None:
+    """A descriptor of the folder at `path` (through OUT's symlinks into the current
+    generation), closed with `opened`; None if there is none."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    opened.callback(os.close, fd)
+    return fd
 
 
 def _output_path(out: Path) -> Callable[[str], str]:
@@ -822,7 +845,7 @@ def _pxe_outputs(gen: Path) -> list[str]:
     """The PXE tree's files, relative to `gen`, less what changes at run time (which hosts
     have installed, under state/). Walked with strings: 60,000 files for a large fleet.
     Debris of an interrupted write is removed, not listed (_is_debris)."""
-    names = []
+    names = []  # not sorted: _output_entries and _fill_spare sort what they need
     for folder, dirs, files in os.walk(gen / "pxe"):
         relative = os.path.relpath(folder, gen)
         if relative == "pxe":
@@ -832,7 +855,7 @@ def _pxe_outputs(gen: Path) -> list[str]:
                 os.unlink(f"{folder}/{name}")
             else:
                 names.append(f"{relative}/{name}")
-    return sorted(names)
+    return names
 
 
 def _is_debris(name: str) -> bool:
@@ -1100,6 +1123,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     with generations.new(reuse=spare) as gen, contextlib.ExitStack() as held:
         keys = host_keys(site, shared)
         relink = state.get("source_date_epoch") == sde
+        renderer = _early_renderer(site, keys, state.get("hosts", {}), stats, out)
         intact = intact_outputs(out, state, sde, stats)
         unchanged = _unchanged(keys, state.get("hosts", {}), intact, _ks_name)
         pxe_step = plan_pxe(site, options, media, keys, state, intact, gen, held) \
@@ -1138,7 +1162,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 prelinked.update(_prelink(gen, fill))
             pickled[0] = cache_data(site)  # the site cache, written once the build succeeded
         rendered = kickstart.render_variants(site, variants, jobs=options.jobs,
-                                             meanwhile=meanwhile, compiled=out / TEMPLATE_CACHE)
+                                             meanwhile=meanwhile, compiled=out / TEMPLATE_CACHE,
+                                             renderer=renderer)
         hashes = write_kickstarts(options, keys, unchanged, rendered["ks"], gen, kept)
         options.report(f"kickstarts: {len(hashes)} written, {len(keys) - len(hashes)} unchanged")
         names = [f"ks/{name}.cfg" for name in sorted(keys)]
@@ -1189,6 +1214,19 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced
     return Result(out, False, sde, written, len(recorded) - 1,
                   verdict.warnings if verdict else [])
+
+
+def _early_renderer(site: Site, keys: dict[str, str], before: dict[str, str],
+                    stats: Stats | None, out: Path) -> kickstart.Renderer | None:
+    """The renderer (pykickstart's parser, the templates: ~0.1 s) made while the Stats
+    child stats the outputs on the other core, rather than after the wait (most of one
+    changed host's rendering): when a host's key changed, as it is rendered whatever the
+    stats find. None when there is no child to wait for, or no key changed."""
+    if stats is None or all(before.get(name) == key for name, key in keys.items()):
+        return None
+    from builder import kickstart
+
+    return kickstart.Renderer(site, compiled=out / TEMPLATE_CACHE).prepare()
 
 
 def _one_thread(held: contextlib.ExitStack) -> ThreadPoolExecutor:

@@ -234,6 +234,12 @@ class Renderer:
         self._group: _Group | None = None
         self._groups = 0  # together() entered so far
 
+    def prepare(self) -> Renderer:
+        """The templates loaded now, not for the first kickstart rendered: a build makes its
+        renderer while it waits for something else (build._early_renderer)."""
+        _ = self._main, self._post_reads
+        return self
+
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
         """Render a host's kickstarts of several variants inside (they differ in a few
@@ -382,7 +388,8 @@ _worker: Renderer | None = None
 _variants: Mapping[str, Variant] = {}
 
 
-def _start_worker(site: Site, variants: Mapping[str, Variant], compiled: Path | None) -> None:
+def _start_worker(site: Site, variants: Mapping[str, Variant], compiled: Path | None,
+                  renderer: Renderer | None) -> None:
     global _worker, _variants
     # pykickstart looks up its message catalog on disk for every option's help text; with
     # LANGUAGE=C that lookup ends at once (ksbuild's messages are English anyway).
@@ -391,7 +398,7 @@ def _start_worker(site: Site, variants: Mapping[str, Variant], compiled: Path | 
     # here; the collector would walk it again and again (~4% of a worker's CPU measured,
     # where the caller has not turned it off as a build does).
     gc.freeze()
-    _worker = Renderer(site, compiled=compiled)
+    _worker = renderer or Renderer(site, compiled=compiled)  # the caller's: forked, a copy
     _variants = variants
 
 
@@ -426,7 +433,8 @@ def _render_in_worker(tasks: list[tuple[str, tuple[str, ...]]]) -> list[list[Any
 
 def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | None = None,
                     meanwhile: Callable[[], object] = lambda: None,
-                    compiled: Path | None = None) -> dict[str, dict[str, Any]]:
+                    compiled: Path | None = None, renderer: Renderer | None = None
+                    ) -> dict[str, dict[str, Any]]:
     """variant -> hostname -> validated kickstart text (or what the variant's `output` made
     of it), sorted by hostname: every variant of
     every host in one pass (one pool: a host whose plain and PXE kickstarts are both due is
@@ -437,7 +445,8 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
     and the variants (any callables); only names go to them and texts come back.
     `meanwhile`: work of the caller's that needs no text, done while the workers render
     (after they are forked, so it may start threads). `compiled`: a folder for the compiled
-    templates (CompiledTemplates)."""
+    templates (CompiledTemplates). `renderer`: one made already (Renderer.prepare), used
+    rather than a new one (copied into each worker)."""
     by_host: dict[str, list[tuple[str, Host]]] = {}
     for name, variant in variants.items():
         for host in variant.hosts:
@@ -450,7 +459,7 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
     texts: list[list[Any]]
     if jobs == 1 or count < PARALLEL_MIN_HOSTS:
         meanwhile()
-        renderer = Renderer(site, compiled=compiled)
+        renderer = renderer or Renderer(site, compiled=compiled)
         chosen = [[(variants[name], host) for name, host in by_host[hostname]]
                   for hostname in hostnames]
         texts = [made for start in range(0, len(chosen), CHUNK_MAX)
@@ -463,7 +472,7 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
 
         context = multiprocessing.get_context("fork")
         with context.Pool(jobs, initializer=_start_worker,
-                          initargs=(site, variants, compiled)) as pool:
+                          initargs=(site, variants, compiled, renderer)) as pool:
             pending = pool.map_async(_render_in_worker, [tasks[start:start + size]
                                      for start in range(0, len(tasks), size)], chunksize=1)
             meanwhile()

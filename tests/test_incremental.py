@@ -570,6 +570,28 @@ def damaged_outputs(tmp_path: Path) -> tuple[Path, dict[str, records.Identity], 
     return out, build.read_state(out)["outputs"], {edited, removed, replaced}
 
 
+def test_outputs_are_stated_in_their_folders_through_the_current_generation(
+        tmp_path: Path) -> None:
+    """_intact_outputs opens each folder once (through OUT's symlink into a generation, in
+    whatever order the names come): a file edited in place or replaced, or a folder removed,
+    is not intact; every descriptor it opened is closed."""
+    out = tmp_path / "out"
+    for name in ["gen/pxe/tftp/a", "gen/pxe/tftp/b", "ks/x.cfg", "ks/y.cfg", "gone/z", "top"]:
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(name)
+    (out / "pxe").symlink_to("gen/pxe")
+    names = ["ks/x.cfg", "pxe/tftp/a", "ks/y.cfg", "top", "pxe/tftp/b", "gone/z"]
+    recorded = {name: build._identity(out / name) for name in names}
+    with (out / "ks/y.cfg").open("a") as handle:
+        handle.write("# edited")
+    shutil.copy2(out / "pxe/tftp/b", out / "b.copy")
+    os.replace(out / "b.copy", out / "pxe/tftp/b")  # same size and time, another inode
+    shutil.rmtree(out / "gone")
+    descriptors = len(os.listdir("/proc/self/fd"))
+    assert build._intact_outputs(out, recorded) == {"ks/x.cfg", "pxe/tftp/a", "top"}
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+
+
 def reaped(pid: int) -> bool:
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -726,6 +748,42 @@ def test_a_rebuild_stats_its_outputs_in_a_child_holding_nothing_else(
     assert Recorded.answered == [True]
     fds = listing.read_text().splitlines()
     assert not any(fd.endswith("lock") for fd in fds) and len(fds) <= 4, fds
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
+
+
+def test_a_rebuild_makes_its_renderer_while_the_child_stats(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded_build: tuple[Path, Path]
+) -> None:
+    """A host changed: the rebuild makes its one renderer (parser, templates) before it
+    waits for the child's stats, and renders with it. No host's key changed (an output
+    edited): the renderer is made once the stats tell which host to render again."""
+    site_path, out = recorded_build
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    events: list[str] = []
+    make, result = kickstart.Renderer.__init__, Recorded.result
+
+    def making(self: kickstart.Renderer, *args: Any, **kwargs: Any) -> None:
+        events.append("renderer made")
+        make(self, *args, **kwargs)
+
+    def waiting(self: Recorded) -> set[str]:
+        events.append("stats waited for")
+        return result(self)
+    monkeypatch.setattr(kickstart.Renderer, "__init__", making)
+    monkeypatch.setattr(Recorded, "result", waiting)
+    doc = yaml.safe_load(site_path.read_text())
+    doc["hosts"][0]["timezone"] = "Europe/Berlin"
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    kickstart_name = f"ks/{doc['hosts'][0]['hostname']}.cfg"
+    assert build.build(options).written == [kickstart_name, "manifest.json"]
+    assert events == ["renderer made", "stats waited for"]
+    events.clear()
+    with (out / kickstart_name).open("a") as handle:
+        handle.write("# edited\n")
+    assert build.build(options).written == [kickstart_name, "manifest.json"]
+    assert events == ["stats waited for", "renderer made"]
     clean = tmp_path / "clean"
     build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
     assert tree_bytes(out) == tree_bytes(clean)

@@ -303,7 +303,12 @@ def test_large_fleet_uses_workers_and_matches_one_process(tmp_path: Path) -> Non
     from bench.fleet import write_fleet_site
 
     loaded = site.load(write_fleet_site(tmp_path / "fleet.yaml", kickstart.PARALLEL_MIN_HOSTS))
-    assert kickstart.render_site(loaded, jobs=2) == kickstart.render_site(loaded, jobs=1)
+    alone = kickstart.render_site(loaded, jobs=1)
+    assert kickstart.render_site(loaded, jobs=2) == alone
+    prepared = kickstart.Renderer(loaded).prepare()
+    variants = {"ks": kickstart.Variant(loaded.hosts)}
+    for jobs in (2, 1):  # a renderer made already: copied into each worker, then used itself
+        assert kickstart.render_variants(loaded, variants, jobs, renderer=prepared)["ks"] == alone
 
 
 def test_a_hosts_variants_render_together_as_each_alone(tmp_path: Path) -> None:
