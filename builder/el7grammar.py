@@ -90,16 +90,16 @@ def newline_lines(text: str) -> bool:
     return text.isascii() and not any(brk in text for brk in _OTHER_BREAKS)
 
 
-def section_end(text: str, at: int) -> int:
+def line_starting(text: str, at: int, prefix: str) -> int:
     """In a text of newline_lines, where the first line from offset `at` (a line's start)
-    that starts with %end after blanks starts, or -1: where a section opened before `at`
-    ends."""
-    found = text.find("%end", at)
+    that starts with `prefix` after blanks starts, or -1 (with %end: where a section opened
+    before `at` ends)."""
+    found = text.find(prefix, at)
     while found >= 0:
         start = text.rfind("\n", at, found) + 1 or at  # (rfind: -1 if none)
         if not text[start:found].strip():
             return start
-        found = text.find("%end", found + 1)
+        found = text.find(prefix, found + 1)
     return -1
 
 
@@ -121,7 +121,7 @@ def problem(text: str) -> str | None:
             return f"line {number}: {wrong}"
         at = end + 1
         if opens_section:
-            closing = section_end(text, at)
+            closing = line_starting(text, at, "%end")
             if closing < 0:
                 return None
             cut = text.find("\n", closing)

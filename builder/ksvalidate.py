@@ -38,7 +38,6 @@ import shlex
 import warnings
 from argparse import Namespace, _StoreAction
 from collections.abc import Callable, Iterator
-from itertools import islice
 from typing import Any
 
 from builder import ksload
@@ -458,26 +457,32 @@ def _effect(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | N
     return effect
 
 
-class _Lines(PutBackIterator):  # type: ignore[misc]
-    """pykickstart's PutBackIterator over a list of lines, which _Parser._readSection can read
-    ahead in by index."""
+class _Text(PutBackIterator):  # type: ignore[misc]
+    """pykickstart's PutBackIterator over a text of el7grammar.newline_lines: its lines as
+    str.splitlines(True) gives them, then "" (the end of the text), each cut from the text
+    when it is read, so that _Parser._readSection can skip a section's body (most of the
+    text) with str.find instead of splitting it into lines and looking at each."""
 
     _buf: str | None
 
-    def __init__(self, lines: list[str]) -> None:
+    def __init__(self, text: str) -> None:
         super().__init__(())
-        self.lines = lines
-        self.at = 0
+        self.text = text
+        self.at = 0  # where the next line starts (past the end once "" was read)
 
     def next(self) -> str:
         if self._buf:
             line: str = self._buf
             self._buf = None
             return line
-        if self.at >= len(self.lines):
-            raise StopIteration
-        self.at += 1
-        return self.lines[self.at - 1]
+        text, at = self.text, self.at
+        if at >= len(text):
+            if at > len(text):
+                raise StopIteration
+            self.at = at + 1
+            return ""
+        self.at = text.find("\n", at) + 1 or len(text)
+        return text[at:self.at]
 
 
 class _Parser(KickstartParser):  # type: ignore[misc]
@@ -498,35 +503,39 @@ class _Parser(KickstartParser):  # type: ignore[misc]
         return self.parses.dispatch(super().handleCommand, name, self._line, lineno, args)
 
     def readKickstartFromString(self, s: str, reset: bool = True) -> None:  # noqa: N802
-        # As pykickstart's: the lines, then "" as the end of the text.
+        # As pykickstart's (its lines, then "" as the end of the text), read from the text.
+        if not el7grammar.newline_lines(s):
+            super().readKickstartFromString(s, reset)
+            return
         if reset:
             self._reset()
-        self._stateMachine(_Lines(s.splitlines(True) + [""]))
+        self._stateMachine(_Text(s))
 
     def _readSection(self, lineIter: Any, lineno: int) -> int:  # noqa: N803 (its name)
         """Hand the section the lines before the first one pykickstart's _readSection treats
         specially (the end of the text, or a line starting with % after blanks: %end, a
         section header, %include, or a body line it must look at), then let that method
-        read on from there, as it would have."""
-        if type(lineIter) is not _Lines or lineIter._buf or self._includeDepth \
+        read on from there, as it would have. A script is handed them as one string: it
+        only ever joins its lines ("".join, and " ".join to see if all are blank)."""
+        if type(lineIter) is not _Text or lineIter._buf or self._includeDepth \
                 or self.version < F8:
             return int(super()._readSection(lineIter, lineno))
         section = self._sections[self._state]
-        lines, start = lineIter.lines, lineIter.at
-        end = start
-        for line in islice(lines, start, None):
-            if not line or ("%" in line and line.lstrip().startswith("%")):
-                break
-            end += 1
-        body = lines[start:end]
+        text, start = lineIter.text, lineIter.at
+        end = el7grammar.line_starting(text, start, "%")
+        if end < 0:
+            end = len(text)
+        body = text[start:end]
         if section.allLines and type(section).handleLine is ScriptSection.handleLine:
-            section._script["body"].extend(body)
+            if body:
+                section._script["body"].append(body)
         else:
-            for line in body:
+            for line in body.splitlines(True):
                 if section.allLines or not self._isBlankOrComment(line):
                     section.handleLine(line)
         lineIter.at = end
-        return int(super()._readSection(lineIter, lineno + len(body)))
+        lines = body.count("\n") + (body[-1:] not in ("", "\n"))  # the last may have no \n
+        return int(super()._readSection(lineIter, lineno + lines))
 
 
 def _rhel7_handler() -> Any:

@@ -524,6 +524,20 @@ def test_section_reader_faithful_on_long_bodies(tmp_path: Path) -> None:
             assert fast_verdict(validator, text) == plain_verdict(text), text
 
 
+def test_text_reader_ends_and_other_line_breaks() -> None:
+    """A text is read from the text itself (a section's body in one piece) when its lines are
+    those between its newlines, else as pykickstart reads it: either way as the plain
+    parser, at the text's end without a newline (a line number in the message), with a
+    blank script, a package list, and other line breaks and non-ASCII text."""
+    validator = ksvalidate.Validator()
+    texts = ["install\n%post\necho x\necho y", "install\n%post\necho x\n%end",
+             "install\n%post\n  \n\t\n%end\n", "%post\n%end\n%post\necho %\n  %end\x1fx\n",
+             "%packages\n# c\n\n@core\n -x\n%end\nskipx", "install\n%packages\n@core"]
+    for text in [*texts, *(text.replace("\n", "\r\n") for text in texts),
+                 *(text.replace("echo", "\u00e9cho").replace("\n", "\x0c") for text in texts)]:
+        assert fast_verdict(validator, text) == plain_verdict(text), text
+
+
 def test_remembered_commands_read_nothing_but_their_line() -> None:
     """A command's parse is remembered by its name, line and line number; that is enough
     only if its code never reads the handler (other commands, the lists of data commands).
