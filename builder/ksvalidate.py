@@ -343,11 +343,9 @@ class _Pristine:
                 (self.nested if nested else self.flat).append(key)
 
     def restore(self) -> None:
+        """Called for the objects a kickstart may have changed: the commands dispatched and
+        the sections opened (_Parser records both; nothing else changes them)."""
         state, saved = self.state, self.saved
-        # Unchanged (a section no header named; a dispatched command is never: its `seen`):
-        # equal, and sharing no container with `saved`, so there is nothing to put back.
-        if state == saved:
-            return
         state.clear()
         state.update(saved)
         for key in self.flat:
@@ -485,13 +483,30 @@ class _Text(PutBackIterator):  # type: ignore[misc]
         return text[at:self.at]
 
 
+def _recording(opened: set[str], name: str, header: Callable[[int, list[str]], Any]
+               ) -> Callable[[int, list[str]], Any]:
+    """Stands in for a section's handleHeader, the first thing that may change a section
+    in a kickstart: its name is recorded (even if the header is refused), then the header
+    handled."""
+
+    def handle_header(lineno: int, args: list[str]) -> Any:
+        opened.add(name)
+        return header(lineno, args)
+
+    return handle_header
+
+
 class _Parser(KickstartParser):  # type: ignore[misc]
-    """pykickstart's parser, recording the commands it dispatches (so exactly those are put
-    back) and reading the ordinary lines of a section body in one step."""
+    """pykickstart's parser, recording the commands it dispatches and the sections it opens
+    (so exactly those are put back) and reading the ordinary lines of a section body in one
+    step."""
 
     def __init__(self, handler: Any) -> None:
         super().__init__(handler, followIncludes=False)
         self.dispatched: set[str] = set()
+        self.opened: set[str] = set()
+        for name, section in self._sections.items():
+            section.handleHeader = _recording(self.opened, name, section.handleHeader)
         self.parses: _ParseMemo | None = None
 
     def handleCommand(self, lineno: int, args: list[str]) -> Any:  # noqa: N802 (its name)
@@ -565,7 +580,8 @@ class Validator:
                                                 self._together)
         self.commands = {name: _Pristine(command)
                          for name, command in self.handler.commands.items() if command}
-        self.sections = [_Pristine(section) for section in self.parser._sections.values()]
+        self.sections = {name: _Pristine(section)
+                         for name, section in self.parser._sections.items()}
         self.parser.parses = _ParseMemo(self.commands, self.handler, self.shown,
                                          self._together)
 
@@ -588,8 +604,9 @@ class Validator:
             if name in self.commands:
                 self.commands[name].restore()
         self.parser.dispatched.clear()
-        for section in self.sections:
-            section.restore()
+        for name in self.parser.opened:
+            self.sections[name].restore()
+        self.parser.opened.clear()
         handler = self.handler
         handler.scripts = []
         handler.packages = Packages()

@@ -331,6 +331,20 @@ def test_a_refused_kickstart_does_not_change_the_next_verdict() -> None:
     validator.validate("part / --size=100\n", "b.cfg")
 
 
+def test_every_section_a_kickstart_opened_is_put_back() -> None:
+    """Only the sections a kickstart opened are put back: those whose header was refused,
+    or whose body or end was, too."""
+    validator = ksvalidate.Validator()
+    for text in ("%post\necho x\n%end\n", "%pre --bogus\necho\n%end\n", "%post\necho y\n",
+                 "%packages --bogus\n@core\n%end\n", "%onerror\nx\n%traceback\ny\n%end\n",
+                 "%packages\n@core\n-x\n%end\n%pre-install\necho\n%end\n%bogus\n%end\n"):
+        with contextlib.suppress(KsbuildError):
+            validator.validate(text, "x.cfg")
+        validator._reset()
+        for section in validator.sections.values():
+            assert section.state == section.saved, text
+
+
 def test_the_memos_are_used(rendered: list[str]) -> None:
     """The corpus test would pass with the memos off: prove they are on."""
     validator = ksvalidate.Validator()
