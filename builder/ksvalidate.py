@@ -384,9 +384,8 @@ class _ParseMemo:
         self.together = together
         self.eligible = {name for name, pristine in commands.items()
                          if _rememberable(handler.commands[name], pristine.saved)}
-        # -> the attributes the parse set (mutable ones copied at each hit: those named)
-        self.memo: dict[tuple[str, str, int],
-                        tuple[dict[str, Any], tuple[tuple[str, Any], ...]]] = {}
+        # -> a stand-in for the parse that puts back what it set (_putting_back)
+        self.memo: dict[tuple[str, str, int], Callable[[list[str]], Any]] = {}
         self.recurring = _Recurring()
 
     def dispatch(self, dispatch: Callable[[int, list[str]], Any], name: str, line: str,
@@ -395,18 +394,10 @@ class _ParseMemo:
         state = vars(command)
         key = (name, line, lineno)
         found = self.memo.get(key)
-        if found is None:  # (an effect may be empty)
+        if found is None:
             found = self.together.get(self, key)
         if found is not None:
-            fixed, mutable = found
-
-            def remembered(_: list[str]) -> Any:
-                state.update(fixed)
-                for attribute, value in mutable:
-                    state[attribute] = _thawed(value)
-                return command
-
-            state["parse"] = remembered  # found before the class's parse, for this line only
+            state["parse"] = found  # found before the class's parse, for this line only
             try:
                 return dispatch(lineno, args)
             finally:
@@ -421,9 +412,7 @@ class _ParseMemo:
                           lineno=lineno, seen=True)
             effect = _effect(before, state)
             if effect is not None:
-                # What a hit puts back as it is (immutable), and what it copies.
-                kept = effect, tuple((attribute, value) for attribute, value in effect.items()
-                                     if not _immutable(value))
+                kept = _putting_back(command, effect)
             if effect is not None and not recurring:
                 self.together.memo[self, key] = kept
             elif effect is not None:
@@ -431,6 +420,23 @@ class _ParseMemo:
                     self.memo.clear()
                 self.memo[key] = kept
         return result
+
+
+def _putting_back(command: Any, effect: dict[str, Any]) -> Callable[[list[str]], Any]:
+    """A stand-in for the command's parse that puts back the effect a parse of the line had
+    (made once, when it is remembered, not at each hit)."""
+    state = vars(command)
+    # What it copies at each call (the rest is immutable: put back as it is).
+    mutable = tuple((attribute, value) for attribute, value in effect.items()
+                    if not _immutable(value))
+
+    def remembered(_: list[str]) -> Any:
+        state.update(effect)
+        for attribute, value in mutable:
+            state[attribute] = _thawed(value)
+        return command
+
+    return remembered
 
 
 def _rememberable(command: Any, saved: dict[str, Any]) -> bool:
@@ -468,7 +474,7 @@ class _Text(PutBackIterator):  # type: ignore[misc]
         self.text = text
         self.at = 0  # where the next line starts (past the end once "" was read)
 
-    def next(self) -> str:
+    def __next__(self) -> str:  # (PutBackIterator's calls next(): one call less a line)
         if self._buf:
             line: str = self._buf
             self._buf = None
@@ -481,6 +487,8 @@ class _Text(PutBackIterator):  # type: ignore[misc]
             return ""
         self.at = text.find("\n", at) + 1 or len(text)
         return text[at:self.at]
+
+    next = __next__
 
 
 def _recording(opened: set[str], name: str, header: Callable[[int, list[str]], Any]
