@@ -201,6 +201,9 @@ class _MemoOptions:
         self.memo: dict[tuple[bool, tuple[str | tuple[str], ...]],
                         tuple[dict[str, Any], tuple[str, ...], tuple[str, ...]]] = {}
         self.verbatim = _verbatim_options(options)
+        # _shape, remembered (recently used): the same argument lists come in every
+        # kickstart (a section header's) or in each of a host's (its network lines).
+        self.shaped = functools.lru_cache(maxsize=MEMO_LIMIT)(self._shape)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.options, name)
@@ -216,7 +219,7 @@ class _MemoOptions:
         # pykickstart passes shlex's words: a list of str.
         if type(args) is not list or not kwargs.keys() <= {"lineno"}:
             return real(args, **kwargs)
-        key, given = self._shape(known, args)
+        key, given = self.shaped(known, tuple(args))
         hit = self.memo.get(key)
         if hit is None:
             hit = self.together.get(self, key)
@@ -253,7 +256,7 @@ class _MemoOptions:
                 self.memo[key] = found
         return result
 
-    def _shape(self, known: bool, args: list[str]
+    def _shape(self, known: bool, args: tuple[str, ...]
                ) -> tuple[tuple[bool, tuple[str | tuple[str], ...]], tuple[tuple[str, str], ...]]:
         """The memo's key for these arguments: each `--name=value` of a _verbatim_options
         option as (`--name`,), and those values (namespace attribute, value), in order. A

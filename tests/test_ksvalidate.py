@@ -500,6 +500,8 @@ def test_values_left_out_of_the_key() -> None:
     assert memo._shape(False, ["--ip=-a"]) == ((False, ("--ip=-a",)), ())
     assert memo._shape(False, ["--ip="]) == ((False, ("--ip=",)), ())
     assert memo._shape(False, ["--", "--ip=a"]) == ((False, ("--", "--ip=a")), ())
+    for args in [["--ip=a", "--mode=a"], ["--ip=b", "--mode=a"], ["--ip=a"]] * 2:
+        assert memo.shaped(False, tuple(args)) == memo._shape(False, args)  # not another's
     calls.clear()
     for n in range(3):  # the same option twice: the first value is not the attribute's
         assert memo.parse_args(args=[f"--ip={n}", f"--ip=x{n}"]).ip == f"x{n}"
