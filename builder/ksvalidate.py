@@ -519,14 +519,20 @@ class _Parser(KickstartParser):  # type: ignore[misc]
         for name, section in self._sections.items():
             section.handleHeader = _recording(self.opened, name, section.handleHeader)
         self.parses: _ParseMemo | None = None
+        # pykickstart's handleCommand, bound once (super() at each of ~18 lines a kickstart)
+        self.dispatch = super().handleCommand
 
     def handleCommand(self, lineno: int, args: list[str]) -> Any:  # noqa: N802 (its name)
         name = args[0]
         self.dispatched.add(name)
         if self.parses is None or name not in self.parses.eligible \
                 or self.handler.commands[name].seen:  # not as built: parse for real
-            return super().handleCommand(lineno, args)
-        return self.parses.dispatch(super().handleCommand, name, self._line, lineno, args)
+            return self.dispatch(lineno, args)
+        return self.parses.dispatch(self.dispatch, name, self._line, lineno, args)
+
+    def _validState(self, st: str) -> bool:  # noqa: N802 (its name)
+        # As pykickstart's, without the list of the sections' names it made at each call.
+        return st in self._sections
 
     def readKickstartFromString(self, s: str, reset: bool = True) -> None:  # noqa: N802
         # As pykickstart's (its lines, then "" as the end of the text), read from the text.
