@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 import jinja2.bccache
@@ -341,7 +341,8 @@ def render_shared(template: jinja2.Template, values: dict[str, Any]) -> str:
     variables, never into `values`. Made as Template.new_context makes it but for the set of
     the globals' names it keeps for {% import %} of the template, which ksbuild's never are:
     made from a ChainMap, that set took a quarter of a boot entry's time (0.35 -> 0.26 s,
-    10,000 hosts' entries), seven times a kickstart."""
+    10,000 hosts' entries); a kickstart renders its main template and each %post step it
+    does not reuse (Renderer._post)."""
     context = new_context(template.environment, template.name, template.blocks, values,
                           shared=True)
     try:
@@ -462,8 +463,8 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
         renderer = renderer or Renderer(site, compiled=compiled)
         chosen = [[(variants[name], host) for name, host in by_host[hostname]]
                   for hostname in hostnames]
-        texts = [made for start in range(0, len(chosen), CHUNK_MAX)
-                 for made in _render_batch(renderer, chosen[start:start + CHUNK_MAX])]
+        texts = [made for batch in _batches(chosen, CHUNK_MAX)
+                 for made in _render_batch(renderer, batch)]
     else:
         tasks = [(hostname, tuple(name for name, _ in by_host[hostname]))
                  for hostname in hostnames]
@@ -473,8 +474,7 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
         context = multiprocessing.get_context("fork")
         with context.Pool(jobs, initializer=_start_worker,
                           initargs=(site, variants, compiled, renderer)) as pool:
-            pending = pool.map_async(_render_in_worker, [tasks[start:start + size]
-                                     for start in range(0, len(tasks), size)], chunksize=1)
+            pending = pool.map_async(_render_in_worker, _batches(tasks, size), chunksize=1)
             meanwhile()
             texts = [made for batch in pending.get() for made in batch]
     rendered: dict[str, dict[str, Any]] = {name: {} for name in variants}
@@ -482,6 +482,14 @@ def render_variants(site: Site, variants: Mapping[str, Variant], jobs: int | Non
         for (name, _), text in zip(by_host[hostname], host_texts):
             rendered[name][hostname] = text
     return rendered
+
+
+T = TypeVar("T")
+
+
+def _batches(items: list[T], size: int) -> list[list[T]]:
+    """`items` in consecutive slices of `size` (the last may be shorter)."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 def render_site(site: Site, hosts: tuple[Host, ...] | None = None,
