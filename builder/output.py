@@ -148,6 +148,16 @@ def write_new(path: str | Path, data: bytes, mode: int = 0o666, exact: bool = Fa
         os.close(fd)
 
 
+def link_new(source: str, target: str) -> None:
+    """os.link(source, target) into a folder nobody reads yet, as write_new() writes there:
+    a file of a reused version at `target` is replaced."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        os.unlink(target)
+        os.link(source, target)
+
+
 def write_new_files(files: list[tuple[str, bytes]], mode: int = 0o666, exact: bool = False,
                     times: tuple[int, int] | None = None, threads: int = IO_THREADS) -> None:
     """write_new() of each (path, data), by `threads` threads; `times`: (atime, mtime)."""

@@ -93,7 +93,18 @@ def test_incremental_builds_equal_clean_builds(tmp_path: Path,
         mine, theirs = tree_bytes(options.out), tree_bytes(clean)
         assert sorted(mine) == sorted(theirs), edit.__name__
         assert [name for name in mine if mine[name] != theirs[name]] == [], edit.__name__
+        assert grub_entries_apart(options.out) == grub_entries_apart(clean) == [], edit.__name__
         shutil.rmtree(clean.parent)
+
+
+def grub_entries_apart(out: Path) -> list[str]:
+    """The hosts' tftp/grub.cfg-01-MAC entries that are not one file (one inode) with their
+    grub.cfg-mac-MAC: the same text under GRUB's two names."""
+    tftp = out / "pxe" / "tftp"
+    entries = sorted(tftp.glob("grub.cfg-01-*"))
+    assert entries
+    return [entry.name for entry in entries if not os.path.samefile(
+        entry, tftp / f"grub.cfg-mac-{entry.name.removeprefix('grub.cfg-01-').replace('-', ':')}")]
 
 
 def identities(root: Path) -> dict[str, tuple[int, int]]:

@@ -59,6 +59,7 @@ from builder import kickstart, network
 from builder.errors import InputError
 from builder.output import (
     Generations,
+    link_new,
     same_bytes,
     umask,
     write_bytes,
@@ -345,6 +346,7 @@ class Writer:
         self.previous_hash = previous_hash or (lambda relative: None)
         self.hashes: dict[str, str] = {}  # sha256 of the files given as bytes
         self.queued: list[tuple[str, bytes]] = []
+        self.twins: list[tuple[str, str]] = []  # (file, a name for it) linked by flush()
         # Files copied in (loaders, kernel, initrd), compared with the previous tree's after.
         self.copied: list[str] = []
         # 40,000 files for a large fleet: skip the chmod when the umask leaves 0644 as it is.
@@ -368,6 +370,17 @@ class Writer:
         self.queued.append((f"{self.root}/{relative}", data))  # written by flush()
         if len(self.queued) >= QUEUED_MAX:  # a bounded copy of the bytes in memory
             self.flush()
+
+    def twin(self, relative: str, of: str, data: bytes) -> None:
+        """data() of `relative`, whose `data` data() gave `of` before: a hard link to that
+        file, one inode for both names. A new inode is most of a new file's cost, and more than
+        all of it on ext4 without a journal in the minutes after many files were deleted: its
+        allocator then passes over each free inode deleted in the last 60 s (300 s more while
+        the inode's table block is not written back), one by one, for each new file (Linux
+        fs/ext4/ialloc.c, find_inode_bit and recently_deleted, RECENTCY_MIN/RECENTCY_DIRTY)."""
+        sha = self.hashes[relative] = self.hashes[of]
+        if not self._linked(relative, data, sha):
+            self.twins.append((f"{self.root}/{of}", f"{self.root}/{relative}"))
 
     def now(self, relative: str, data: bytes) -> str:
         """data(), written at once, in this process (a render worker, which knows no
@@ -393,7 +406,9 @@ class Writer:
         written while render workers take both cores (start_tree), where more threads
         only cost more CPU (output.IO_THREADS)."""
         write_new_files(self.queued, FILE_MODE, exact=self.fix_mode, threads=1)
-        self.queued = []
+        for source, target in self.twins:  # after their files, written above or before
+            link_new(source, target)
+        self.queued, self.twins = [], []
 
     def link(self, source: str | Path, relative: str) -> None:
         """A hard link to a file of the previous tree (written 0644 by a Writer). Strings,
@@ -774,10 +789,16 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
 
 
 def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost) -> bytes:
-    """Write a host's install entries; its index line."""
+    """Write a host's install entries (one file for those with the same text: GRUB's two
+    names); its index line."""
     entries = menus.host(host, local=False)
+    firsts: dict[str, str] = {}  # text -> the first entry with it
     for relative, entry in entries.items():
-        writer.text(relative, entry)
+        first = firsts.setdefault(entry, relative)
+        if first == relative:
+            writer.text(relative, entry)
+        else:
+            writer.twin(relative, first, entry.encode())
     return _index_line(host, entries)
 
 
