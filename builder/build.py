@@ -763,7 +763,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
               written: dict[str, str], previous_hash: Callable[[str], str | None],
               into: Path, held: contextlib.ExitStack, present: frozenset[str] = frozenset(),
               installed: frozenset[str] = frozenset(), started: pxe_tree.Started | None = None
-              ) -> tuple[dict[str, str], frozenset[str]]:
+              ) -> tuple[dict[str, str], frozenset[str], frozenset[str]]:
     """<into>/pxe: the PXE tree, rebuilt when what it carries changed, else a copy of OUT's
     made of hard links. Either way the live tree's lock (which `ksbuild serve` takes to
     switch a host that reports done) is taken before its installed hosts are read and
@@ -771,7 +771,9 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
     `present`: the outputs `into` holds already (of its spare), decided while the hosts at
     local boot were `installed`; `started`: what start_pxe wrote of it; `written`: the
     sha256 of the tree's kickstarts the render workers wrote. Returns the sha256
-    of the files written from memory (relative to `into`), and the boot entries of hosts
+    of the files written from memory (relative to `into`); those of `present` the writer
+    found as they are to be, left so (OUT's files: a field of `defaults` changed leaves
+    40,000 boot entries of a large fleet as they were); and the boot entries of hosts
     switched since `installed` was read: those of `present` are written again."""
     from builder.pxe import state as pxestate
     from builder.pxe import tree as pxe
@@ -783,7 +785,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
         switched = _switched(site, live, installed)  # linked from the live tree instead
         unlink_files([f"{into}/{name}" for name in switched & present])
         link_tree(live, into / "pxe", _in("pxe/", present - switched))
-        return {}, switched
+        return {}, frozenset(), switched
     options.report(f"pxe: writing {live}")
     if step.plan[1].settings.tree_path is None:
         options.report("pxe: pxe.tree_path is not set, so dnsmasq.conf and nginx.conf name "
@@ -796,7 +798,7 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
                             lock, step.plan, started)
     # Under the lock (write_tree returns holding it): the writer carried the switches over.
     return ({f"pxe/{name}": sha for name, sha in result.hashes.items()},
-            _switched(site, live, installed))
+            frozenset(f"pxe/{name}" for name in result.kept), _switched(site, live, installed))
 
 
 def open_pxe_tree(site: Site, options: Options, media: tuple[Path, str] | None,
@@ -1179,12 +1181,13 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
                 iso_keys = build_isos(site, options, media, sde, keys, state, ks_paths, gen)
                 names += sorted(iso_keys)
             if pxe_step is not None:
-                pxe_hashes, switched = build_pxe(
+                pxe_hashes, left, switched = build_pxe(
                     site, options, media, pxe_step, rendered.get("pxe", {}),
                     recorded_hash(out, "pxe", known, previous), gen, held, spared, installed,
                     start())
                 hashes.update(pxe_hashes)
-                kept = kept - switched  # written again under the tree's lock: not OUT's files
+                # Switched: written again under the tree's lock, not OUT's files.
+                kept = (kept | left) - switched
                 inputs += [manifest.entry("boot-loader", f, f.name)
                            for f in pxe_step.loader_files]
                 names += _pxe_outputs(gen)

@@ -313,6 +313,42 @@ def test_a_host_switched_to_local_boot_during_a_build_stays_switched(
     assert build.build(options).up_to_date  # the state recorded the files as they are
 
 
+def test_boot_entries_a_default_left_as_they_were_are_kept_not_stated(tmp_path: Path) -> None:
+    """A field of `defaults` the boot entries do not read (timezone) changes every kickstart:
+    the tree writer finds each host's entries in the spare as they are to be, and the build
+    takes them for OUT's files (their recorded identity and sha256) instead of stat'ing each
+    (40,000 for a large fleet); none is rewritten, the next build has nothing to do, and the
+    tree is a clean build's."""
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    doc = yaml.safe_load(site_path.read_text())
+    entries = {f"pxe/{name}" for host in doc["hosts"]
+               for name in host_files(host["mac"].lower()).values()}
+    before = identities(out)
+    change_default(doc, tmp_path)
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    taken: list[frozenset[str]] = []
+    output_entries = build._output_entries
+
+    def noting(*args: Any) -> Any:
+        taken.append(args[-1])
+        return output_entries(*args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "_output_entries", noting)
+        result = build.build(options)
+    assert entries <= taken[0]
+    assert "ks/kvm2.example.com.cfg" in result.written
+    assert entries.isdisjoint(result.written)
+    after = identities(out)
+    assert {name: after[name] for name in entries} == {name: before[name] for name in entries}
+    assert build.build(options).up_to_date
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
+
+
 def rebuild_and_compare(tmp_path: Path, site_path: Path, edit: Edit) -> list[str]:
     """`edit` the site, rebuild (noting how the manifest was written: "whole" or
     "spliced"), and compare the outputs with a clean build's."""

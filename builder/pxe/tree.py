@@ -162,6 +162,9 @@ class Result:
     # sha256 of the files written from bytes in memory (relative to the tree): the manifest
     # need not read them back.
     hashes: dict[str, str] = field(default_factory=dict)
+    # Files (relative to the tree) the writer found in it already with the bytes to write (of
+    # the spare it reuses: the previous tree's): the build takes them for the files OUT has.
+    kept: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +350,7 @@ class Writer:
         self.hashes: dict[str, str] = {}  # sha256 of the files given as bytes
         self.queued: list[tuple[str, bytes]] = []
         self.twins: list[tuple[str, str]] = []  # (file, a name for it) linked by flush()
+        self.kept: list[str] = []  # those `present` with the bytes to write: left as they are
         # Files copied in (loaders, kernel, initrd), compared with the previous tree's after.
         self.copied: list[str] = []
         # 40,000 files for a large fleet: skip the chmod when the umask leaves 0644 as it is.
@@ -411,9 +415,12 @@ class Writer:
         self.queued, self.twins = [], []
 
     def link(self, source: str | Path, relative: str) -> None:
-        """A hard link to a file of the previous tree (written 0644 by a Writer). Strings,
-        not Paths, for speed: 50,000 links when one host of a large fleet changed."""
-        if not self.present(relative):
+        """A hard link to a file of the previous tree (written 0644 by a Writer); none where
+        the tree has it already (`present`), noted as `kept`. Strings, not Paths, for speed:
+        50,000 links when one host of a large fleet changed."""
+        if self.present(relative):
+            self.kept.append(relative)
+        else:
             os.link(source, f"{self.root}/{relative}")
 
     def link_recorded(self, relative: str) -> bool:
@@ -785,7 +792,8 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
     return Result(temp, len(hosts), sorted(keep), sorted(set(plan.reinstall) & before),
                   begun.grub_commands, [f"{name} had not installed; it installs anyway"
                                         for name in plan.reinstall if name not in before],
-                  {**begun.seconds, **seconds}, begun.published, writer.hashes)
+                  {**begun.seconds, **seconds}, begun.published, writer.hashes,
+                  [name for name in writer.kept if name in writer.hashes])  # not carried over
 
 
 def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost) -> bytes:
