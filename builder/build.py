@@ -803,17 +803,20 @@ def build_pxe(site: Site, options: Options, media: tuple[Path, str], step: PxeSt
 
 def open_pxe_tree(site: Site, options: Options, media: tuple[Path, str] | None,
                   step: PxeStep | None, previous_hash: Callable[[str], str | None], into: Path,
-                  present: frozenset[str]
+                  present: frozenset[str], installed: frozenset[str] = frozenset()
                   ) -> tuple[pxe_tree.Options, pxe_tree.Writer] | None:
     """When the tree is rebuilt, its options and its writer (folders made), before any
-    kickstart is rendered: the render workers write the tree's kickstarts with it."""
+    kickstart is rendered: the render workers write the tree's kickstarts with it. The
+    entries of hosts whose entry key is the same (not those at local boot: OUT has their
+    local entries) are taken from OUT's tree, not rendered again (_spared_entries)."""
     if media is None or step is None or step.plan is None:
         return None
     from builder.pxe import tree as pxe
 
     tree = _pxe_options(site, options, media, into / "pxe", reuse_hosts=step.reuse,
                         present=_in("pxe/", present), previous_hash=previous_hash,
-                        loaders_unchanged=step.loaders_unchanged)
+                        loaders_unchanged=step.loaders_unchanged,
+                        same_entry_hosts=step.same_entries - step.reuse - installed)
     return tree, pxe.open_writer(tree, step.plan[1])
 
 
@@ -1147,7 +1150,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             tuple(h for h in site.hosts if h.hostname not in unchanged), output=kickstart_writer(
                 options, sde, gen, relink, recorded_hash(out, "ks", known, previous)))}
         tree = open_pxe_tree(site, options, media, pxe_step, recorded_hash(
-            out, "pxe", known, previous), gen, spared)
+            out, "pxe", known, previous), gen, spared, installed)
         if tree is not None and pxe_step is not None and pxe_step.plan is not None:
             variants["pxe"] = pxe_step.plan[1].kickstarts(pxe_step.stale(site), tree[1])
         # The PXE tree's boot loaders and entries need no kickstart: written meanwhile (once).

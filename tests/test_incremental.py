@@ -23,7 +23,7 @@ import yaml
 from builder import build, kickstart, manifest, records
 from builder.errors import InputError
 from builder.media import fetch
-from builder.pxe.menus import host_files
+from builder.pxe.menus import BootHost, Menus, host_files
 from builder.pxe.tree import BaseIso
 from tests.test_build import make_site, media_site, tree_bytes
 
@@ -313,12 +313,12 @@ def test_a_host_switched_to_local_boot_during_a_build_stays_switched(
     assert build.build(options).up_to_date  # the state recorded the files as they are
 
 
-def test_boot_entries_a_default_left_as_they_were_are_kept_not_stated(tmp_path: Path) -> None:
-    """A field of `defaults` the boot entries do not read (timezone) changes every kickstart:
-    the tree writer finds each host's entries in the spare as they are to be, and the build
-    takes them for OUT's files (their recorded identity and sha256) instead of stat'ing each
-    (40,000 for a large fleet); none is rewritten, the next build has nothing to do, and the
-    tree is a clean build's."""
+def test_boot_entries_a_default_left_as_they_were_are_kept_not_rendered(tmp_path: Path) -> None:
+    """A field of `defaults` the boot entries do not read (timezone) changes every kickstart,
+    no entry: the tree writer renders none (each host's entry key is the same), leaves them
+    in the spare and copies their lines of hosts.json; the build takes them for OUT's files
+    (their recorded identity and sha256) instead of stat'ing each (40,000 for a large fleet).
+    None is rewritten, the next build has nothing to do, and the tree is a clean build's."""
     site_path = media_site(tmp_path, "none")
     out = tmp_path / "out"
     options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
@@ -332,12 +332,21 @@ def test_boot_entries_a_default_left_as_they_were_are_kept_not_stated(tmp_path: 
     taken: list[frozenset[str]] = []
     output_entries = build._output_entries
 
+    rendered: list[str] = []
+    host_entries = Menus.host
+
     def noting(*args: Any) -> Any:
         taken.append(args[-1])
         return output_entries(*args)
+
+    def rendering(self: Menus, host: BootHost, local: bool) -> dict[str, str]:
+        rendered.append(host.hostname)
+        return host_entries(self, host, local)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(build, "_output_entries", noting)
+        patch.setattr(Menus, "host", rendering)
         result = build.build(options)
+    assert rendered == []
     assert entries <= taken[0]
     assert "ks/kvm2.example.com.cfg" in result.written
     assert entries.isdisjoint(result.written)

@@ -128,6 +128,10 @@ class Options:
     # current (the caller knows their inputs did not change and the files are the ones it
     # wrote): hard-linked (the line copied) from there, not rendered and compared again.
     reuse_hosts: frozenset[str] = frozenset()
+    # Hosts whose install entries and index line in `previous` are current, though their PXE
+    # kickstart is not (a field of `defaults` changed that no entry reads): the entries
+    # hard-linked (or left, where `present`), the line copied, none rendered again.
+    same_entry_hosts: frozenset[str] = frozenset()
     # PXE kickstarts the caller rendered (hostname -> text); the others are rendered here.
     kickstarts: Mapping[str, str] = field(default_factory=dict)
     # PXE kickstarts the caller rendered and wrote already, with the tree's writer
@@ -735,8 +739,13 @@ def start_tree(options: Options, base: BaseIso, plan: Plan,
                            compiled=options.compiled)
     for relative, text in {**menus.shared(), **configs}.items():
         writer.text(relative, text)
-    lines = {name: _write_host(writer, menus, hosts[name]) for name in sorted(set(hosts) - reused)}
-    _write_index(writer, old, plan.server, reused, lines,
+    same = options.same_entry_hosts.intersection(hosts) - reused if old is not None \
+        else frozenset()
+    lines = {name: _write_host(writer, menus, hosts[name])
+             for name in sorted(set(hosts) - reused - same)}
+    if old is not None:
+        _link_entries(writer, old, [hosts[name] for name in sorted(same)])
+    _write_index(writer, old, plan.server, reused | same, lines,
                  lambda name: _index_line(hosts[name], menus.host(hosts[name], local=False)))
     writer.flush()  # here, while `ksbuild build`'s workers render: not after them
     phase("entries and index written")
@@ -782,9 +791,10 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
             _write_host(writer, menus, hosts[name])
         writer.flush()
     pxestate.carry_over(previous, temp, {name: hosts[name].mac for name in keep}, keep)
-    for name in keep:  # their entries are the local ones now, not the bytes written
-        for relative in pxemenus.host_files(hosts[name].mac).values():
-            writer.hashes.pop(relative, None)
+    carried = {relative for name in keep
+               for relative in pxemenus.host_files(hosts[name].mac).values()}
+    for relative in carried:  # their entries are the local ones now, not the bytes written
+        writer.hashes.pop(relative, None)
     pxeevents.carry_over(previous, temp)
     if (previous / DONE_LOG_STATE).is_file():
         shutil.copyfile(previous / DONE_LOG_STATE, temp / DONE_LOG_STATE)
@@ -793,7 +803,7 @@ def _write_tree(options: Options, lock: pxestate.TreeLock, base: BaseIso, plan: 
                   begun.grub_commands, [f"{name} had not installed; it installs anyway"
                                         for name in plan.reinstall if name not in before],
                   {**begun.seconds, **seconds}, begun.published, writer.hashes,
-                  [name for name in writer.kept if name in writer.hashes])  # not carried over
+                  [name for name in writer.kept if name not in carried])
 
 
 def _write_host(writer: Writer, menus: pxemenus.Menus, host: pxemenus.BootHost) -> bytes:
