@@ -39,6 +39,7 @@ from builder.manifest import Entry
 from builder.output import (
     Generations,
     link_files,
+    link_new_files,
     link_or_copy,
     link_tree,
     remove_tree,
@@ -889,10 +890,9 @@ def _installed(out: Path, pxe_step: PxeStep | None) -> frozenset[str]:
 
 
 def _kept_outputs(site: Site, state: dict[str, Any], unchanged: frozenset[str],
-                  pxe_step: PxeStep | None, installed: frozenset[str], changed: frozenset[str]
-                  ) -> frozenset[str]:
-    """The outputs (relative to OUT) this build links from OUT's unchanged, less the
-    `changed` ones (the spare has not those): kickstarts of unchanged hosts, their PXE
+                  pxe_step: PxeStep | None, installed: frozenset[str]) -> frozenset[str]:
+    """The outputs (relative to OUT) this build takes from OUT unchanged, through its spare
+    (_relink_kept links in those the spare lacks): kickstarts of unchanged hosts, their PXE
     kickstarts and install entries (not those of hosts that have `installed`: switched to
     local boot), or the whole PXE tree when nothing in it changed. Notes in `pxe_step` the
     hosts all of whose PXE files are kept."""
@@ -900,7 +900,7 @@ def _kept_outputs(site: Site, state: dict[str, Any], unchanged: frozenset[str],
     if pxe_step is not None and pxe_step.plan is None:  # every file as recorded
         kept.update(n for n in state["outputs"] if n.startswith("pxe/"))
     elif pxe_step is not None:
-        from builder.pxe.menus import HOST_FILES, hosts_files
+        from builder.pxe.menus import hosts_files
 
         # A comprehension for each kind of name, not a list of names for each host: 50,000
         # names when one host of a large fleet changed.
@@ -910,15 +910,19 @@ def _kept_outputs(site: Site, state: dict[str, Any], unchanged: frozenset[str],
         macs = {host.hostname: host.mac or "" for host in site.hosts}
         entries = hosts_files([macs[name] for name in live], "pxe/")
         kept.update(kickstarts, entries)
-        # Hosts with a file the spare has not: `changed` holds few, of few hosts.
-        lacking = {name for name, file in zip(reused, kickstarts) if file in changed} \
-            if not changed.isdisjoint(kickstarts) else set()
-        if not changed.isdisjoint(entries):
-            lacking.update(name for name, file in zip(live * len(HOST_FILES), entries)
-                           if file in changed)
-        pxe_step.present_hosts = frozenset(live).difference(lacking)
-    kept.difference_update(changed)
+        pxe_step.present_hosts = frozenset(live)
     return frozenset(kept)
+
+
+def _relink_kept(out: Path, gen: Path, lacking: list[str]) -> None:
+    """Hard links in the spare taken as `gen` to OUT's files of the kept outputs it `lacking`:
+    those the last build wrote (the spare is the generation it replaced, pruned of them), all
+    at once. After a field of `defaults` changed, 20,001 files of a large fleet: taken host by
+    host, the next build that changed one host took 1.9 s instead of 0.8 s."""
+    path = _output_path(out)
+    for folder in sorted({os.path.dirname(name) for name in lacking}):
+        os.makedirs(f"{gen}/{folder}", exist_ok=True)
+    link_new_files([(path(name), f"{gen}/{name}") for name in lacking])
 
 
 def _spared_entries(site: Site, pxe_step: PxeStep | None, installed: frozenset[str]
@@ -1141,9 +1145,10 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         if spare is not None:
             # The spare does not share those with OUT's generation.
             unshared = frozenset(state["changed"])
-            kept = _kept_outputs(site, state, unchanged, pxe_step, installed, unshared)
+            kept = _kept_outputs(site, state, unchanged, pxe_step, installed)
             spared = kept | _spared_entries(site, pxe_step, installed).difference(unshared)
             emptied = _prune_spare(gen, state["outputs"], spared)
+            _relink_kept(out, gen, sorted(kept & unshared))
         known, previous = _known_hashes(state), state.get("outputs", {})
         # Each kickstart is written where it is rendered (by the workers, for a fleet).
         variants = {"ks": kickstart.Variant(

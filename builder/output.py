@@ -158,6 +158,15 @@ def link_new(source: str, target: str) -> None:
         os.link(source, target)
 
 
+def link_new_files(pairs: list[tuple[str, str]], threads: int = IO_THREADS) -> None:
+    """link_new(source, target) of each pair, by `threads` threads."""
+    def link(chunk: list[tuple[str, str]]) -> None:
+        for source, target in chunk:
+            link_new(source, target)
+
+    in_threads(link, pairs, threads)
+
+
 def write_new_files(files: list[tuple[str, bytes]], mode: int = 0o666, exact: bool = False,
                     times: tuple[int, int] | None = None, threads: int = IO_THREADS) -> None:
     """write_new() of each (path, data), by `threads` threads; `times`: (atime, mtime)."""

@@ -358,6 +358,54 @@ def test_boot_entries_a_default_left_as_they_were_are_kept_not_rendered(tmp_path
     assert tree_bytes(out) == tree_bytes(clean)
 
 
+def test_after_a_default_changed_one_host_relinks_what_the_spare_lacks_at_once(
+        tmp_path: Path) -> None:
+    """The build after a default changed (which rewrote every kickstart: its spare lacks
+    them) links those of the unchanged hosts into its spare in one step (_relink_kept) and
+    takes them, and every boot entry, as kept outputs: _output_entries stats only the changed
+    host's files. It rewrites exactly those, and its outputs are a clean build's."""
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    doc = yaml.safe_load(site_path.read_text())
+    change_default(doc, tmp_path)
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    build.build(options)
+    doc["hosts"][-1]["timezone"] = "Asia/Tokyo"  # its kickstarts change, no boot entry
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    changed = doc["hosts"][-1]["hostname"]
+    mine = {f"ks/{changed}.cfg", f"pxe/http/ks/{changed}.cfg"}
+    relinked: list[list[str]] = []
+    stated: list[list[str]] = []
+    relink, output_entries = build._relink_kept, build._output_entries
+
+    def relinking(out: Path, gen: Path, lacking: list[str]) -> None:
+        relinked.append(lacking)
+        relink(out, gen, lacking)
+
+    def noting(gen: Path, out: Path, names: list[str], *rest: Any) -> Any:
+        stated.append(sorted(set(names) - rest[-1]))
+        return output_entries(gen, out, names, *rest)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "_relink_kept", relinking)
+        patch.setattr(build, "_output_entries", noting)
+        result = build.build(options)
+    others = [host["hostname"] for host in doc["hosts"][:-1]]
+    assert relinked == [sorted([*(f"ks/{name}.cfg" for name in others),
+                                *(f"pxe/http/ks/{name}.cfg" for name in others)])]
+    hosts_files = {f"pxe/{name}" for host in doc["hosts"]
+                   for name in host_files(host["mac"].lower()).values()}
+    hosts_files.update(f"{top}/{name}.cfg" for name in others for top in ("ks", "pxe/http/ks"))
+    assert mine <= set(stated[0])
+    assert hosts_files.isdisjoint(stated[0])  # the tree's shared files are stat'ed, as before
+    assert set(result.written) == {*mine, "manifest.json"}
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
+    assert build.build(options).up_to_date
+
+
 def rebuild_and_compare(tmp_path: Path, site_path: Path, edit: Edit) -> list[str]:
     """`edit` the site, rebuild (noting how the manifest was written: "whole" or
     "spliced"), and compare the outputs with a clean build's."""
@@ -573,9 +621,8 @@ def test_a_first_builds_spare_is_links_to_each_of_its_outputs(
 
 def test_kept_outputs_are_each_reused_hosts_files(tmp_path: Path) -> None:
     """What a build keeps of its spare: the kickstarts of unchanged hosts, the PXE kickstart
-    of each reused host and the entries of those not installed, less the outputs the spare
-    lacks (`changed`); and the hosts all of whose files it keeps (present_hosts), whichever
-    of a host's files the spare lacks."""
+    of each reused host and the entries of those not installed; and the hosts all of whose
+    files it keeps (present_hosts). Those the spare lacks are linked in (_relink_kept)."""
     from builder import site
     from tests.pxe_support import GUEST_SERVER, host_dicts, write_site
 
@@ -590,19 +637,14 @@ def test_kept_outputs_are_each_reused_hosts_files(tmp_path: Path) -> None:
         return [f"pxe/http/ks/{name}.cfg", *entries(name)]
 
     for installed in (frozenset(), frozenset(names[1:3])):
-        for changed in ([], ["ks/other.cfg", "pxe/hosts.json"], [f"ks/{names[0]}.cfg"],
-                        files(names[0])[:1], entries(names[1])[2:3], entries(names[3]),
-                        files(names[5]), [*files(names[2]), *entries(names[4])[:1]]):
-            step = build.PxeStep("key", "shared", [], plan=(None, None),  # type: ignore[arg-type]
-                                 reuse=reuse)
-            kept = build._kept_outputs(loaded, {}, unchanged, step, installed,
-                                       frozenset(changed))
-            expected = {f"ks/{name}.cfg" for name in unchanged} | {
-                file for name in reuse
-                for file in (files(name) if name not in installed else files(name)[:1])}
-            assert kept == expected - set(changed), (installed, changed)
-            assert step.present_hosts == {name for name in reuse - installed
-                                          if not set(changed) & set(files(name))}, changed
+        step = build.PxeStep("key", "shared", [], plan=(None, None),  # type: ignore[arg-type]
+                             reuse=reuse)
+        kept = build._kept_outputs(loaded, {}, unchanged, step, installed)
+        expected = {f"ks/{name}.cfg" for name in unchanged} | {
+            file for name in reuse
+            for file in (files(name) if name not in installed else files(name)[:1])}
+        assert kept == expected, installed
+        assert step.present_hosts == reuse - installed
 
 
 # ---------------------------------------------------------------------------------------------
