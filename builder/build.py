@@ -37,8 +37,8 @@ from builder.errors import InputError
 from builder.gcpause import no_gc
 from builder.manifest import Entry
 from builder.output import (
+    IO_THREADS,
     Generations,
-    link_files,
     link_new_files,
     link_or_copy,
     link_tree,
@@ -671,6 +671,12 @@ class PxeStep:
     # The base ISO and boot loaders are those OUT's tree copied (its shared inputs are).
     loaders_unchanged: bool = False
 
+    def same_entry_hosts(self, installed: frozenset[str]) -> frozenset[str]:
+        """Hosts whose install entries are taken from OUT's tree though their PXE kickstart
+        is rendered again: the same entry key, not reused, not at local boot (`installed`:
+        OUT has their local entries)."""
+        return self.same_entries - self.reuse - installed
+
     def stale(self, site: Site) -> tuple[Host, ...]:
         """Hosts whose PXE kickstart must be rendered."""
         if self.plan is None:
@@ -817,7 +823,7 @@ def open_pxe_tree(site: Site, options: Options, media: tuple[Path, str] | None,
     tree = _pxe_options(site, options, media, into / "pxe", reuse_hosts=step.reuse,
                         present=_in("pxe/", present), previous_hash=previous_hash,
                         loaders_unchanged=step.loaders_unchanged,
-                        same_entry_hosts=step.same_entries - step.reuse - installed)
+                        same_entry_hosts=step.same_entry_hosts(installed))
     return tree, pxe.open_writer(tree, step.plan[1])
 
 
@@ -919,22 +925,28 @@ def _relink_kept(out: Path, gen: Path, lacking: list[str]) -> None:
     those the last build wrote (the spare is the generation it replaced, pruned of them), all
     at once. After a field of `defaults` changed, 20,001 files of a large fleet: taken host by
     host, the next build that changed one host took 1.9 s instead of 0.8 s."""
-    path = _output_path(out)
-    for folder in sorted({os.path.dirname(name) for name in lacking}):
-        os.makedirs(f"{gen}/{folder}", exist_ok=True)
-    link_new_files([(path(name), f"{gen}/{name}") for name in lacking])
+    _link_outputs(_output_path(out), gen, lacking)
+
+
+def _link_outputs(source: Callable[[str], str], into: Path, names: list[str],
+                  threads: int = IO_THREADS) -> None:
+    """A hard link at <into>/<name> to source(name) for each of `names` (relative), its
+    folder made; a file there already is replaced."""
+    for folder in sorted({os.path.dirname(name) for name in names}):
+        os.makedirs(f"{into}/{folder}", exist_ok=True)
+    link_new_files([(source(name), f"{into}/{name}") for name in names], threads)
 
 
 def _spared_entries(site: Site, pxe_step: PxeStep | None, installed: frozenset[str]
                     ) -> frozenset[str]:
     """The boot entries (relative to OUT) of hosts whose PXE kickstart changed but whose
-    entries did not (a field of `defaults` changed, say): left in the spare, where the tree
-    writer finds them equal to what it renders (it compares every entry, and replaces one
-    that differs), rather than removed and linked again."""
+    entries did not (a field of `defaults` changed, say: PxeStep.same_entry_hosts): left in
+    the spare, where the tree writer takes them as they are (tree Options.same_entry_hosts),
+    rather than removed and linked again."""
     if pxe_step is None or pxe_step.plan is None:
         return frozenset()
     entries = _pxe_entry_files(site)
-    return frozenset(name for host in pxe_step.same_entries - pxe_step.reuse - installed
+    return frozenset(name for host in pxe_step.same_entry_hosts(installed)
                      for name in entries(host))
 
 
@@ -1019,9 +1031,7 @@ def _fill_spare(gen: Path, spare: Path, outputs: list[str], recorded: dict[str, 
              if name not in recorded or recorded[name][2] != inode}
     unlink_files([f"{spare}/{name}" for name in sorted(stale)])
     missing = [name for name in outputs if name not in prelinked or name in stale]
-    for folder in sorted({os.path.dirname(name) for name in missing}):
-        os.makedirs(f"{spare}/{folder}", exist_ok=True)
-    link_files([(f"{gen}/{name}", f"{spare}/{name}") for name in missing], threads=1)
+    _link_outputs(lambda name: f"{gen}/{name}", spare, missing, threads=1)
     return spare
 
 

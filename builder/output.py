@@ -397,15 +397,6 @@ def unlink_files(paths: list[str]) -> None:
     in_threads(_unlink_all, paths)
 
 
-def link_files(pairs: list[tuple[str, str]], threads: int = IO_THREADS) -> None:
-    """os.link(source, target) of each pair, by `threads` threads."""
-    def link(chunk: list[tuple[str, str]]) -> None:
-        for source, target in chunk:
-            os.link(source, target)
-
-    in_threads(link, pairs, threads)
-
-
 def _unlink_all(paths: list[str]) -> None:
     for path in paths:
         with contextlib.suppress(OSError):

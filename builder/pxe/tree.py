@@ -59,7 +59,7 @@ from builder import kickstart, network
 from builder.errors import InputError
 from builder.output import (
     Generations,
-    link_new,
+    link_new_files,
     same_bytes,
     umask,
     write_bytes,
@@ -414,8 +414,7 @@ class Writer:
         written while render workers take both cores (start_tree), where more threads
         only cost more CPU (output.IO_THREADS)."""
         write_new_files(self.queued, FILE_MODE, exact=self.fix_mode, threads=1)
-        for source, target in self.twins:  # after their files, written above or before
-            link_new(source, target)
+        link_new_files(self.twins, threads=1)  # after their files, written above or before
         self.queued, self.twins = [], []
 
     def link(self, source: str | Path, relative: str) -> None:
