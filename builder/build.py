@@ -25,9 +25,10 @@ import functools
 import hashlib
 import itertools
 import json
+import operator
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -179,6 +180,12 @@ def source_date_epoch(files: list[Path], given: int | None) -> tuple[int, str]:
 def read_state(out: Path) -> dict[str, Any]:
     """The last build's state: its state.json, with "outputs" (name -> identity) and
     "records" (builder.records) from its table of outputs."""
+    return _with_outputs(_read_state(out))
+
+
+def _read_state(out: Path) -> dict[str, Any]:
+    """read_state without "outputs": the table's columns are enough for the no-op check, and
+    a dict of 60,000 identities (a large PXE fleet's) is a tenth of a no-op build."""
     try:
         state: dict[str, Any] = json.loads((out / STATE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -186,7 +193,11 @@ def read_state(out: Path) -> dict[str, Any]:
     table = records.read(out / CURRENT) if state.get("ksbuild") == __version__ else None
     if table is None:
         return {}
-    return {**state, "outputs": table.identities(), "records": table}
+    return {**state, "records": table}
+
+
+def _with_outputs(state: dict[str, Any]) -> dict[str, Any]:
+    return {**state, "outputs": state["records"].identities()} if state else state
 
 
 def _with_keys(out: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -216,33 +227,45 @@ def _identity_or_none(path: str) -> Identity | None:
 
 
 def _outputs_intact(out: Path, recorded: dict[str, Identity]) -> bool:
-    return len(_intact_outputs(out, recorded)) == len(recorded)
+    return _all_intact(out, recorded, recorded.values())
+
+
+def _all_intact(out: Path, names: Iterable[str], identities: Iterable[Identity]) -> bool:
+    """Each named output (relative to OUT) has its identity, in order; False at the first
+    that has not."""
+    with contextlib.closing(_identities_now(out, names)) as now:
+        return all(map(operator.eq, identities, now))
 
 
 def _intact_outputs(out: Path, recorded: dict[str, Identity]) -> set[str]:
-    """The outputs (relative to OUT) whose file has the identity recorded. Each is stat'ed by
-    its name in its folder, opened once (recorded's names come sorted: folder by folder):
-    ~3.1 us a file on this VM against ~4.2 us through its whole path, for the 60,000
-    outputs of a large PXE fleet that a no-op build stats."""
-    intact = set()
+    """The outputs (relative to OUT) whose file has the identity recorded."""
+    return set(itertools.compress(recorded, map(
+        operator.eq, recorded.values(), _identities_now(out, recorded))))
+
+
+def _identities_now(out: Path, names: Iterable[str]) -> Generator[Identity | None]:
+    """Each output's identity now (None: not there), in order. Each is stat'ed by its name in
+    its folder, opened once (names come sorted: folder by folder): ~3.1 us a file on this VM
+    against ~4.2 us through its whole path, for the 60,000 outputs of a large PXE fleet that
+    a no-op build stats."""
     with contextlib.ExitStack() as opened:
         folders: dict[str, int | None] = {}
         current, fd = None, None
-        for name, identity in recorded.items():
+        for name in names:
             folder, _, base = name.rpartition("/")
             if folder != current:
                 if folder not in folders:
                     folders[folder] = _open_folder(f"{out}/{folder}", opened)
                 current, fd = folder, folders[folder]
-            if fd is None:
-                continue
-            try:
-                stat = os.stat(base, dir_fd=fd)
-            except OSError:
-                continue
-            if (stat.st_size, stat.st_mtime_ns, stat.st_ino) == identity:
-                intact.add(name)
-    return intact
+            yield None if fd is None else _identity_in(fd, base)
+
+
+def _identity_in(folder: int, name: str) -> Identity | None:
+    try:
+        stat = os.stat(name, dir_fd=folder)
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino
 
 
 def _open_folder(path: str, opened: contextlib.ExitStack) -> int | None:
@@ -287,7 +310,11 @@ def _quick_check(options: Options, state: dict[str, Any]) -> bool:
     sde = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
     fingerprint = _fingerprint(stats, _env_digest(state["env"]), sde)
     return bool(fingerprint == state["fingerprint"] and _entries_linked(options.out)
-                and _outputs_intact(options.out, state["outputs"]))
+                and _records_intact(options.out, state["records"]))
+
+
+def _records_intact(out: Path, table: records.Records) -> bool:
+    return _all_intact(out, table.names, zip(table.sizes, table.mtimes, table.inodes))
 
 
 def _entries_linked(out: Path) -> bool:
@@ -1058,13 +1085,15 @@ def build(options: Options) -> Result:
         generations.sweep()
         Generations(out / "pxe").sweep()  # and what `ksbuild pxe -o OUT/pxe` left
         sweep(out, OLD_DEBRIS)
-        state = read_state(out)
+        state = _read_state(out)
         if _quick_check(options, state):
             options.report("nothing changed since the last build: nothing to do")
-            result = Result(out, True, state["source_date_epoch"], [], len(state["outputs"]) - 1)
+            result = Result(out, True, state["source_date_epoch"], [],
+                            len(state["records"].names) - 1)
             result.warnings = state["warnings"] if "warnings" in state else list(
                 result.manifest.get("secure_boot", {}).get("warnings", []))  # older state
             return result
+        state = _with_outputs(state)
         # The outputs stat'ed on the other core while the site is loaded.
         with _stats_begun(options, state) as stats:
             return _build(options, _with_keys(out, state), generations, checked, stats)
@@ -1243,11 +1272,14 @@ def _early_renderer(site: Site, keys: dict[str, str], before: dict[str, str],
     child stats the outputs on the other core, rather than after the wait (most of one
     changed host's rendering): when a host's key changed, as it is rendered whatever the
     stats find. None when there is no child to wait for, or no key changed."""
-    if stats is None or all(before.get(name) == key for name, key in keys.items()):
+    if stats is None:
+        return None
+    changed = sum(before.get(name) != key for name, key in keys.items())
+    if not changed:
         return None
     from builder import kickstart
 
-    return kickstart.Renderer(site, compiled=out / TEMPLATE_CACHE).prepare()
+    return kickstart.Renderer(site, compiled=out / TEMPLATE_CACHE).prepare(changed)
 
 
 def _one_thread(held: contextlib.ExitStack) -> ThreadPoolExecutor:

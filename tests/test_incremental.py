@@ -688,6 +688,12 @@ def test_outputs_are_stated_in_their_folders_through_the_current_generation(
     descriptors = len(os.listdir("/proc/self/fd"))
     assert build._intact_outputs(out, recorded) == {"ks/x.cfg", "pxe/tftp/a", "top"}
     assert len(os.listdir("/proc/self/fd")) == descriptors
+    # The no-op check's form: all intact or not, stopping at the first that is not.
+    for damaged in ("ks/y.cfg", "pxe/tftp/b", "gone/z"):
+        assert not build._outputs_intact(out, {"ks/x.cfg": recorded["ks/x.cfg"],
+                                               damaged: recorded[damaged], "top": recorded["top"]})
+        assert len(os.listdir("/proc/self/fd")) == descriptors
+    assert build._outputs_intact(out, {name: recorded[name] for name in ["top", "pxe/tftp/a"]})
 
 
 def reaped(pid: int) -> bool:

@@ -305,7 +305,7 @@ def test_large_fleet_uses_workers_and_matches_one_process(tmp_path: Path) -> Non
     loaded = site.load(write_fleet_site(tmp_path / "fleet.yaml", kickstart.PARALLEL_MIN_HOSTS))
     alone = kickstart.render_site(loaded, jobs=1)
     assert kickstart.render_site(loaded, jobs=2) == alone
-    prepared = kickstart.Renderer(loaded).prepare()
+    prepared = kickstart.Renderer(loaded).prepare(len(loaded.hosts))
     variants = {"ks": kickstart.Variant(loaded.hosts)}
     for jobs in (2, 1):  # a renderer made already: copied into each worker, then used itself
         assert kickstart.render_variants(loaded, variants, jobs, renderer=prepared)["ks"] == alone
