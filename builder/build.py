@@ -69,6 +69,9 @@ STATE = CURRENT / "state.json"
 # outputs its spare lacks (all 60,000 after a build that rewrote everything).
 KEYS = CURRENT / "keys.json"
 KEYED = {"hosts": dict, "pxe_entries": dict, "isos": dict, "changed": list}
+# Beside them, once the spare holds every output again (_refill_replaced): "changed" is
+# then none. Written after the spare is complete, so a build killed before leaves the list.
+REFILLED = CURRENT / "spare-refilled"
 LOCK = Path(".ksbuild") / "lock"
 SITE_CACHE = Path(".ksbuild") / "site-cache"  # the site loader's per-host cache
 TEMPLATE_CACHE = Path(".ksbuild") / "templates"  # compiled templates (kickstart.py)
@@ -208,6 +211,8 @@ def _with_keys(out: Path, state: dict[str, Any]) -> dict[str, Any]:
         keys = {}
     if not isinstance(keys, dict):
         keys = {}
+    if keys.get("changed") and (out / REFILLED).exists():
+        keys["changed"] = []  # the spare holds them: _refill_replaced finished
     return {**state, **{name: keys[name] for name, kind in KEYED.items()
                         if isinstance(keys.get(name), kind)}}
 
@@ -1011,11 +1016,21 @@ def _remove_empty(gen: Path, folders: set[str]) -> None:
             folder = os.path.dirname(folder)
 
 
+def _refill_replaced(old: Path, gen: Path, changed: list[str], written: list[str]) -> Path:
+    """The generation just replaced, made the spare of `gen`: pruned of what changed, then
+    given links to what `gen` wrote, so that the spare holds every output of `gen`. Else the
+    next build links those in (_relink_kept): after a field of `defaults` changed, the
+    20,001 kickstarts of a large fleet, ~0.3 s of a build that changed one host."""
+    _prune_replaced(old, changed)
+    _link_outputs(lambda name: f"{gen}/{name}", old, written)
+    return old
+
+
 def _prune_replaced(old: Path, changed: list[str]) -> None:
     """Prune the generation just replaced to the files it shares with the new one, to keep it
     as the spare: the `changed` outputs, the state (its keys, its table of outputs) and the
     PXE tree's run-time state go."""
-    state = [STATE.name, KEYS.name, records.RECORDS]
+    state = [STATE.name, KEYS.name, records.RECORDS, REFILLED.name]
     unlink_files([f"{old}/{name}" for name in [*changed, *state]])
     remove_tree(old / "pxe" / "state")
 
@@ -1257,8 +1272,11 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
         write_bytes(gen / KEYS.name, json.dumps(keyed).encode())
         records.write(gen, recorded, list(listed.hashes.values()))
-        generations.switch(gen, lambda old: _prune_replaced(old, changed),
-                           filling.result() if filling else None)
+        refilled: list[Path] = []
+        generations.switch(gen, lambda old: refilled.append(
+            _refill_replaced(old, gen, changed, written)), filling.result() if filling else None)
+        if refilled:
+            write_bytes(gen / REFILLED.name, b"")
         save_site_cache(site, out / SITE_CACHE, pickled[0])
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced

@@ -358,12 +358,16 @@ def test_boot_entries_a_default_left_as_they_were_are_kept_not_rendered(tmp_path
     assert tree_bytes(out) == tree_bytes(clean)
 
 
-def test_after_a_default_changed_one_host_relinks_what_the_spare_lacks_at_once(
-        tmp_path: Path) -> None:
-    """The build after a default changed (which rewrote every kickstart: its spare lacks
-    them) links those of the unchanged hosts into its spare in one step (_relink_kept) and
-    takes them, and every boot entry, as kept outputs: _output_entries stats only the changed
-    host's files. It rewrites exactly those, and its outputs are a clean build's."""
+@pytest.mark.parametrize("refilled", [True, False], ids=["refilled", "killed before marked"])
+def test_after_a_default_changed_the_next_build_finds_every_file_in_its_spare(
+        tmp_path: Path, refilled: bool) -> None:
+    """A build that rewrote every kickstart (a default changed) gives the generation it
+    replaced, its spare, links to what it wrote (_refill_replaced), then marks it so: the
+    next build, one host changed, links nothing in (_relink_kept) and takes the other hosts'
+    kickstarts and every boot entry as kept outputs (_output_entries stats only the changed
+    host's files). Killed after the switch and before the mark, the spare may lack them: the
+    next build links those of the unchanged hosts in at once. Either way it rewrites exactly
+    the changed host's files, and its outputs are a clean build's."""
     site_path = media_site(tmp_path, "none")
     out = tmp_path / "out"
     options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
@@ -372,6 +376,13 @@ def test_after_a_default_changed_one_host_relinks_what_the_spare_lacks_at_once(
     change_default(doc, tmp_path)
     site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     build.build(options)
+    assert (out / build.REFILLED).exists()
+    if not refilled:
+        (out / build.REFILLED).unlink()
+        spare = build.Generations(out / build.CURRENT).spare()
+        assert spare is not None
+        for path in (spare / "ks").iterdir():
+            path.unlink()  # what a build killed while it refilled may leave
     doc["hosts"][-1]["timezone"] = "Asia/Tokyo"  # its kickstarts change, no boot entry
     site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     changed = doc["hosts"][-1]["hostname"]
@@ -392,14 +403,20 @@ def test_after_a_default_changed_one_host_relinks_what_the_spare_lacks_at_once(
         patch.setattr(build, "_output_entries", noting)
         result = build.build(options)
     others = [host["hostname"] for host in doc["hosts"][:-1]]
-    assert relinked == [sorted([*(f"ks/{name}.cfg" for name in others),
-                                *(f"pxe/http/ks/{name}.cfg" for name in others)])]
+    lacking = sorted([*(f"ks/{name}.cfg" for name in others),
+                      *(f"pxe/http/ks/{name}.cfg" for name in others)])
+    assert relinked == [[] if refilled else lacking]
     hosts_files = {f"pxe/{name}" for host in doc["hosts"]
                    for name in host_files(host["mac"].lower()).values()}
     hosts_files.update(f"{top}/{name}.cfg" for name in others for top in ("ks", "pxe/http/ks"))
     assert mine <= set(stated[0])
     assert hosts_files.isdisjoint(stated[0])  # the tree's shared files are stat'ed, as before
     assert set(result.written) == {*mine, "manifest.json"}
+    # The mark is this generation's: the spare (the one before, which had it) does not keep
+    # it, lest a build made from it and killed before its own refill be taken as refilled.
+    spare = build.Generations(out / build.CURRENT).spare()
+    assert spare is not None and not (spare / build.REFILLED.name).exists()
+    assert (out / build.REFILLED).exists()
     clean = tmp_path / "clean"
     build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
     assert tree_bytes(out) == tree_bytes(clean)
