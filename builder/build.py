@@ -1017,14 +1017,13 @@ def _remove_empty(gen: Path, folders: set[str]) -> None:
             folder = os.path.dirname(folder)
 
 
-def _refill_replaced(old: Path, gen: Path, changed: list[str], written: list[str]) -> Path:
+def _refill_replaced(old: Path, gen: Path, changed: list[str], written: list[str]) -> None:
     """The generation just replaced, made the spare of `gen`: pruned of what changed, then
     given links to what `gen` wrote, so that the spare holds every output of `gen`. Else the
     next build links those in (_relink_kept): after a field of `defaults` changed, the
     20,001 kickstarts of a large fleet, ~0.3 s of a build that changed one host."""
     _prune_replaced(old, changed)
     _link_outputs(lambda name: f"{gen}/{name}", old, written)
-    return old
 
 
 def _prune_replaced(old: Path, changed: list[str]) -> None:
@@ -1273,9 +1272,12 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         write_bytes(gen / STATE.name, json.dumps(new_state).encode())  # not an output: unsorted
         write_bytes(gen / KEYS.name, json.dumps(keyed).encode())
         records.write(gen, recorded, list(listed.hashes.values()))
-        refilled: list[Path] = []
-        generations.switch(gen, lambda old: refilled.append(
-            _refill_replaced(old, gen, changed, written)), filling.result() if filling else None)
+        refilled = []  # whether switch kept the replaced generation, refilled, as the spare
+
+        def refill(old: Path) -> None:
+            _refill_replaced(old, gen, changed, written)
+            refilled.append(old)
+        generations.switch(gen, refill, filling.result() if filling else None)
         if refilled:
             write_bytes(gen / REFILLED.name, b"")
         save_site_cache(site, out / SITE_CACHE, pickled[0])
