@@ -5,11 +5,14 @@ rebuild that must look at it), rendering + validating every kickstart once (what
 build cannot avoid), and writing as many files of the same sizes (what a build from nothing
 cannot avoid either, on this file system at that moment). The no-op and one host changed
 again, each as the `ksbuild build` command (a process: start-up, imports and exit count), and
-one host changed right after the default did (the spare lacks what that build rewrote).
+one host changed right after the default did (the build after one that rewrote 20,001 files).
 Then the same at a smaller size with per-host ISOs. Peak memory (this process, and the
 largest child: a render worker or a command) at the end. First and last, the time of a fixed
 pure-Python loop: the speed of this machine at that moment (a shared VM's varies from day to
-day by 1.5x and more), so that figures of different runs can be compared.
+day by 1.5x and more), so that figures of different runs can be compared. Beside each time,
+the CPU seconds spent (this process and the children it waited for: the render workers, the
+command), which a busy neighbour on the host (steal time) does not inflate as it does the
+wall time, and which, over the wall time, says how busy the cores were.
 
     python bench/bench_build.py [--hosts 10000] [--iso-hosts 20] [--base ISO]
 
@@ -40,10 +43,26 @@ from builder import build, kickstart, site  # noqa: E402
 Edit = Callable[[dict[str, Any]], None]
 
 
-def timed(options: build.Options) -> tuple[float, build.Result]:
-    start = time.perf_counter()
+class Spent:
+    """The wall and CPU seconds from its making to `done()`."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), cpu_seconds()
+
+    def done(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, cpu_seconds() - self.cpu
+
+
+def cpu_seconds() -> float:
+    """User and system CPU seconds of this process and of its children waited for."""
+    now = os.times()
+    return now.user + now.system + now.children_user + now.children_system
+
+
+def timed(options: build.Options) -> tuple[tuple[float, float], build.Result]:
+    spent = Spent()
     result = build.build(options)
-    return time.perf_counter() - start, result
+    return spent.done(), result
 
 
 def one_host(doc: dict[str, Any]) -> None:
@@ -58,14 +77,14 @@ def a_third_host(doc: dict[str, Any]) -> None:
     doc["hosts"][len(doc["hosts"]) // 4]["kernel_args"] = ["console=ttyS2"]
 
 
-def command(options: build.Options) -> float:
+def command(options: build.Options) -> tuple[float, float]:
     """`ksbuild build` as an operator runs it: a process (start, imports, exit), its modules
     compiled once beforehand (compiled()), as installing a package does."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(options.source_date_epoch)}
-    start = time.perf_counter()
+    spent = Spent()
     subprocess.run([sys.executable, "-m", "builder", "build", str(options.site), "-o",
                     str(options.out)], env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
+    return spent.done()
 
 
 def compiled() -> None:
@@ -101,15 +120,15 @@ def output_sizes(out: Path) -> tuple[list[int], int]:
     return list(sizes.values()), names
 
 
-def write_files(folder: Path, sizes: list[int]) -> float:
+def write_files(folder: Path, sizes: list[int]) -> tuple[float, float]:
     """Seconds to write files of these sizes into a new folder: the floor of a build from
     nothing, measured where and when it runs (this file system's cost of a new file varies
     several times with how many were deleted in the minutes before)."""
-    start = time.perf_counter()
+    spent = Spent()
     folder.mkdir()
     for number, size in enumerate(sizes):
         (folder / str(number)).write_bytes(b"x" * size)
-    return time.perf_counter() - start
+    return spent.done()
 
 
 def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
@@ -119,19 +138,19 @@ def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
     options = build.Options(site=site_path, out=tmp / f"{label}-out",
                             source_date_epoch=1700000000)
     rows = []
-    seconds, result = timed(options)
-    rows.append(("full build", seconds, result))
+    took, result = timed(options)
+    rows.append(("full build", took, result))
     sizes, names = output_sizes(options.out)
     write = write_files(tmp / f"{label}-files", sizes)  # kept: deleting slows what follows
-    seconds, result = timed(options)
+    took, result = timed(options)
     assert result.up_to_date, "the second build should have had nothing to do"
-    rows.append(("no-op rebuild", seconds, result))
+    rows.append(("no-op rebuild", took, result))
     processes = []
     for name, edit in (("one host changed", one_host), ("a default changed", defaults)):
         edit(doc)
         site_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
-        seconds, result = timed(options)
-        rows.append((name, seconds, result))
+        took, result = timed(options)
+        rows.append((name, took, result))
         if edit is one_host:  # the same again as commands, from the same state
             compiled()
             processes.append(("no-op rebuild", command(options)))
@@ -139,24 +158,25 @@ def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
             site_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
             processes.append(("one host changed", command(options)))
     # The GitOps loop's next commit after a default changed: the build before rewrote 20,001
-    # files, which the spare lacks.
+    # files, which it linked into the spare (build._refill_replaced) as it finished.
     a_third_host(doc)
     site_path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     processes.append(("one host changed after a default", command(options)))
-    start = time.perf_counter()
+    spent = Spent()
     loaded = site.load(site_path)
-    load = time.perf_counter() - start
+    load = spent.done()
+    spent = Spent()
     kickstart.render_site(loaded)
-    render = time.perf_counter() - start - load
+    render = spent.done()
     print(f"{label}: {count} hosts, iso: {iso}, {len(sizes)} files ({names} names) in the output")
     lines = [("baseline: load the site", load, ""),
              ("baseline: render + validate all once", render, ""),
              ("baseline: write as many files", write, f" ({sum(sizes) >> 20} MiB)")]
-    lines += [(name, seconds, f", rewrote {len(result.written)} file(s)")
-              for name, seconds, result in rows]
-    lines += [(f"{name}, as a command", seconds, "") for name, seconds in processes]
-    for name, seconds, more in lines:
-        print(f"  {name + ':':<49} {seconds:7.2f} s{more}")
+    lines += [(name, took, f", rewrote {len(result.written)} file(s)")
+              for name, took, result in rows]
+    lines += [(f"{name}, as a command", took, "") for name, took in processes]
+    for name, (wall, cpu), more in lines:
+        print(f"  {name + ':':<49} {wall:7.2f} s (CPU {cpu:6.2f} s){more}")
 
 
 def yardstick() -> str:
