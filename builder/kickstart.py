@@ -15,7 +15,7 @@ import operator
 import os
 import shlex
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
@@ -171,6 +171,22 @@ def host_repos(host: Host) -> list[Repo]:
     return repos
 
 
+def _source_context(host: Host) -> dict[str, Any]:
+    """What of a kickstart's context reads the host's install source (templates read it as
+    host.source)."""
+    return {"host": host, "repos": host_repos(host)}
+
+
+# Host's fields but its install source, which pxe.install_tree: local replaces (PxeTree).
+_FIELDS_BUT_SOURCE = tuple(item.name for item in fields(Host) if item.name != "source")
+
+
+def _same_but_source(one: Host, other: Host) -> bool:
+    """Whether two hosts hold the very same values (dataclasses.replace copies none) but
+    their install source."""
+    return all(getattr(one, name) is getattr(other, name) for name in _FIELDS_BUT_SOURCE)
+
+
 def _refuse_managed_paths(host: Host, overlay: Overlay, root: Path | None) -> None:
     managed = managed_paths(host) if overlay.files else set()
     for item in overlay.files:
@@ -282,7 +298,6 @@ class Renderer:
         _refuse_managed_paths(host, overlay, self.site.overlays)
         files = ifcfg_files(host)
         return {
-            "host": host,
             "version": __version__,
             "site_name": self.site.path.name,
             "root_hash": root_password_hash(host),
@@ -294,22 +309,31 @@ class Renderer:
             "b64": _base64_lines,
             "pxe_done_url": None,  # set by builder/pxe/tree.py for PXE installs
             "pxe_events_url": None,  # likewise: %pre, %onerror and the first-boot unit report
-            "repos": host_repos(host),
             "firstboot_bridges": firstboot_bridges(host),
             "firstboot_gateway": firstboot_gateway(host),
+            **_source_context(host),
         }
+
+    def _group_context(self, host: Host) -> dict[str, Any]:
+        """context(host); inside together(), the last one's for the same host, or for the
+        same host but for its install source (a PXE kickstart with pxe.install_tree: local:
+        only _source_context is made again, and the %post steps that read neither of its
+        values are not rendered again)."""
+        group = self._group
+        if group is None:
+            return self.context(host)
+        if group.host is not host:
+            if group.host is not None and _same_but_source(group.host, host):
+                group.context = {**group.context, **_source_context(host)}
+            else:
+                group.context, group.posts = self.context(host), {}
+            group.host = host
+        return group.context
 
     def render_host(self, host: Host, extra: Mapping[str, Any] | None = None) -> str:
         # The values every template of the kickstart reads, as Template.render makes them
         # (the globals, then the context), made once instead of twice for each of the ten.
-        group = self._group
-        if group is not None and group.host is host:
-            context = group.context
-        else:
-            context = self.context(host)
-            if group is not None:
-                group.host, group.context, group.posts = host, context, {}
-        values = {**self.env.globals, **context, **(extra or {})}
+        values = {**self.env.globals, **self._group_context(host), **(extra or {})}
         try:
             values["post_scripts"] = [(name, self._post(name, values)) for name in POST_SCRIPTS]
             text = render_shared(self._main, values)

@@ -340,6 +340,36 @@ def test_a_hosts_variants_render_together_as_each_alone(tmp_path: Path) -> None:
             [list(texts.items()) for texts in alone.values()]
 
 
+def test_an_install_tree_variant_makes_only_the_source_values_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pxe.install_tree: local, a host's PXE kickstart is rendered for the host with
+    another install source: inside together() the context is made once a host, only its
+    source values again (the host, its repos: `baseurl: source` follows the source), and
+    the texts are the ones each renders alone."""
+    doc = site_doc()
+    doc["defaults"]["repos"] = [{"name": "local", "baseurl": "source"},
+                                {"name": "epel", "baseurl": "https://example.org/epel/7/"}]
+    loaded = site.load(write_site(tmp_path, doc))
+
+    def tree(host: site.Host) -> site.Host:  # as builder/pxe/tree.py makes a PXE kickstart's
+        return replace(host, source="http://127.0.0.1/tree/")
+
+    variants = {"ks": kickstart.Variant(loaded.hosts), "tree": kickstart.Variant(
+        loaded.hosts, lambda host: {"pxe_done_url": f"http://127.0.0.1/done/{host.hostname}"},
+        tree)}
+    one = kickstart.Renderer(loaded)
+    alone = {name: {host.hostname: variant.render(one, host) for host in loaded.hosts}
+             for name, variant in variants.items()}
+    assert all("baseurl=http://127.0.0.1/tree/\n" in text for text in alone["tree"].values())
+    assert not any("127.0.0.1/tree" in text for text in alone["ks"].values())
+    made = []
+    context = kickstart.Renderer.context
+    monkeypatch.setattr(kickstart.Renderer, "context",
+                        lambda self, host: made.append(host.hostname) or context(self, host))
+    assert kickstart.render_variants(loaded, variants, jobs=1) == alone
+    assert made == [host.hostname for host in loaded.hosts]
+
+
 def test_a_post_step_reads_only_the_values_template_reads_names(tmp_path: Path) -> None:
     """Renderer.together reuses a %post step's text while the values template_reads names
     are the same objects: a step must read nothing else. Each step renders the same from
