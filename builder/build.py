@@ -312,8 +312,7 @@ def _quick_check(options: Options, state: dict[str, Any]) -> bool:
         return False
     if listed != sorted(n for n in state["inputs"][1:]):  # all but the site file
         return False  # a file was added to or removed from a template or overlay folder
-    sde = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
-    fingerprint = _fingerprint(stats, _env_digest(state["env"]), sde)
+    fingerprint = _fingerprint(stats, _env_digest(state["env"]), _given_epoch(options))
     return bool(fingerprint == state["fingerprint"] and _entries_linked(options.out)
                 and _records_intact(options.out, state["records"]))
 
@@ -504,9 +503,10 @@ def _stats_begun(options: Options, state: dict[str, Any]) -> Iterator[Stats | No
     """The previous build's outputs stat'ed meanwhile (Stats), if there are any and their
     time can still be the new build's, and the build has one thread (a child forked while
     another thread holds a lock could wait for it forever); else None: stat'ed when needed."""
-    given = _given_source_date_epoch()
-    if options.source_date_epoch is not None:
-        given = options.source_date_epoch
+    try:
+        given: int | None = int(_given_epoch(options))
+    except ValueError:  # none given (or not a number: the build says so)
+        given = None
     threading = sys.modules.get("threading")  # not imported: no other thread
     if (not state.get("outputs") or given not in (None, state.get("source_date_epoch"))
             or (threading is not None and threading.active_count() > 1)):
@@ -523,11 +523,12 @@ def _stats_begun(options: Options, state: dict[str, Any]) -> Iterator[Stats | No
         stats.close()
 
 
-def _given_source_date_epoch() -> int | None:
-    try:
-        return int(os.environ["SOURCE_DATE_EPOCH"])
-    except (KeyError, ValueError):
-        return None
+def _given_epoch(options: Options) -> str:
+    """SOURCE_DATE_EPOCH as given, the option's or else the environment's ("" if neither): as
+    the state's fingerprint holds it."""
+    if options.source_date_epoch is not None:
+        return str(options.source_date_epoch)
+    return os.environ.get("SOURCE_DATE_EPOCH", "")
 
 
 def _ks_name(hostname: str) -> list[str]:
@@ -1440,7 +1441,6 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
     input_dirs = [(str(kickstart.template_dir().resolve()), TEMPLATES)]
     if site.overlays is not None:
         input_dirs.append((str(site.overlays), "*"))
-    sde_given = str(options.source_date_epoch or os.environ.get("SOURCE_DATE_EPOCH", ""))
     stats = [_stat_key(f) for _, f, _ in files]
     outside = [media[0]] if media else []  # files outside the input folders: media, loaders
     if pxe is not None:
@@ -1455,7 +1455,7 @@ def _state(options: Options, site: Site, files: list[tuple[str, Path, Path]],
         "outside_inputs": [str(f) for f in outside],
         "input_dirs": input_dirs,
         "env": sorted(env_names),
-        "fingerprint": _fingerprint(stats_all, _env_digest(env_names), sde_given),
+        "fingerprint": _fingerprint(stats_all, _env_digest(env_names), _given_epoch(options)),
         "source_date_epoch": sde,
         "hosts": host_keys,
         "media": {"stat": _stat_key(media[0]), "sha256": media[1]} if media else {},
