@@ -1296,7 +1296,9 @@ def _early_renderer(site: Site, keys: dict[str, str], before: dict[str, str],
     stats find. None when there is no child to wait for, or no key changed."""
     if stats is None:
         return None
-    changed = sum(before.get(name) != key for name, key in keys.items())
+    # Renderer.prepare asks only whether more than one host changed: counted up to two.
+    changed = len(list(itertools.islice(
+        (name for name, key in keys.items() if before.get(name) != key), 2)))
     if not changed:
         return None
     from builder import kickstart
