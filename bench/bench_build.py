@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import fleet_site  # noqa: E402
+from bench.fleet import fleet_site, pxe_values  # noqa: E402
 from builder import build, kickstart, site  # noqa: E402
 
 Edit = Callable[[dict[str, Any]], None]
@@ -66,10 +66,8 @@ def timed(options: build.Options) -> tuple[tuple[float, float], build.Result]:
     return spent.done(), result
 
 
-def pxe_values(host: site.Host) -> dict[str, str]:
-    """A PXE kickstart's own values (builder/pxe/tree.py gives the build's)."""
-    return {"pxe_done_url": f"http://10.0.0.5/pxe/done/{host.hostname}",
-            "pxe_events_url": f"http://10.0.0.5/events/{host.hostname}"}
+def pxe_extra(host: site.Host) -> dict[str, str]:
+    return pxe_values(host.hostname)
 
 
 def dropped(host: site.Host, text: str) -> None:
@@ -181,7 +179,7 @@ def run(label: str, count: int, base: Path, iso: str, tmp: Path) -> None:
     # memory reported at the end stays the builds'.
     kickstart.render_variants(loaded, {
         "ks": kickstart.Variant(loaded.hosts, output=dropped),
-        "pxe": kickstart.Variant(loaded.hosts, pxe_values, output=dropped)})
+        "pxe": kickstart.Variant(loaded.hosts, pxe_extra, output=dropped)})
     render = spent.done()
     print(f"{label}: {count} hosts, iso: {iso}, {len(sizes)} files ({names} names) in the output")
     lines = [("baseline: load the site", load, ""),

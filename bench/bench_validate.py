@@ -27,14 +27,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import write_fleet_site  # noqa: E402
+from bench.fleet import pxe_values, write_fleet_site  # noqa: E402
 from builder import el7grammar, kickstart, ksvalidate, site  # noqa: E402
 from builder.site import Host  # noqa: E402
 
 
 def pxe_extra(host: Host) -> dict[str, str]:
-    return {"pxe_done_url": f"http://10.0.0.5/pxe/done/{host.hostname}",
-            "pxe_events_url": f"http://10.0.0.5/events/{host.hostname}"}
+    return pxe_values(host.hostname)
 
 
 @contextlib.contextmanager

@@ -32,3 +32,10 @@ def fleet_site(count: int) -> dict[str, object]:
 def write_fleet_site(path: Path, count: int) -> Path:
     path.write_text(yaml.safe_dump(fleet_site(count), sort_keys=False), encoding="utf-8")
     return path
+
+
+def pxe_values(hostname: str) -> dict[str, str]:
+    """A PXE kickstart's own template values, as builder/pxe/tree.py gives them (the done and
+    events URLs of a boot server)."""
+    return {"pxe_done_url": f"http://10.0.0.5/pxe/done/{hostname}",
+            "pxe_events_url": f"http://10.0.0.5/events/{hostname}"}
