@@ -79,6 +79,8 @@ ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRE
 KINDS = {"ks": "kickstart", "iso": "iso", "pxe": "pxe"}  # the manifest's kind of each's files
 # What ksbuild before generations left in OUT when killed.
 OLD_DEBRIS = (".ks.*.part", ".ks.*.old", f".{manifest.MANIFEST}.*.part")
+# What a build killed while it linked them (_link_entries) can leave in OUT.
+LINK_DEBRIS = tuple(f".{name}.link" for name in ENTRIES)
 TEMPLATES = "*.j2"  # the template folder may hold other files (the example site) too
 Report = Callable[[str], None]
 
@@ -1030,8 +1032,11 @@ def _refill_replaced(old: Path, gen: Path, changed: list[str], written: list[str
 def _prune_replaced(old: Path, changed: list[str]) -> None:
     """Prune the generation just replaced to the files it shares with the new one, to keep it
     as the spare: the `changed` outputs, the state (its keys, its table of outputs, the mark
-    of a refilled spare) and the PXE tree's run-time state go."""
+    of a refilled spare) and the PXE tree's run-time state go; so does the temporary file of
+    a write into it killed after it became current (_is_debris; the mark of a refilled spare
+    was once written under one)."""
     state = [STATE.name, KEYS.name, records.RECORDS, REFILLED.name]
+    state += [name for name in os.listdir(old) if _is_debris(name)]
     unlink_files([f"{old}/{name}" for name in [*changed, *state]])
     remove_tree(old / "pxe" / "state")
 
@@ -1100,7 +1105,7 @@ def build(options: Options) -> Result:
         generations = Generations(out / CURRENT)
         generations.sweep()
         Generations(out / "pxe").sweep()  # and what `ksbuild pxe -o OUT/pxe` left
-        sweep(out, OLD_DEBRIS)
+        sweep(out, (*OLD_DEBRIS, *LINK_DEBRIS))
         state = _read_state(out)
         if _quick_check(options, state):
             options.report("nothing changed since the last build: nothing to do")
@@ -1279,8 +1284,8 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
             _refill_replaced(old, gen, changed, written)
             refilled.append(old)
         generations.switch(gen, refill, filling.result() if filling else None)
-        if refilled:
-            write_bytes(gen / REFILLED.name, b"")
+        if refilled:  # created, not written under a temporary name: all it says is there
+            (gen / REFILLED.name).touch()
         save_site_cache(site, out / SITE_CACHE, pickled[0])
         _link_entries(out, gen, generations)
     Generations(out / "pxe").sweep()  # a tree `ksbuild pxe -o OUT/pxe` wrote, now replaced

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import os
 import shutil
 import stat
@@ -237,12 +238,19 @@ def remove(path: Path) -> None:
 
 def sweep(folder: Path, patterns: Iterable[str], keep: Iterable[Path] = ()) -> list[Path]:
     """Remove what matches `patterns` in `folder` (ksbuild's own temporary names only) unless
-    it is in `keep` or a live process holds it; the paths removed."""
+    it is in `keep` or a live process holds it; the paths removed. Matched against the names
+    listed (one read of the folder), not globbed: a glob of a name without a wildcard skips
+    a dangling symlink, as a temporary link to an output not made is."""
     kept = {p.name for p in keep}
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
     removed = []
-    for pattern in patterns:
-        for path in sorted(folder.glob(pattern)) if folder.is_dir() else []:
-            if path.name not in kept and not is_live(path):
+    for name in names:
+        if name not in kept and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            path = folder / name
+            if not is_live(path):
                 remove(path)
                 removed.append(path)
     return removed

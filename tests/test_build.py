@@ -409,6 +409,29 @@ def debris(out: Path) -> list[str]:
     return extra
 
 
+def test_temporary_files_of_a_build_killed_after_its_switch_go_with_the_next_builds(
+        tmp_path: Path) -> None:
+    """A build killed just after its switch, while it marked its spare refilled, left the
+    marker's temporary file in what is now the current generation (seen in CI). The next
+    build keeps that generation as its spare and the one after makes its own from it: the
+    file must not come along. Nor may the temporary symlink of an entry of OUT it was
+    making (here of a PXE tree the site no longer has)."""
+    site_path = make_site(tmp_path)
+    doc = yaml.safe_load(site_path.read_text())
+    out = tmp_path / "out"
+    env = {"SOURCE_DATE_EPOCH": "1700000000"}
+    assert ksbuild("build", str(site_path), "-o", str(out), env=env).returncode == 0
+    current = out / ".ksbuild" / os.readlink(out / ".ksbuild" / "current")
+    (current / ".spare-refilled.x1y2z3w4.part").write_bytes(b"")
+    os.symlink(".ksbuild/current/pxe", out / ".pxe.link")
+    for zone in ("Europe/Berlin", "UTC"):
+        doc["hosts"][1]["timezone"] = zone
+        write_site(tmp_path, doc)
+        done = ksbuild("build", str(site_path), "-o", str(out), env=env)
+        assert done.returncode == 0, done.stderr
+    assert debris(out) == []
+
+
 def test_killed_builds_leave_old_or_new_outputs_never_a_mix_and_no_debris(
         tmp_path: Path) -> None:
     """`ksbuild build` of an ISO + PXE site, killed (SIGKILL, or SIGINT to its process group
