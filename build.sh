@@ -15,6 +15,10 @@ install_project() {
     fi
     "$venv/bin/python" -m pip install -q --upgrade pip >/dev/null
     "$venv/bin/python" -m pip install -q -e ".$extra"
+    # pip byte-compiles what it copies, not an editable install's own folder. Where
+    # PYTHONDONTWRITEBYTECODE is set (this machine, many container images) each command would
+    # compile the modules it imports again: ~0.25 s of a one-host rebuild of a large fleet.
+    "$venv/bin/python" -m compileall -q builder
 }
 
 debian_packages() {
