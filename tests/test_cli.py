@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -238,3 +239,52 @@ def test_an_unreadable_base_for_pxe_is_one_line(tmp_path: Path) -> None:
                    str(tmp_path / "pxe"))
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert f"{loop}: cannot read" in done.stderr
+
+
+END_OF_RUN = """
+import atexit, sys, threading, time
+from builder import cli
+atexit.register(print, "atexit ran")
+if sys.argv[1] == "thread":  # no daemon: the interpreter's exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
+sys.argv = ["ksbuild", "schema"]
+cli.run()
+"""
+
+
+def buffered_env() -> dict[str, str]:
+    """The environment without PYTHONUNBUFFERED (this machine sets it): output into a pipe is
+    then block-buffered, as it is for most users."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
+@pytest.mark.parametrize("case", ["alone", "thread"])
+def test_the_process_end_keeps_output_atexit_functions_and_threads(case: str) -> None:
+    """cli.run() ends the process without the interpreter's exit (os._exit), having done
+    what that exit would that matters: the buffered output written whole, the atexit
+    functions run; with a thread that is no daemon, the interpreter's exit, which waits."""
+    done = subprocess.run([sys.executable, "-c", END_OF_RUN, case], cwd=REPO, text=True,
+                          capture_output=True, env=buffered_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    tail = "atexit ran\n" if case == "alone" else "thread done\natexit ran\n"
+    assert done.stdout == site.schema_text() + tail
+
+
+def test_a_reader_gone_is_exit_120_without_a_traceback() -> None:
+    """Output still buffered at the end, into a pipe whose reader has closed: the flush
+    fails, and the exit says so by 120 (as the interpreter's own would), without a
+    traceback. The command itself spoke on stderr only."""
+    script = ("import sys\nfrom builder import cli\nprint('buffered')\n"
+              "sys.argv = ['ksbuild', 'check', 'kickstarts/site.yaml']\ncli.run()\n")
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run([sys.executable, "-c", script], cwd=REPO, stdout=writer,
+                              stderr=subprocess.PIPE, text=True, env=buffered_env(),
+                              timeout=120)
+    finally:
+        os.close(writer)
+    assert done.returncode == 120, done.stderr
+    assert re.fullmatch(r"kickstarts/site\.yaml: \d+ host\(s\), every kickstart valid\n",
+                        done.stderr), done.stderr
