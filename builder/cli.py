@@ -585,7 +585,7 @@ def _exit(code: int) -> NoReturn:
     the process's end frees its memory at once. ~60 ms after a one-host rebuild of 10,000
     hosts (issue 16); mypy ends so too (python/mypy, mypy/util.py, hard_exit). What that
     exit does that matters is done here first: the atexit functions (multiprocessing's,
-    weakref.finalize's), then the flush of buffered output. A thread that is no daemon
+    weakref.finalize's), then the flush of buffered output. A thread that is not a daemon
     (the interpreter would wait for it) gets the interpreter's exit, with the objects left
     kept out of its collection (gc.freeze: files are closed by then)."""
     import atexit

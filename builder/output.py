@@ -242,6 +242,7 @@ def sweep(folder: Path, patterns: Iterable[str], keep: Iterable[Path] = ()) -> l
     listed (one read of the folder), not globbed: a glob of a name without a wildcard skips
     a dangling symlink, as a temporary link to an output not made is."""
     kept = {p.name for p in keep}
+    patterns = tuple(patterns)  # read once a name
     try:
         names = sorted(os.listdir(folder))
     except (FileNotFoundError, NotADirectoryError):
