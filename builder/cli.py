@@ -585,16 +585,18 @@ def _exit(code: int) -> NoReturn:
     the process's end frees its memory at once. ~60 ms after a one-host rebuild of 10,000
     hosts (issue 16); mypy ends so too (python/mypy, mypy/util.py, hard_exit). What that
     exit does that matters is done here first: the atexit functions (multiprocessing's,
-    weakref.finalize's), then the flush of buffered output. A thread that is not a daemon
-    (the interpreter would wait for it) gets the interpreter's exit, with the objects left
-    kept out of its collection (gc.freeze: files are closed by then)."""
+    weakref.finalize's), then the flush of buffered output. The interpreter's exit, with the
+    objects left kept out of its collection (gc.freeze: files are closed by then), where a
+    thread that is not a daemon runs (the interpreter waits for it), or a profiler or tracer
+    (`python -m cProfile -m builder ...` writes its statistics after the code returns)."""
     import atexit
     import os
 
     threading = sys.modules.get("threading")  # not imported: no thread but this one
-    if threading is not None and any(
-            t.is_alive() and not t.daemon and t is not threading.main_thread()
-            for t in threading.enumerate()):
+    if sys.getprofile() is not None or sys.gettrace() is not None or (
+            threading is not None and any(
+                t.is_alive() and not t.daemon and t is not threading.main_thread()
+                for t in threading.enumerate())):
         gc.freeze()
         sys.exit(code)
     atexit._run_exitfuncs()

@@ -271,6 +271,18 @@ def test_the_process_end_keeps_output_atexit_functions_and_threads(case: str) ->
     assert done.stdout == site.schema_text() + tail
 
 
+def test_a_profiler_gets_its_statistics_of_the_command(tmp_path: Path) -> None:
+    """`python -m cProfile -o FILE -m builder ...` writes FILE once the command returns: the
+    process must then end as the interpreter ends it, not by os._exit."""
+    stats = tmp_path / "schema.prof"
+    done = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "builder",
+                           "schema"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    import pstats
+
+    assert any(name == "cmd_schema" for _f, _l, name in pstats.Stats(str(stats)).stats)
+
+
 def test_a_reader_gone_is_exit_120_without_a_traceback() -> None:
     """Output still buffered at the end, into a pipe whose reader has closed: the flush
     fails, and the exit says so by 120 (as the interpreter's own would), without a
