@@ -38,7 +38,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import fleet_site, pxe_values  # noqa: E402
+from bench.fleet import fleet_site, pxe_extra  # noqa: E402
 from builder import build, kickstart, site  # noqa: E402
 
 Edit = Callable[[dict[str, Any]], None]
@@ -64,10 +64,6 @@ def timed(options: build.Options) -> tuple[tuple[float, float], build.Result]:
     spent = Spent()
     result = build.build(options)
     return spent.done(), result
-
-
-def pxe_extra(host: site.Host) -> dict[str, str]:
-    return pxe_values(host.hostname)
 
 
 def dropped(host: site.Host, text: str) -> None:

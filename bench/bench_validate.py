@@ -27,13 +27,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.fleet import pxe_values, write_fleet_site  # noqa: E402
+from bench.fleet import pxe_extra, write_fleet_site  # noqa: E402
 from builder import el7grammar, kickstart, ksvalidate, site  # noqa: E402
-from builder.site import Host  # noqa: E402
-
-
-def pxe_extra(host: Host) -> dict[str, str]:
-    return pxe_values(host.hostname)
 
 
 @contextlib.contextmanager

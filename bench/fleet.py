@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from builder.site import Host
 
 HASH = ("$6$ksbuildexample$QjxFPRYKzPP5427c/UElsobtSR1I2HT8q//HWLvV5ohvqmL1n2TXss6FPP4xC3"
         "vpLTPXIonQUOmaMzB7L1JAv1")
@@ -34,8 +38,8 @@ def write_fleet_site(path: Path, count: int) -> Path:
     return path
 
 
-def pxe_values(hostname: str) -> dict[str, str]:
+def pxe_extra(host: Host) -> dict[str, str]:
     """A PXE kickstart's own template values, as builder/pxe/tree.py gives them (the done and
     events URLs of a boot server)."""
-    return {"pxe_done_url": f"http://10.0.0.5/pxe/done/{hostname}",
-            "pxe_events_url": f"http://10.0.0.5/events/{hostname}"}
+    return {"pxe_done_url": f"http://10.0.0.5/pxe/done/{host.hostname}",
+            "pxe_events_url": f"http://10.0.0.5/events/{host.hostname}"}
