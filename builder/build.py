@@ -79,8 +79,10 @@ ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRE
 KINDS = {"ks": "kickstart", "iso": "iso", "pxe": "pxe"}  # the manifest's kind of each's files
 # What ksbuild before generations left in OUT when killed.
 OLD_DEBRIS = (".ks.*.part", ".ks.*.old", f".{manifest.MANIFEST}.*.part")
-# What a build killed while it linked them (_link_entries) can leave in OUT.
-LINK_DEBRIS = tuple(f".{name}.link" for name in ENTRIES)
+# The temporary symlink _link_entries renames over an entry: what a build killed meanwhile
+# can leave in OUT.
+LINK_TEMP = ".{}.link"
+LINK_DEBRIS = tuple(LINK_TEMP.format(name) for name in ENTRIES)
 TEMPLATES = "*.j2"  # the template folder may hold other files (the example site) too
 Report = Callable[[str], None]
 
@@ -1489,7 +1491,7 @@ def _link_entries(out: Path, gen: Path, generations: Generations) -> None:
         if entry.exists() and not entry.is_symlink():
             with generations.new() as aside:  # debris from now on
                 os.replace(entry, aside / name)
-        temp = out / f".{name}.link"
+        temp = out / LINK_TEMP.format(name)
         temp.unlink(missing_ok=True)
         os.symlink(target, temp)
         os.replace(temp, entry)
