@@ -61,6 +61,7 @@ if TYPE_CHECKING:  # imported where used: a no-op build needs none of them (the 
     from builder.pxe import tree as pxe_tree
     from builder.pxe.menus import BootHost
     from builder.site import Host, Site
+    from builder.trash import Trash
 
 CURRENT = Path(".ksbuild") / "current"  # symlink to the current generation
 STATE = CURRENT / "state.json"
@@ -75,6 +76,7 @@ REFILLED = CURRENT / "spare-refilled"
 LOCK = Path(".ksbuild") / "lock"
 SITE_CACHE = Path(".ksbuild") / "site-cache"  # the site loader's per-host cache
 TEMPLATE_CACHE = Path(".ksbuild") / "templates"  # compiled templates (kickstart.py)
+TRASH = Path(".ksbuild") / "trash"  # replaced files, deleted during the next build (trash.py)
 ENTRIES = ("ks", "iso", "pxe", manifest.MANIFEST)  # in OUT: symlinks into CURRENT
 KINDS = {"ks": "kickstart", "iso": "iso", "pxe": "pxe"}  # the manifest's kind of each's files
 # What ksbuild before generations left in OUT when killed.
@@ -1022,24 +1024,29 @@ def _remove_empty(gen: Path, folders: set[str]) -> None:
             folder = os.path.dirname(folder)
 
 
-def _refill_replaced(old: Path, gen: Path, changed: list[str], written: list[str]) -> None:
+def _refill_replaced(old: Path, gen: Path, changed: list[str], written: list[str],
+                     trash: Trash) -> None:
     """The generation just replaced, made the spare of `gen`: pruned of what changed, then
     given links to what `gen` wrote, so that the spare holds every output of `gen`. Else the
     next build links those in (_relink_kept): after a field of `defaults` changed, the
     20,001 kickstarts of a large fleet, ~0.3 s of a build that changed one host."""
-    _prune_replaced(old, changed)
+    _prune_replaced(old, changed, trash)
     _link_outputs(lambda name: f"{gen}/{name}", old, written)
 
 
-def _prune_replaced(old: Path, changed: list[str]) -> None:
+def _prune_replaced(old: Path, changed: list[str], trash: Trash) -> None:
     """Prune the generation just replaced to the files it shares with the new one, to keep it
-    as the spare: the `changed` outputs, the state (its keys, its table of outputs, the mark
-    of a refilled spare) and the PXE tree's run-time state go; so does the temporary file of
-    a write into it killed after it became current (_is_debris; the mark of a refilled spare
-    was once written under one)."""
+    as the spare: the `changed` outputs go, to the trash (their last names: unlinking them
+    would free them here, trash.py), but ISOs (hundreds of MiB each: the trash would hold a
+    second copy of a fleet's until a later build emptied it); so do the state (its keys, its
+    table of outputs, the mark of a refilled spare) and the PXE tree's run-time state, and
+    the temporary file of a write into it killed after it became current (_is_debris; the
+    mark of a refilled spare was once written under one)."""
+    isos = [name for name in changed if name.startswith("iso/")]
+    trash.take(f"{old}/{name}" for name in changed if not name.startswith("iso/"))
     state = [STATE.name, KEYS.name, records.RECORDS, REFILLED.name]
     state += [name for name in os.listdir(old) if _is_debris(name)]
-    unlink_files([f"{old}/{name}" for name in [*changed, *state]])
+    unlink_files([f"{old}/{name}" for name in [*isos, *state]])
     remove_tree(old / "pxe" / "state")
 
 
@@ -1176,6 +1183,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
     from builder import kickstart
     from builder.site import cache_data
     from builder.site import save_cache as save_site_cache
+    from builder.trash import Trash
 
     out = options.out
     checked = checked or check_inputs(options, state)
@@ -1229,6 +1237,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         pickled: list[bytes | None] = [None]
 
         def meanwhile() -> None:
+            held.enter_context(Trash(out / TRASH).emptied_meanwhile())  # forks are done
             start()
             if fill is not None:
                 prelinked.update(_prelink(gen, fill))
@@ -1283,7 +1292,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         refilled = []  # whether switch kept the replaced generation, refilled, as the spare
 
         def refill(old: Path) -> None:
-            _refill_replaced(old, gen, changed, written)
+            _refill_replaced(old, gen, changed, written, Trash(out / TRASH))
             refilled.append(old)
         generations.switch(gen, refill, filling.result() if filling else None)
         if refilled:  # created, not written under a temporary name: all it says is there

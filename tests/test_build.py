@@ -220,6 +220,9 @@ def test_incremental_with_per_host_isos(tmp_path: Path) -> None:
     assert "iso/cdh-host.c7.jevoncode.com.iso" not in changed.written
     assert "ks/cdh-host.c7.jevoncode.com.cfg" not in changed.written
     assert untouched.stat().st_mtime_ns == before
+    # The old kickstarts went to the trash (build.TRASH), the old ISO was freed at once.
+    trashed = [p for p in (out / build.TRASH).rglob("*") if p.is_file()]
+    assert trashed and all(p.stat().st_size < untouched.stat().st_size / 8 for p in trashed)
     # The PXE tree: only the changed host's files are rewritten; the other host, which has
     # installed meanwhile, keeps its local-boot entry.
     assert "pxe/http/ks/kvm2.example.com.cfg" in changed.written
@@ -239,7 +242,7 @@ def test_incremental_with_per_host_isos(tmp_path: Path) -> None:
 NO_OP_IMPORTS_NONE_OF = (
     "builder.site", "yaml", "builder.kickstart", "jinja2", "pykickstart", "builder.overlay",
     "builder.media", "pycdlib", "builder.pxe", "builder.secureboot", "subprocess",
-    "concurrent.futures", "logging", "tempfile", "ctypes")
+    "concurrent.futures", "logging", "tempfile", "ctypes", "threading", "builder.trash")
 ONE_HOST_IMPORTS_NONE_OF = (
     "pycdlib", "builder.media.iso", "builder.media.flavor", "builder.media.writer",
     "builder.pxe.installtree", "socket", "configparser", "importlib.resources",
@@ -397,14 +400,15 @@ def writing(out: Path) -> bool:
 
 def debris(out: Path) -> list[str]:
     """What is in OUT beyond the outputs, their current generation, its spare (the one it
-    replaced, kept to make the next from) and the locks."""
+    replaced, kept to make the next from), the locks and caches, and the trash (files
+    replaced, deleted during the next build)."""
     link = out / ".ksbuild" / "current"
     current = os.readlink(link) if link.is_symlink() else ""
     extra = [p.name for p in out.iterdir()
              if p.name not in ("ks", "iso", "pxe", "manifest.json", ".ksbuild", ".pxe.lock")]
     extra += [f".ksbuild/{p.name}" for p in (out / ".ksbuild").iterdir()
               if p.name not in ("lock", "current", "state.json", current, f"{current}.spare",
-                                "site-cache", "site-cache.delta", "templates")]
+                                "site-cache", "site-cache.delta", "templates", "trash")]
     extra += [str(p) for p in out.rglob("*") if p.name.endswith((".part", ".old", ".link", ".tmp"))]
     return extra
 

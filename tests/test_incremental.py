@@ -423,6 +423,43 @@ def test_after_a_default_changed_the_next_build_finds_every_file_in_its_spare(
     assert build.build(options).up_to_date
 
 
+def test_the_files_a_build_replaced_go_to_the_trash_and_later_builds_delete_them(
+        tmp_path: Path) -> None:
+    """After a default changed, the old files the build replaced are not unlinked from the
+    spare at its end (their last names: each unlink frees a file) but moved, whole, into
+    OUT/.ksbuild/trash; the spare holds the new files, linked. A later build with work to do
+    deletes them while it runs; its outputs are a clean build's."""
+    site_path = media_site(tmp_path, "none")
+    out = tmp_path / "out"
+    options = build.Options(site=site_path, out=out, source_date_epoch=1700000000)
+    build.build(options)
+    assert not (out / build.TRASH).exists()  # a first build replaced nothing
+    old = {path.read_bytes() for path in (out / "ks").iterdir()}
+    doc = yaml.safe_load(site_path.read_text())
+    change_default(doc, tmp_path)
+    site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = build.build(options)
+    (folder,) = (out / build.TRASH).iterdir()
+    trashed = [path.read_bytes() for path in folder.iterdir()]
+    assert len(trashed) == len(result.written)  # each replaced file, the manifest too
+    assert old <= set(trashed)
+    spare = build.Generations(out / build.CURRENT).spare()
+    assert spare is not None
+    current = (out / build.CURRENT).resolve()
+    for name in result.written:
+        assert (spare / name).stat().st_ino == (current / name).stat().st_ino, name
+    for zone in ("Asia/Tokyo", "UTC", "Europe/Paris"):  # builds with work to do
+        doc["hosts"][-1]["timezone"] = zone
+        site_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        build.build(options)
+        if not folder.exists():
+            break
+    assert not folder.exists(), "the trash of the default change was never emptied"
+    clean = tmp_path / "clean"
+    build.build(build.Options(site=site_path, out=clean, source_date_epoch=1700000000))
+    assert tree_bytes(out) == tree_bytes(clean)
+
+
 def rebuild_and_compare(tmp_path: Path, site_path: Path, edit: Edit) -> list[str]:
     """`edit` the site, rebuild (noting how the manifest was written: "whole" or
     "spliced"), and compare the outputs with a clean build's."""
