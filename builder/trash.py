@@ -28,17 +28,24 @@ class Trash:
         self.root = root
 
     def take(self, paths: Iterable[str]) -> None:
-        """Move each file (gone already: fine) into the trash, to be deleted later."""
+        """Move each file (gone already: fine) into the trash, to be deleted later; unlink
+        it where it cannot go there (no trash folder can be made, another file system)."""
         import tempfile  # not at start-up: a build that replaced nothing needs none
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        folder = tempfile.mkdtemp(dir=self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            folder = tempfile.mkdtemp(dir=self.root)
+        except OSError:
+            folder = None
         for number, path in enumerate(paths):
             try:
-                os.rename(path, f"{folder}/{number}")
+                if folder is None:
+                    os.unlink(path)
+                else:
+                    os.rename(path, f"{folder}/{number}")
             except FileNotFoundError:
                 pass
-            except OSError:  # not a file here (a folder, say): removed as before
+            except OSError:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
 

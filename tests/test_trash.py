@@ -65,3 +65,12 @@ def test_no_thread_without_a_trash(tmp_path: Path) -> None:
     before = threading.active_count()
     with Trash(tmp_path / "trash").emptied_meanwhile():
         assert threading.active_count() == before
+
+
+def test_where_no_trash_can_be_made_the_files_are_unlinked(tmp_path: Path) -> None:
+    (tmp_path / "trash").write_text("a file where the trash folder goes\n")
+    paths = files(tmp_path, 3, "old")
+    Trash(tmp_path / "trash").take(paths)
+    assert not any(Path(path).exists() for path in paths)
+    with Trash(tmp_path / "trash").emptied_meanwhile():
+        pass
