@@ -68,7 +68,8 @@ def _lines(hostname: str, network: Network, device: Device) -> list[tuple[str, s
         parent = network[device.parent or ""].device or ""
         lines += [("VLAN", "yes"), ("PHYSDEV", parent), ("VLAN_ID", str(device.vlan_id))]
     if device.kind == BRIDGE:
-        # NetworkManager 1.18's ifcfg-rh reader takes a forward delay of 0 only with STP off.
+        # NetworkManager 1.18.8 refuses a forward delay outside 2-30 s with STP on and
+        # ignores DELAY with STP off (docs/real-installer.md, the sources cited there).
         lines += [("STP", "yes" if device.stp else "no"), ("DELAY", str(device.forward_delay))]
     master = network[device.master] if device.master else None
     if master is not None and master.kind == BOND:

@@ -39,7 +39,7 @@ from builder.schema import (
 
 NIC, BOND, VLAN, BRIDGE = "nic", "bond", "vlan", "bridge"
 DEFAULT_MTU = 1500
-# 802.1D's default; NetworkManager 1.18 accepts 2-30 s with STP on (0 only with STP off).
+# 802.1D's default; NetworkManager 1.18.8 accepts 2-30 s with STP on (docs/real-installer.md).
 DEFAULT_FORWARD_DELAY = 15
 # `nic_names: eth`: the kernel names NICs eth0, eth1... (systemd's predictable names and
 # biosdevname off), on the installer's and the installed kernel's command lines alike.
