@@ -52,8 +52,9 @@ class Trash:
     @contextlib.contextmanager
     def emptied_meanwhile(self) -> Iterator[None]:
         """Delete what the trash holds now in a thread while the body runs; the thread stops
-        after the file it is unlinking when the body ends. Entered after any fork of the
-        build (its render workers): a forked child gets no copy of the thread."""
+        after the file it is unlinking when the body ends. Entered after the build's forks
+        (its render workers): a child forked while a thread runs may inherit a lock that
+        thread held, never to be released."""
         try:
             folders = sorted(os.listdir(self.root))
         except OSError:
