@@ -1235,9 +1235,10 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         fill = None if generations.keeps_replaced() else held.enter_context(generations.new())
         prelinked: dict[str, int] = {}
         pickled: list[bytes | None] = [None]
+        trash = Trash(out / TRASH)
 
         def meanwhile() -> None:
-            held.enter_context(Trash(out / TRASH).emptied_meanwhile())  # forks are done
+            held.enter_context(trash.emptied_meanwhile())  # forks are done
             start()
             if fill is not None:
                 prelinked.update(_prelink(gen, fill))
@@ -1292,7 +1293,7 @@ def _build(options: Options, state: dict[str, Any], generations: Generations,
         refilled = []  # whether switch kept the replaced generation, refilled, as the spare
 
         def refill(old: Path) -> None:
-            _refill_replaced(old, gen, changed, written, Trash(out / TRASH))
+            _refill_replaced(old, gen, changed, written, trash)
             refilled.append(old)
         generations.switch(gen, refill, filling.result() if filling else None)
         if refilled:  # created, not written under a temporary name: all it says is there

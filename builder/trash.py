@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from builder.output import unlink_files
+
 
 class Trash:
     """A folder of folders, one for each `take`, each holding files named 0, 1, ..."""
@@ -36,18 +38,17 @@ class Trash:
             self.root.mkdir(parents=True, exist_ok=True)
             folder = tempfile.mkdtemp(dir=self.root)
         except OSError:
-            folder = None
+            unlink_files(list(paths))
+            return
+        unmoved = []
         for number, path in enumerate(paths):
             try:
-                if folder is None:
-                    os.unlink(path)
-                else:
-                    os.rename(path, f"{folder}/{number}")
+                os.rename(path, f"{folder}/{number}")
             except FileNotFoundError:
                 pass
             except OSError:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+                unmoved.append(path)
+        unlink_files(unmoved)
 
     @contextlib.contextmanager
     def emptied_meanwhile(self) -> Iterator[None]:
